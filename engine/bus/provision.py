@@ -1,0 +1,238 @@
+"""Provisioning: create or update every stream, KV bucket and object store of the design.
+
+`provision` compares what exists with what is wanted and changes only what differs, so running
+it twice changes nothing. A difference the server cannot apply in place (storage type,
+retention) is refused with a `ProvisionError` naming the field, before anything is changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from engine.errors import ProvisionError
+from engine.settings import StreamSettings
+
+DAY = 86_400.0
+IMMUTABLE = ("storage", "retention")
+MANAGED = (
+    "subjects",
+    "storage",
+    "retention",
+    "max_age",
+    "max_bytes",
+    "max_msgs_per_subject",
+    "duplicate_window",
+    "num_replicas",
+    "discard",
+    "allow_direct",
+    "description",
+)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A KV bucket: name, how many revisions per key are kept, and what it is for."""
+
+    name: str
+    history: int
+    description: str
+
+
+@dataclass
+class Report:
+    """What `provision` did, resource by resource."""
+
+    created: list[str] = field(default_factory=list)
+    updated: dict[str, list[str]] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+
+def streams(s: StreamSettings) -> list[StreamConfig]:
+    """The streams of DESIGN.md with the limits of `s`."""
+
+    def cfg(name: str, subjects: list[str], description: str, **kw: Any) -> StreamConfig:
+        base: dict[str, Any] = {
+            "storage": StorageType.FILE,
+            "retention": RetentionPolicy.LIMITS,
+            "discard": DiscardPolicy.OLD,
+            "num_replicas": s.replicas,
+            "duplicate_window": s.duplicate_window_s,
+            "max_age": 0.0,
+            "max_bytes": -1,
+            "max_msgs_per_subject": -1,
+            "allow_direct": True,
+        }
+        base.update(kw)
+        return StreamConfig(name=name, subjects=subjects, description=description, **base)
+
+    return [
+        cfg(
+            "ACTIVITY",
+            ["activity.>"],
+            "The log: every user action, activity.<user>.<type>",
+            max_age=s.activity_max_age_days * DAY,
+            max_bytes=s.activity_max_bytes or -1,
+        ),
+        cfg(
+            "CATALOG",
+            ["catalog.item.*"],
+            "Item upserts, latest per item wins",
+            max_msgs_per_subject=1,
+        ),
+        cfg(
+            "RECOMMENDATIONS",
+            ["reco.*.*"],
+            "recommendations_updated per reco.<user>.<slot>, bounded history",
+            max_msgs_per_subject=s.reco_per_subject,
+            max_age=s.reco_max_age_days * DAY,
+        ),
+        cfg(
+            "SIGNALS",
+            ["signals.*.*"],
+            "interest_signal per signals.<topic>.<user>",
+            max_age=s.signals_max_age_days * DAY,
+        ),
+        cfg(
+            "CRM",
+            ["crm.>"],
+            "Events published by CRM services, crm.<user>.<type>",
+            max_age=s.activity_max_age_days * DAY,
+        ),
+        cfg(
+            "DEADLETTER",
+            ["dlq.>"],
+            "Rejected inputs with reason and raw bytes, dlq.<source>",
+            max_age=s.deadletter_max_age_days * DAY,
+        ),
+    ]
+
+
+BUCKETS = (
+    Bucket("profiles", 1, "Per-user profile projection with the last applied sequences"),
+    Bucket("registry", 16, "active.<slot> and model.<version>: which model serves, model cards"),
+    Bucket("imports", 1, "Import checkpoints: file hash -> last line applied"),
+)
+OBJECT_STORES = (("models", "Model artifacts: arrays and JSON, no pickle"),)
+
+
+def _norm(name: str, value: Any) -> Any:
+    if name in ("max_age", "duplicate_window"):
+        return round(float(value or 0), 3)
+    if name == "max_bytes":
+        return -1 if value in (None, 0) else value
+    if name == "subjects":
+        return sorted(value or [])
+    if name == "allow_direct":
+        return bool(value)
+    return value
+
+
+def diff(have: StreamConfig, want: StreamConfig) -> list[str]:
+    """Names of the managed fields whose values differ."""
+    return [f for f in MANAGED if _norm(f, getattr(have, f)) != _norm(f, getattr(want, f))]
+
+
+async def _ensure_stream(js: JetStreamContext, want: StreamConfig, report: Report) -> None:
+    assert want.name is not None
+    try:
+        info = await js.stream_info(want.name)
+    except NotFoundError:
+        await js.add_stream(want)
+        report.created.append(want.name)
+        return
+    changed = diff(info.config, want)
+    if not changed:
+        report.unchanged.append(want.name)
+        return
+    for f in changed:
+        if f in IMMUTABLE:
+            raise ProvisionError(want.name, f, getattr(info.config, f), getattr(want, f))
+    merged = dataclasses.replace(info.config, **{f: getattr(want, f) for f in changed})
+    await js.update_stream(merged)
+    report.updated[want.name] = changed
+
+
+async def _ensure_bucket(js: JetStreamContext, b: Bucket, replicas: int, report: Report) -> None:
+    stream = f"KV_{b.name}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=b.name,
+                history=b.history,
+                description=b.description,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                direct=True,
+            )
+        )
+        report.created.append(f"kv:{b.name}")
+        return
+    want = {"max_msgs_per_subject": b.history, "num_replicas": replicas, "allow_direct": True}
+    changed = [k for k, v in want.items() if _norm(k, getattr(info.config, k)) != v]
+    if not changed:
+        report.unchanged.append(f"kv:{b.name}")
+        return
+    await js.update_stream(dataclasses.replace(info.config, **{k: want[k] for k in changed}))
+    report.updated[f"kv:{b.name}"] = changed
+
+
+async def _ensure_object_store(
+    js: JetStreamContext, name: str, description: str, replicas: int, report: Report
+) -> None:
+    try:
+        info = await js.stream_info(f"OBJ_{name}")
+    except NotFoundError:
+        await js.create_object_store(
+            name,
+            ObjectStoreConfig(description=description, storage=StorageType.FILE, replicas=replicas),
+        )
+        report.created.append(f"obj:{name}")
+        return
+    if info.config.num_replicas != replicas:
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+        report.updated[f"obj:{name}"] = ["num_replicas"]
+    else:
+        report.unchanged.append(f"obj:{name}")
+
+
+async def provision(js: JetStreamContext, settings: StreamSettings | None = None) -> Report:
+    """Create what is missing and update what differs; refuse what cannot change in place."""
+    settings = settings or StreamSettings()
+    wanted = streams(settings)
+    # Check every stream before touching any, so a refusal leaves the system as it was.
+    for want in wanted:
+        assert want.name is not None
+        try:
+            info = await js.stream_info(want.name)
+        except NotFoundError:
+            continue
+        for f in diff(info.config, want):
+            if f in IMMUTABLE:
+                raise ProvisionError(want.name, f, getattr(info.config, f), getattr(want, f))
+    report = Report()
+    for want in wanted:
+        await _ensure_stream(js, want, report)
+    for b in BUCKETS:
+        await _ensure_bucket(js, b, settings.replicas, report)
+    for name, description in OBJECT_STORES:
+        await _ensure_object_store(js, name, description, settings.replicas, report)
+    return report

@@ -1,0 +1,110 @@
+"""Publishing to JetStream with the message id as `Nats-Msg-Id`, acknowledgements pipelined.
+
+`Publisher.submit` sends a whole batch without waiting (nats-py's `publish_async`), then
+`settle` waits for its PubAcks together. A message whose ack does not arrive in time is sent
+again with the same `Nats-Msg-Id`, so the stream keeps one copy even if the first attempt was
+stored (a timed-out publish may still have been written). Errors are never swallowed: whatever
+still fails after the retries raises `PublishError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NoStreamResponseError
+
+from engine.errors import PublishError
+from engine.events import DeadLetter, Envelope
+from engine.subjects import deadletter_subject
+
+MSG_ID = "Nats-Msg-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: where, what, and the id the stream deduplicates on."""
+
+    subject: str
+    payload: bytes
+    msg_id: str
+
+    @classmethod
+    def event(cls, event: Envelope) -> Outgoing:
+        return cls(event.subject, event.to_json(), event.id)
+
+    @classmethod
+    def deadletter(cls, record: DeadLetter) -> Outgoing:
+        return cls(deadletter_subject(record.source), record.to_json(), record.id)
+
+
+class Publisher:
+    """Pipelined, deduplicated JetStream publishing. One per connection is enough."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        window: int = 4000,
+        ack_timeout: float = 5.0,
+        retries: int = 3,
+    ) -> None:
+        self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=window)
+        self.ack_timeout = ack_timeout
+        self.retries = retries
+
+    async def submit(self, messages: Iterable[Outgoing]) -> list[asyncio.Future[PubAck]]:
+        """Send every message now; return the futures of their acks (check each one)."""
+        publish = self.js.publish_async
+        return [await publish(m.subject, m.payload, headers={MSG_ID: m.msg_id}) for m in messages]
+
+    async def settle(
+        self, messages: Sequence[Outgoing], futures: list[asyncio.Future[PubAck]]
+    ) -> list[PubAck]:
+        """Wait for the acks of a submitted batch, re-sending what timed out; in input order."""
+        acks: list[PubAck | None] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        for attempt in range(self.retries + 1):
+            if attempt:
+                futures = await self.submit([messages[i] for i in todo])
+            if futures:
+                await asyncio.wait(futures, timeout=self.ack_timeout)
+            retry = []
+            for i, fut in zip(todo, futures, strict=True):
+                if not fut.done():
+                    fut.cancel()
+                    retry.append(i)
+                    continue
+                exc = fut.exception()
+                if exc is None:
+                    acks[i] = fut.result()
+                elif isinstance(exc, NoStreamResponseError):
+                    raise PublishError(
+                        messages[i].subject, "no stream captures this subject (run `nerve init`)"
+                    )
+                elif isinstance(exc, APIError):
+                    raise PublishError(messages[i].subject, f"server refused: {exc}")
+                else:
+                    retry.append(i)
+            todo = retry
+            if not todo:
+                return acks  # type: ignore[return-value]
+        raise PublishError(
+            messages[todo[0]].subject,
+            f"{len(todo)} message(s) not acknowledged after {self.retries + 1} attempts "
+            f"of {self.ack_timeout:g}s",
+        )
+
+    async def publish(self, messages: Sequence[Outgoing]) -> list[PubAck]:
+        """Send a batch and wait until the stream has acknowledged every message."""
+        return await self.settle(messages, await self.submit(messages))
+
+    async def publish_events(self, events: Sequence[Envelope]) -> list[PubAck]:
+        return await self.publish([Outgoing.event(e) for e in events])
+
+    async def deadletter(self, records: Sequence[DeadLetter]) -> list[PubAck]:
+        return await self.publish([Outgoing.deadletter(r) for r in records])

@@ -1,0 +1,77 @@
+"""Nerve's exceptions: one root, a few subclasses that carry the fields a caller needs.
+
+NerveError
+├── ConfigError            a setting or flag is wrong (the CLI exits 2)
+├── BrokerError            the broker cannot be started or reached
+│   └── BrokerUnavailable  no server answered at `url` within the retry budget
+├── ProvisionError         a stream / bucket exists with a config we cannot change
+├── EventRejected          an input failed validation: `errors` lists (field, reason)
+└── PublishError           the broker did not acknowledge a publish in time
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class NerveError(Exception):
+    """Root of every error Nerve raises on purpose."""
+
+
+class ConfigError(NerveError):
+    """A setting, flag or configuration file is invalid."""
+
+
+class BrokerError(NerveError):
+    """The NATS server could not be started or used."""
+
+
+class BrokerUnavailable(BrokerError):
+    """No NATS server answered at `url`."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach NATS at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class ProvisionError(NerveError):
+    """A stream, bucket or object store exists with a config that cannot be changed in place."""
+
+    def __init__(self, name: str, field: str, have: object, want: object) -> None:
+        super().__init__(
+            f"{name}: cannot change {field} from {have!r} to {want!r} in place "
+            "(the server refuses it; recreate the stream or keep the old value)"
+        )
+        self.name = name
+        self.field = field
+        self.have = have
+        self.want = want
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One reason an input was refused: the dotted path of the field and why."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+class EventRejected(NerveError):
+    """An event failed validation; `errors` says which fields and why."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class PublishError(NerveError):
+    """The broker did not acknowledge a publish (timeout, no stream, server error)."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(f"publish to {subject} failed: {reason}")
+        self.subject = subject
+        self.reason = reason

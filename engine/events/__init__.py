@@ -1,0 +1,29 @@
+"""Wire formats: the event envelope, the per-type catalog and the dead-letter record."""
+
+from engine.events.deadletter import DeadLetter
+from engine.events.envelope import (
+    CRM_TYPES,
+    LATEST,
+    MODELS,
+    Consent,
+    Context,
+    Envelope,
+    event_types,
+    json_schema,
+    parse_event,
+    parse_event_json,
+)
+
+__all__ = [
+    "CRM_TYPES",
+    "LATEST",
+    "MODELS",
+    "Consent",
+    "Context",
+    "DeadLetter",
+    "Envelope",
+    "event_types",
+    "json_schema",
+    "parse_event",
+    "parse_event_json",
+]

@@ -1,0 +1,227 @@
+"""The event envelope: one pydantic model per (type, schema_version), built from the catalog.
+
+An event on the wire is a JSON object with the fields of `Envelope`; its `properties` are
+validated by the catalog model of its `type` and `schema_version`. `parse_event` is the one
+entry point that turns untrusted input into an `Envelope` or raises `EventRejected` listing
+each bad field with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+)
+
+from engine.errors import EventRejected, FieldError
+from engine.events.catalog import CATALOG, CrmContactLogged, Properties
+from engine.subjects import activity_subject, crm_subject, user_token
+
+ID_PATTERN = (
+    r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9A-HJKMNP-TV-Z]{26})$"
+)
+"""A UUID (UUIDv7 recommended) or a ULID."""
+_ID = re.compile(ID_PATTERN)
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+MAX_FUTURE = timedelta(days=1)
+"""An event stamped further ahead than this is refused: a producer's clock is wrong."""
+CRM_TYPES = frozenset({CrmContactLogged.type_name})
+"""Types that belong in the CRM stream rather than ACTIVITY."""
+
+UserId = Annotated[str, Field(min_length=1, max_length=128, pattern=_PRINTABLE)]
+
+
+class Consent(BaseModel):
+    """Consent flags as the site collected them; absent means unknown."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    analytics: bool | None = None
+    personalization: bool | None = None
+    marketing: bool | None = None
+
+
+class Context(BaseModel):
+    """Where the event happened. No IP address: Nerve does not need one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    page_url: str | None = Field(default=None, max_length=2000)
+    referrer: str | None = Field(default=None, max_length=2000)
+    user_agent: str | None = Field(default=None, max_length=512)
+    locale: str | None = Field(default=None, max_length=35)
+    library: str | None = Field(default=None, max_length=64)
+    consent: Consent | None = None
+    gpc: bool | None = None
+    campaign: dict[str, Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, max_length=20
+    )
+
+
+class Envelope(BaseModel):
+    """Fields common to every event. Concrete classes fix `type` and `properties`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="UUIDv7 (or any UUID, or a ULID); also the Nats-Msg-Id")
+    type: str
+    schema_version: int
+    time: AwareDatetime = Field(description="When it happened, RFC 3339; stored in UTC")
+    received_at: AwareDatetime | None = Field(default=None, description="Set by the gateway")
+    user_id: UserId | None = None
+    anonymous_id: UserId | None = None
+    session_id: str | None = Field(default=None, max_length=128)
+    source: str = Field(default="web", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    item_id: UserId | None = None
+    properties: Properties
+    context: Context | None = None
+
+    properties_model: ClassVar[type[Properties]]
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("must be a UUID (UUIDv7 recommended) or a ULID")
+        return value
+
+    @field_validator("time", "received_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        if isinstance(value, datetime) or value is None:
+            return value
+        if not isinstance(value, str) or not _RFC3339.match(value):
+            raise ValueError("must be an RFC 3339 date-time with a UTC offset")
+        return value
+
+    @field_validator("time", "received_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    @property
+    def user_token(self) -> str:
+        """The token-safe user key of this event's subject (see `engine.subjects`)."""
+        return user_token(self.user_id, self.anonymous_id)
+
+    @property
+    def subject(self) -> str:
+        """The subject this event is stored under: ACTIVITY, or CRM for CRM types."""
+        if self.type in CRM_TYPES:
+            return crm_subject(self.user_token, self.type)
+        return activity_subject(self.user_token, self.type)
+
+    def to_json(self) -> bytes:
+        """Compact JSON, `None` fields left out: the bytes that go on the bus."""
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
+
+
+def _event_model(props: type[Properties]) -> type[Envelope]:
+    name = "".join(p.title() for p in props.type_name.split("_")) + "Event"
+    required = any(f.is_required() for f in props.model_fields.values())
+    model = create_model(
+        name,
+        __base__=Envelope,
+        __doc__=props.summary,
+        type=(Literal[props.type_name], ...),  # type: ignore[valid-type]
+        schema_version=(Literal[props.version], props.version),  # type: ignore[valid-type]
+        properties=(props, ... if required else Field(default_factory=props)),
+    )
+    model.properties_model = props
+    return model
+
+
+MODELS: dict[tuple[str, int], type[Envelope]] = {
+    (p.type_name, p.version): _event_model(p) for p in CATALOG
+}
+LATEST: dict[str, int] = {}
+for _t, _v in MODELS:
+    LATEST[_t] = max(_v, LATEST.get(_t, 0))
+
+
+def event_types() -> list[str]:
+    """Every event type in the catalog, sorted."""
+    return sorted(LATEST)
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    out = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(FieldError(field, msg))
+    return out
+
+
+def parse_event(data: Any, *, now: datetime | None = None) -> Envelope:
+    """Validate one decoded JSON value as an event, or raise `EventRejected` naming each field."""
+    if not isinstance(data, dict):
+        raise EventRejected([FieldError("", f"an event is a JSON object, not {_kind(data)}")])
+    etype = data.get("type")
+    if not isinstance(etype, str) or etype not in LATEST:
+        known = ", ".join(event_types())
+        raise EventRejected([FieldError("type", f"unknown event type {etype!r} (known: {known})")])
+    version = data.get("schema_version", LATEST[etype])
+    model = MODELS.get((etype, version)) if isinstance(version, int) else None
+    if model is None:
+        known_v = sorted(v for t, v in MODELS if t == etype)
+        raise EventRejected(
+            [FieldError("schema_version", f"unknown version {version!r} of {etype} ({known_v})")]
+        )
+    try:
+        event = model.model_validate(data)
+    except ValidationError as exc:
+        raise EventRejected(_field_errors(exc)) from None
+    errors = []
+    if event.user_id is None and event.anonymous_id is None:
+        errors.append(FieldError("user_id", "user_id or anonymous_id is required"))
+    for field in sorted(model.properties_model.requires):
+        if getattr(event, field) is None:
+            errors.append(FieldError(field, f"required for {etype}"))
+    if event.time > (now or datetime.now(UTC)) + MAX_FUTURE:
+        hours = int(MAX_FUTURE.total_seconds() // 3600)
+        errors.append(FieldError("time", f"more than {hours} h in the future (producer clock?)"))
+    if errors:
+        raise EventRejected(errors)
+    return event
+
+
+def parse_event_json(raw: bytes | str) -> Envelope:
+    """Decode and validate one JSON event (e.g. a message read back from the bus)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventRejected([FieldError("", f"not valid JSON: {exc}")]) from None
+    return parse_event(data)
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", type(None): "null"}.get(type(value), "a number")
+
+
+def json_schema(event_type: str | None = None) -> dict[str, Any]:
+    """JSON Schema of one event type (latest version), or of any event when `None`."""
+    if event_type is not None:
+        if event_type not in LATEST:
+            raise KeyError(event_type)
+        return MODELS[(event_type, LATEST[event_type])].model_json_schema()
+    latest = tuple(MODELS[(t, v)] for t, v in sorted(LATEST.items()))
+    union = Annotated[Union[latest], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+    schema = TypeAdapter(union).json_schema()
+    schema["title"] = "Nerve event"
+    return schema

@@ -1,0 +1,228 @@
+"""The HTTP gateway: event ingestion, health and metrics."""
+
+`POST /v1/events` takes one event or a JSON array of events (at most `max_batch`), as
+`application/json`, `text/plain` (what `navigator.sendBeacon` sends, no CORS preflight),
+`application/cloudevents+json` or `application/cloudevents-batch+json`.
+
+What a request gets back:
+
+* 202 — at least one event was stored. The body lists the ids of the accepted events
+  (`duplicates` counts those the log already held: a re-send is stored once) and, for each
+  refused event, its index, its id and every field with its reason.
+* 422 — every event was refused; same body. Refused events go to DEADLETTER either way.
+* 400 — the body is not JSON (dead-lettered whole, raw bytes kept).
+* 401 / 403 — no site key / unknown key or origin not allowed for it (not dead-lettered:
+  unauthenticated input is never stored, or anyone could fill the store).
+* 413 — body over `max_body_bytes` or more than `max_batch` events (the client is told; nothing
+  is stored). 429 — the key's rate limit, with `Retry-After`. 503 — the broker did not
+  acknowledge; nothing was stored, so the client may retry (with the same ids).
+
+The gateway assigns an id to an event that has none and always sets `received_at`. Clients that
+retry should send their own ids: a retried event with a gateway-assigned id is a new event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from engine import __version__
+from engine.bus import ConnectionState, Outgoing, Publisher, connect
+from engine.cloudevents import from_cloudevent
+from engine.errors import EventRejected, FieldError, PublishError
+from engine.events import CRM_TYPES, DeadLetter, Envelope, parse_event
+from engine.ids import uuid7
+from engine.metrics import Metrics
+from engine.settings import GatewaySettings, SiteKey
+
+SITE_KEY_HEADER = "X-Nerve-Site-Key"
+JSON_TYPES = ("application/json", "text/plain", "")
+CE_TYPES = ("application/cloudevents+json", "application/cloudevents-batch+json")
+
+
+class TokenBucket:
+    """Events per second with a burst allowance; `take` returns seconds to wait (0 = allowed)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self, n: int) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if n <= self.tokens:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
+@dataclass
+class Triage:
+    """A decoded batch split into events to store and refusals to dead-letter."""
+
+    events: list[Envelope] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+
+
+def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -> Triage:
+    """Validate each item; refusals carry their index, id and reasons and a dead-letter record."""
+    out = Triage()
+    stamp = now.isoformat().replace("+00:00", "Z")
+    for index, item in enumerate(items):
+        event_id = item.get("id") if isinstance(item, dict) else None
+        try:
+            data = from_cloudevent(item) if cloudevents else item
+            if isinstance(data, dict):
+                data = {**data, "received_at": stamp}
+                data.setdefault("id", uuid7())
+                event_id = data["id"]
+            event = parse_event(data, now=now)
+            if event.type in CRM_TYPES:
+                raise EventRejected(
+                    [FieldError("type", "CRM events are published to the CRM stream, not a site")]
+                )
+        except EventRejected as exc:
+            errors = [{"field": e.field, "reason": e.reason} for e in exc.errors]
+            out.rejected.append({"index": index, "id": event_id, "errors": errors})
+            raw = orjson.dumps(item)
+            eid = event_id if isinstance(event_id, str) else None
+            out.deadletters.append(DeadLetter.build("gateway", raw, exc.errors, now, origin, eid))
+            continue
+        out.events.append(event)
+    return out
+
+
+def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float = 10.0) -> FastAPI:
+    """The gateway application; it connects to `nats_url` on start-up and closes on shutdown."""
+    keys: dict[str, SiteKey] = {k.key: k for k in settings.site_keys}
+    buckets = {k.key: TokenBucket(k.rate_per_s, k.burst) for k in settings.site_keys}
+    metrics = Metrics()
+    metrics.describe("http_requests_total", "counter", "Requests to /v1/events by status")
+    metrics.describe("events_total", "counter", "Events by outcome: accepted, duplicate, rejected")
+    metrics.describe("nats_connected", "gauge", "1 when the gateway is connected to NATS")
+    state = ConnectionState()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nc = await connect(nats_url, "nerve-gateway", timeout=connect_timeout, state=state)
+        app.state.publisher = Publisher(nc, ack_timeout=settings.ack_timeout_s)
+        try:
+            yield
+        finally:
+            await nc.drain()
+
+    app = FastAPI(
+        title="Nerve gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="Event ingestion for Nerve. Event schemas: `nerve schema`.",
+    )
+    app.state.metrics = metrics
+    app.state.connection = state
+
+    def answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+        metrics.inc("http_requests_total", status=str(status))
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        summary="Ingest one event or a batch",
+        responses={
+            202: {"description": "Stored (some may be refused; see `rejected`)"},
+            422: {"description": "Every event refused; each with its fields and reasons"},
+            400: {"description": "Body is not JSON"},
+            401: {"description": "No site key"},
+            403: {"description": "Unknown site key or origin"},
+            413: {"description": "Body or batch too large"},
+            429: {"description": "Rate limit; see Retry-After"},
+            503: {"description": "Broker unavailable; nothing stored, retry"},
+        },
+    )
+    async def post_events(request: Request) -> Any:
+        key = request.headers.get(SITE_KEY_HEADER) or request.query_params.get("site_key")
+        if not key:
+            return answer(401, {"detail": f"missing {SITE_KEY_HEADER} header or site_key"})
+        site = keys.get(key)
+        if site is None:
+            return answer(403, {"detail": "unknown site key"})
+        origin = request.headers.get("origin")
+        if origin and "*" not in site.origins and origin not in site.origins:
+            return answer(403, {"detail": f"origin {origin} is not allowed for this site key"})
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in JSON_TYPES + CE_TYPES:
+            return answer(415, {"detail": f"unsupported content type {ctype!r}"})
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return answer(413, {"detail": f"body of {declared} bytes exceeds {limit}"})
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return answer(413, {"detail": f"body exceeds {limit} bytes"})
+        now = datetime.now(UTC)
+        publisher: Publisher = request.app.state.publisher
+        try:
+            decoded = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            errors = [FieldError("", f"body is not valid JSON: {exc}")]
+            record = DeadLetter.build("gateway", bytes(body), errors, now, f"site:{key[:8]}")
+            try:
+                await publisher.deadletter([record])
+            except PublishError as perr:
+                return answer(503, {"detail": str(perr)}, {"Retry-After": "1"})
+            metrics.inc("events_total", outcome="rejected")
+            return answer(400, {"detail": str(errors[0])})
+        items = decoded if isinstance(decoded, list) else [decoded]
+        if len(items) > settings.max_batch:
+            return answer(
+                413,
+                {"detail": f"{len(items)} events exceed the batch limit of {settings.max_batch}"},
+            )
+        if not items:
+            return answer(422, {"detail": "empty batch"})
+        wait = buckets[key].take(len(items))
+        if wait:
+            return answer(429, {"detail": "rate limit"}, {"Retry-After": f"{max(1, round(wait))}"})
+        result = triage(items, cloudevents=ctype in CE_TYPES, origin=f"site:{key[:8]}", now=now)
+        out = [Outgoing.event(e) for e in result.events]
+        out += [Outgoing.deadletter(d) for d in result.deadletters]
+        try:
+            acks = await publisher.publish(out)
+        except PublishError as exc:
+            return answer(503, {"detail": str(exc)}, {"Retry-After": "1"})
+        duplicates = sum(1 for a in acks[: len(result.events)] if a.duplicate)
+        metrics.inc("events_total", len(result.events) - duplicates, outcome="accepted")
+        metrics.inc("events_total", duplicates, outcome="duplicate")
+        metrics.inc("events_total", len(result.rejected), outcome="rejected")
+        body_out = {
+            "accepted": len(result.events),
+            "ids": [e.id for e in result.events],
+            "duplicates": duplicates,
+            "rejected": result.rejected,
+        }
+        return answer(202 if result.events else 422, body_out)
+
+    @app.get("/healthz", summary="Liveness and broker connection")
+    async def healthz() -> Any:
+        body = {"status": "ok" if state.connected else "degraded", "nats": state.as_dict()}
+        return JSONResponse(body, status_code=200 if state.connected else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        metrics.set("nats_connected", 1.0 if state.connected else 0.0)
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+

