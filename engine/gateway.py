@@ -1,4 +1,4 @@
-"""The HTTP gateway: event ingestion, health and metrics."""
+"""The HTTP gateway: event ingestion, health and metrics.
 
 `POST /v1/events` takes one event or a JSON array of events (at most `max_batch`), as
 `application/json`, `text/plain` (what `navigator.sendBeacon` sends, no CORS preflight),
@@ -225,4 +225,3 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
-
