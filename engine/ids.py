@@ -8,14 +8,17 @@ import time
 import uuid
 
 
-def _from_parts(unix_ms: int, rand: bytes) -> str:
-    """Assemble a version-7 UUID from a 48-bit millisecond timestamp and 10 random bytes."""
+def uuid7_from_bits(unix_ms: int, r: int) -> str:
+    """A version-7 UUID from a 48-bit millisecond timestamp and 80 random bits (74 are used)."""
     unix_ms &= (1 << 48) - 1
-    r = int.from_bytes(rand[:10], "big")
     rand_a = (r >> 68) & 0xFFF  # 12 bits
     rand_b = r & ((1 << 62) - 1)  # 62 bits
-    value = (unix_ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    return str(uuid.UUID(int=value))
+    h = f"{(unix_ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _from_parts(unix_ms: int, rand: bytes) -> str:
+    return uuid7_from_bits(unix_ms, int.from_bytes(rand[:10], "big"))
 
 
 def uuid7(unix_ms: int | None = None) -> str:

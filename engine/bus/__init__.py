@@ -1,6 +1,7 @@
 """The only package that talks to NATS: connect, provision, publish."""
 
 from engine.bus.connection import ConnectionState, connect
+from engine.bus.kv import JetStreamKV, KeyValueStore
 from engine.bus.provision import BUCKETS, OBJECT_STORES, Report, provision, streams
 from engine.bus.publisher import MSG_ID, Outgoing, Publisher
 
@@ -9,6 +10,8 @@ __all__ = [
     "MSG_ID",
     "OBJECT_STORES",
     "ConnectionState",
+    "JetStreamKV",
+    "KeyValueStore",
     "Outgoing",
     "Publisher",
     "Report",

@@ -39,7 +39,7 @@ async def connect(
     timeout: float = 10.0,
     state: ConnectionState | None = None,
 ) -> NATS:
-    """Connect to `url`, retrying with exponential backoff for up to `timeout` seconds.
+    """Connect to `url`, retrying every 0.25 s for up to `timeout` seconds.
 
     Once connected the client reconnects forever (nats-py's default gives up after about two
     minutes), and every asynchronous error is logged and recorded in `state` rather than lost.
@@ -47,13 +47,18 @@ async def connect(
     """
     state = state or ConnectionState()
 
-    async def on_error(exc: Exception) -> None:
-        state.last_error = f"{type(exc).__name__}: {exc}"
-        if "slow consumer" in str(exc).lower():
-            state.slow_consumer_errors += 1
-        log.warning("nats error: %s", state.last_error)
-
     client: list[NATS] = []
+    first_error: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if not client:  # still connecting: remember why, report once at the deadline
+            first_error[:] = [str(exc) or type(exc).__name__]
+            return
+        state.last_error = text
+        if "slow consumer" in text.lower():
+            state.slow_consumer_errors += 1
+        log.warning("nats error: %s", text)
 
     async def on_disconnect() -> None:
         state.connected, state.since = False, time.time()
@@ -65,29 +70,25 @@ async def connect(
         state.connected, state.since = True, time.time()
         log.info("reconnected to NATS")
 
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    last = "no attempt"
-    while True:
-        try:
-            nc = await nats.connect(
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
                 url,
                 name=name,
-                connect_timeout=min(2.0, max(0.1, deadline - time.monotonic())),
+                connect_timeout=min(2.0, timeout),
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                max_reconnect_attempts=-1,  # also retries the first connection until timeout
+                reconnect_time_wait=0.25,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
-            )
-        except Exception as exc:  # nats-py raises several unrelated types here
-            last = str(exc) or type(exc).__name__
-            if time.monotonic() + delay > deadline:
-                raise BrokerUnavailable(url, last) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            continue
+            ),
+            timeout,
+        )
+    except TimeoutError:
+        raise BrokerUnavailable(url, first_error[0] if first_error else "timed out") from None
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise BrokerUnavailable(url, str(exc) or type(exc).__name__) from None
         state.connected, state.since = True, time.time()
         client.append(nc)
         return nc
