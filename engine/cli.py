@@ -86,15 +86,49 @@ SyncInterval = Annotated[
 ]
 
 
-def _broker(
-    nats_url: str | None, data_dir: Path, nats_server: str | None, sync: str
-) -> BrokerSettings:
+_state: dict[str, BrokerSettings] = {}
+
+
+@app.callback()
+def _global(
+    nats_url: NatsUrl = None,
+    data_dir: DataDir = Path(".nerve"),
+    nats_server: NatsServer = None,
+    sync_interval: SyncInterval = "1s",
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout",
+            envvar="NERVE_CONNECT_TIMEOUT",
+            show_envvar=True,
+            help="Seconds to keep trying to reach NATS before giving up.",
+        ),
+    ] = 10.0,
+) -> None:
+    """Options shared by every command (give them before the command's name)."""
     try:
-        return BrokerSettings(
-            nats_url=nats_url, data_dir=data_dir, server_binary=nats_server, sync_interval=sync
+        _state["broker"] = BrokerSettings(
+            nats_url=nats_url,
+            data_dir=data_dir,
+            server_binary=nats_server,
+            sync_interval=sync_interval,
+            connect_timeout=connect_timeout,
         )
     except ValueError as exc:
-        raise ConfigError(str(exc).splitlines()[-1].strip()) from None
+        raise ConfigError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        field = str(e["loc"][0]).replace("_", "-") if e["loc"] else "value"
+        return f"--{field}: {e['msg'].removeprefix('Value error, ')}"
+    return str(exc)
+
+
+def _settings() -> BrokerSettings:
+    return _state["broker"]
 
 
 def _with_broker(settings: BrokerSettings, work: Callable[[str], Coroutine[Any, Any, T]]) -> T:
@@ -114,10 +148,6 @@ def _progress(unit: str = "bytes") -> Progress:
 
 @app.command()
 def init(
-    nats_url: NatsUrl = None,
-    data_dir: DataDir = Path(".nerve"),
-    nats_server: NatsServer = None,
-    sync_interval: SyncInterval = "1s",
     replicas: Annotated[int, typer.Option(help="Replicas per stream (cluster only).")] = 1,
     duplicate_window: Annotated[
         float,
@@ -144,8 +174,8 @@ def init(
             activity_max_bytes=activity_max_bytes,
         )
     except ValueError as exc:
-        raise ConfigError(str(exc).splitlines()[-1].strip()) from None
-    settings = _broker(nats_url, data_dir, nats_server, sync_interval)
+        raise ConfigError(_first_error(exc)) from None
+    settings = _settings()
 
     async def work(url: str) -> None:
         nc = await connect(url, "nerve-init", timeout=settings.connect_timeout)
@@ -207,10 +237,6 @@ def import_(
         str | None,
         typer.Option("--type", help="Event type for interaction rows without a type column."),
     ] = None,
-    nats_url: NatsUrl = None,
-    data_dir: DataDir = Path(".nerve"),
-    nats_server: NatsServer = None,
-    sync_interval: SyncInterval = "1s",
 ) -> None:
     """Import a history file into the log: idempotent, resumable, rejects to DEADLETTER.
 
@@ -223,7 +249,7 @@ def import_(
     if fmt not in ("jsonl", "interactions"):
         raise ConfigError(f"--format must be jsonl or interactions, not {fmt!r}")
     cols = tuple(c.strip() for c in columns.split(",")) if columns else None
-    settings = _broker(nats_url, data_dir, nats_server, sync_interval)
+    settings = _settings()
 
     async def work(url: str) -> int:
         nc = await connect(url, "nerve-import", timeout=settings.connect_timeout)
@@ -313,17 +339,13 @@ def generate(
 @app.command()
 def deadletters(
     limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 20,
-    nats_url: NatsUrl = None,
-    data_dir: DataDir = Path(".nerve"),
-    nats_server: NatsServer = None,
-    sync_interval: SyncInterval = "1s",
 ) -> None:
     """Show the newest rejected inputs with who refused them and why."""
     from engine.bus import connect
     from engine.bus.reader import last_messages
     from engine.events import DeadLetter
 
-    settings = _broker(nats_url, data_dir, nats_server, sync_interval)
+    settings = _settings()
 
     async def work(url: str) -> None:
         nc = await connect(url, "nerve-deadletters", timeout=settings.connect_timeout)
@@ -345,10 +367,6 @@ def deadletters(
 
 @app.command()
 def up(
-    nats_url: NatsUrl = None,
-    data_dir: DataDir = Path(".nerve"),
-    nats_server: NatsServer = None,
-    sync_interval: SyncInterval = "1s",
     host: Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)] = 8080,
     site_keys: Annotated[
@@ -370,13 +388,52 @@ def up(
     if not keys:
         raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
     gateway = GatewaySettings(host=host, port=port, site_keys=keys)
-    settings = _broker(nats_url, data_dir, nats_server, sync_interval)
+    settings = _settings()
 
     async def work(url: str) -> None:
         from engine.runner import run_engine
 
         await run_engine(url, gateway, settings, import_path=import_file, console=out)
 
+    _with_broker(settings, work)
+
+
+DEMO_SITE_KEY = "demo-site-key"
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=1, help="Users in the generated history.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Days of generated history.")] = 30,
+    host: Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)] = 8080,
+) -> None:
+    """The demo: generate a history once, import it, and serve the gateway until Ctrl-C."""
+    from engine.runner import run_engine
+    from engine.synth import generate as run
+
+    settings = _settings()
+    history = settings.data_dir / "demo" / "history.jsonl"
+    if not history.exists():
+        with _progress("users") as bar:
+            task = bar.add_task("generate demo history", total=users)
+            summary = run(
+                history, users=users, days=days, seed=42, progress=lambda n: bar.advance(task, n)
+            )
+        out.print(f"generated {summary.events:,} events of {users:,} users -> {history}")
+    gateway = GatewaySettings(host=host, port=port, site_keys=(SiteKey(key=DEMO_SITE_KEY),))
+
+    async def work(url: str) -> None:
+        await run_engine(url, gateway, settings, import_path=history, console=out)
+
+    out.print(
+        "Try:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
+        '-H \'Content-Type: application/json\' -d \'{{"type":"page_viewed","time":'
+        '"{t}","anonymous_id":"visitor-1"}}\''.format(
+            h=host, p=port, k=DEMO_SITE_KEY, t=datetime.now(UTC).isoformat(timespec="seconds")
+        ),
+        highlight=False,
+    )
     _with_broker(settings, work)
 
 

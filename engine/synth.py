@@ -363,8 +363,8 @@ def generate(
     cat_weight = np.zeros((users, len(CATEGORIES)))
     np.add.at(cat_weight.T, cat_of, weights.T)
     top3 = np.argsort(-cat_weight, axis=1)[:, :3]
-    with truth_path.open("w", newline="") as f:
-        w = csv.writer(f)
+    with truth_path.open("w", newline="") as tf:
+        w = csv.writer(tf)
         w.writerow(["user_id", "segment", "credit_intent", "top_categories"])
         for u in range(users):
             w.writerow(

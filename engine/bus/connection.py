@@ -89,6 +89,6 @@ async def connect(
         raise BrokerUnavailable(url, first_error[0] if first_error else "timed out") from None
     except Exception as exc:  # nats-py raises several unrelated types here
         raise BrokerUnavailable(url, str(exc) or type(exc).__name__) from None
-        state.connected, state.since = True, time.time()
-        client.append(nc)
-        return nc
+    state.connected, state.since = True, time.time()
+    client.append(nc)
+    return nc

@@ -186,7 +186,11 @@ async def _ensure_bucket(js: JetStreamContext, b: Bucket, replicas: int, report:
         )
         report.created.append(f"kv:{b.name}")
         return
-    want = {"max_msgs_per_subject": b.history, "num_replicas": replicas, "allow_direct": True}
+    want: dict[str, Any] = {
+        "max_msgs_per_subject": b.history,
+        "num_replicas": replicas,
+        "allow_direct": True,
+    }
     changed = [k for k, v in want.items() if _norm(k, getattr(info.config, k)) != v]
     if not changed:
         report.unchanged.append(f"kv:{b.name}")

@@ -43,6 +43,7 @@ MAX_FUTURE = timedelta(days=1)
 CRM_TYPES = frozenset({CrmContactLogged.type_name})
 """Types that belong in the CRM stream rather than ACTIVITY."""
 
+PropertiesClass = type[Properties]
 UserId = Annotated[str, Field(min_length=1, max_length=128, pattern=_PRINTABLE)]
 
 
@@ -89,7 +90,7 @@ class Envelope(BaseModel):
     properties: Properties
     context: Context | None = None
 
-    properties_model: ClassVar[type[Properties]]
+    properties_model: ClassVar[PropertiesClass]
 
     @field_validator("id")
     @classmethod
@@ -136,8 +137,8 @@ def _event_model(props: type[Properties]) -> type[Envelope]:
         name,
         __base__=Envelope,
         __doc__=props.summary,
-        type=(Literal[props.type_name], ...),  # type: ignore[valid-type]
-        schema_version=(Literal[props.version], props.version),  # type: ignore[valid-type]
+        type=(Literal[props.type_name], ...),  # type: ignore[arg-type]
+        schema_version=(Literal[props.version], props.version),  # type: ignore[arg-type]
         properties=(props, ... if required else Field(default_factory=props)),
     )
     model.properties_model = props

@@ -1,0 +1,103 @@
+"""Shared fixtures: one real nats-server per test module, fresh streams per test when needed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from engine.broker import EmbeddedBroker
+from engine.bus import connect, provision
+from engine.ids import uuid7
+from engine.settings import BrokerSettings, StreamSettings
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real nats-server (JetStream, random loopback port, temporary store) for the module."""
+    b = EmbeddedBroker(BrokerSettings(data_dir=tmp_path_factory.mktemp("broker")))
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_url(broker: EmbeddedBroker) -> str:
+    assert broker.url is not None
+    return broker.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    client = await connect(nats_url, "test", timeout=5)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def fresh(nc: NATS) -> NATS:
+    """Every stream deleted and provisioned again: a test that counts messages starts at zero."""
+    js = nc.jetstream()
+    for info in await js.streams_info():
+        await js.delete_stream(info.config.name)
+    await provision(js, StreamSettings())
+    return nc
+
+
+async def count(nc: NATS, stream: str) -> int:
+    return (await nc.jetstream().stream_info(stream)).state.messages
+
+
+def event(etype: str = "page_viewed", **fields: Any) -> dict[str, Any]:
+    """A valid event dict of `etype` (properties filled in), overridden by `fields`."""
+    base: dict[str, Any] = {
+        "id": uuid7(),
+        "type": etype,
+        "time": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+        "user_id": "u-1",
+        "properties": dict(EXAMPLE_PROPERTIES.get(etype, {})),
+    }
+    if etype in NEEDS_ITEM:
+        base["item_id"] = "loan-personal"
+    if etype == "user_identified":
+        base["anonymous_id"] = "anon-1"
+    base.update(fields)
+    return base
+
+
+NEEDS_ITEM = {
+    "item_viewed",
+    "item_added_to_cart",
+    "item_purchased",
+    "item_rated",
+    "recommendation_clicked",
+    "offer_dismissed",
+}
+EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
+    "page_viewed": {"page_type": "home", "title": "Welcome"},
+    "item_viewed": {"category": "loans"},
+    "search_performed": {"query": "mortgage", "results_count": 3},
+    "simulator_used": {"simulator": "loan", "amount": 12000, "term_months": 48},
+    "item_added_to_cart": {"quantity": 1, "price": 900},
+    "item_purchased": {"value": 910.5, "currency": "EUR"},
+    "item_rated": {"rating": 4.5},
+    "recommendation_shown": {
+        "recommendation_id": "r-1",
+        "slot": "home",
+        "items": [{"item_id": "loan-personal", "position": 0}],
+    },
+    "recommendation_clicked": {"recommendation_id": "r-1", "slot": "home", "position": 0},
+    "offer_dismissed": {"recommendation_id": "r-1", "slot": "home", "position": 1},
+    "user_identified": {"method": "login"},
+    "consent_updated": {"analytics": True, "personalization": True, "marketing": False},
+    "crm_contact_logged": {"channel": "phone", "outcome": "interested"},
+}
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path

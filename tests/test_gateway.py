@@ -1,0 +1,212 @@
+import base64
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from nats.aio.client import Client as NATS
+
+from engine.bus.reader import read_stream
+from engine.cloudevents import to_cloudevent
+from engine.events import DeadLetter
+from engine.gateway import SITE_KEY_HEADER, create_app
+from engine.settings import GatewaySettings, SiteKey
+from tests.conftest import count, event
+
+KEY = "test-site-key"
+HEADERS = {SITE_KEY_HEADER: KEY}
+
+
+def make_app(nats_url: str, **settings: Any) -> FastAPI:
+    keys = settings.pop("site_keys", (SiteKey(key=KEY),))
+    return create_app(GatewaySettings(site_keys=keys, **settings), nats_url, 5)
+
+
+@pytest.fixture
+async def client(fresh: NATS, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = make_app(nats_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            yield c
+
+
+def malformed(i: int) -> Any:
+    """Ten kinds of bad event, chosen by i."""
+    future = (datetime.now(UTC) + timedelta(days=5)).isoformat()
+    kinds: list[Any] = [
+        event(type="no_such_type"),
+        event(id="123"),
+        event(time="yesterday"),
+        event(user_id=None),
+        event("simulator_used", properties={"simulator": "loan", "amount": 0, "term_months": 1}),
+        event("item_viewed", item_id=None),
+        event("item_purchased", properties={"value": "lots"}),
+        event(time=future),
+        "just a string",
+        event("crm_contact_logged"),
+    ]
+    return kinds[i % len(kinds)]
+
+
+async def test_1000_events_with_100_malformed_end_as_900_and_100(
+    client: httpx.AsyncClient, fresh: NATS
+) -> None:
+    batch: list[Any] = []
+    for i in range(1000):
+        batch.append(malformed(i) if i % 10 == 3 else event("item_viewed", user_id=f"u{i % 37}"))
+    valid = [e for i, e in enumerate(batch) if i % 10 != 3]
+    for start in range(0, 1000, 100):
+        r = await client.post("/v1/events", json=batch[start : start + 100], headers=HEADERS)
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["accepted"] == 90 and len(body["rejected"]) == 10
+        for rej in body["rejected"]:
+            assert rej["index"] % 10 == 3
+            assert rej["errors"] and all(e["reason"] for e in rej["errors"])
+    assert await count(fresh, "ACTIVITY") == 900
+    assert await count(fresh, "DEADLETTER") == 100
+    records = [
+        DeadLetter.model_validate_json(d)
+        async for _, _, d in read_stream(fresh.jetstream(), "DEADLETTER")
+    ]
+    assert all(r.reason and r.source == "gateway" for r in records)
+    assert orjson.loads(records[0].raw) == batch[3]
+    # The 900 again: nothing new anywhere.
+    for start in range(0, 900, 300):
+        r = await client.post("/v1/events", json=valid[start : start + 300], headers=HEADERS)
+        assert r.status_code == 202 and r.json()["duplicates"] == 300
+    assert await count(fresh, "ACTIVITY") == 900
+    assert await count(fresh, "DEADLETTER") == 100
+
+
+async def test_a_single_bad_event_gets_422_with_field_and_reason(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/events",
+        json=event("simulator_used", properties={"simulator": "loan", "amount": -1}),
+        headers=HEADERS,
+    )
+    assert r.status_code == 422
+    fields = {e["field"] for e in r.json()["rejected"][0]["errors"]}
+    assert "properties.amount" in fields
+
+
+async def test_gateway_assigns_ids_and_received_at(client: httpx.AsyncClient, fresh: NATS) -> None:
+    data = event()
+    del data["id"]
+    r = await client.post("/v1/events", json=data, headers=HEADERS)
+    assert r.status_code == 202
+    (stored,) = [orjson.loads(d) async for _, _, d in read_stream(fresh.jetstream(), "ACTIVITY")]
+    assert stored["id"] == r.json()["ids"][0]
+    assert stored["received_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({SITE_KEY_HEADER: "wrong-key-123"}, 403)],
+)
+async def test_requests_without_a_valid_site_key_store_nothing(
+    client: httpx.AsyncClient, fresh: NATS, headers: dict[str, str], status: int
+) -> None:
+    r = await client.post("/v1/events", json=[event(), event()], headers=headers)
+    assert r.status_code == status
+    assert await count(fresh, "ACTIVITY") == 0
+    assert await count(fresh, "DEADLETTER") == 0
+
+
+async def test_site_key_may_come_as_a_query_parameter_for_beacons(
+    client: httpx.AsyncClient, fresh: NATS
+) -> None:
+    r = await client.post(
+        f"/v1/events?site_key={KEY}",
+        content=orjson.dumps([event()]),
+        headers={"Content-Type": "text/plain;charset=UTF-8"},
+    )
+    assert r.status_code == 202
+    assert await count(fresh, "ACTIVITY") == 1
+
+
+async def test_oversized_bodies_and_batches_get_413_and_store_nothing(
+    fresh: NATS, nats_url: str
+) -> None:
+    app = make_app(nats_url, max_body_bytes=4096, max_batch=5)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            big = [event(properties={"page_type": "home", "title": "x" * 290}) for _ in range(20)]
+            r = await c.post("/v1/events", json=big, headers=HEADERS)
+            assert r.status_code == 413 and "exceeds" in r.json()["detail"]
+            r = await c.post("/v1/events", json=[event() for _ in range(6)], headers=HEADERS)
+            assert r.status_code == 413 and "batch limit" in r.json()["detail"]
+    assert await count(fresh, "ACTIVITY") == 0
+
+
+async def test_a_body_that_is_not_json_is_dead_lettered_whole(
+    client: httpx.AsyncClient, fresh: NATS
+) -> None:
+    raw = b'{"type": "page_viewed", oops'
+    r = await client.post(
+        "/v1/events", content=raw, headers={**HEADERS, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    [(_, _, data)] = [m async for m in read_stream(fresh.jetstream(), "DEADLETTER")]
+    record = DeadLetter.model_validate_json(data)
+    assert record.raw == raw
+    assert base64.b64decode(record.raw_b64) == raw
+
+
+async def test_cloudevents_batches_are_accepted(client: httpx.AsyncClient, fresh: NATS) -> None:
+    from engine.events import parse_event
+
+    ces = [
+        to_cloudevent(orjson.loads(parse_event(event("item_viewed")).to_json())) for _ in range(3)
+    ]
+    r = await client.post(
+        "/v1/events",
+        content=orjson.dumps(ces),
+        headers={**HEADERS, "Content-Type": "application/cloudevents-batch+json"},
+    )
+    assert r.status_code == 202 and r.json()["accepted"] == 3
+    assert await count(fresh, "ACTIVITY") == 3
+
+
+async def test_rate_limit_answers_429_with_retry_after(fresh: NATS, nats_url: str) -> None:
+    app = make_app(nats_url, site_keys=(SiteKey(key=KEY, rate_per_s=1, burst=10),))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            ok = await c.post("/v1/events", json=[event() for _ in range(10)], headers=HEADERS)
+            assert ok.status_code == 202
+            r = await c.post("/v1/events", json=[event() for _ in range(5)], headers=HEADERS)
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert await count(fresh, "ACTIVITY") == 10
+
+
+async def test_origin_allowlist_is_enforced(fresh: NATS, nats_url: str) -> None:
+    app = make_app(nats_url, site_keys=(SiteKey(key=KEY, origins=("https://bank.example",)),))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            bad = await c.post(
+                "/v1/events", json=event(), headers={**HEADERS, "Origin": "https://evil.example"}
+            )
+            good = await c.post(
+                "/v1/events", json=event(), headers={**HEADERS, "Origin": "https://bank.example"}
+            )
+    assert (bad.status_code, good.status_code) == (403, 202)
+
+
+async def test_health_metrics_and_openapi(client: httpx.AsyncClient) -> None:
+    health = await client.get("/healthz")
+    assert health.status_code == 200 and health.json()["nats"]["connected"] is True
+    await client.post("/v1/events", json=[event(), event(id="bad")], headers=HEADERS)
+    metrics = (await client.get("/metrics")).text
+    assert 'nerve_events_total{outcome="accepted"} 1' in metrics
+    assert 'nerve_events_total{outcome="rejected"} 1' in metrics
+    assert "nerve_nats_connected 1" in metrics
+    spec = (await client.get("/openapi.json")).json()
+    assert "/v1/events" in spec["paths"]
+    assert (await client.get("/docs")).status_code == 200
