@@ -96,7 +96,10 @@ def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -
             out.rejected.append({"index": index, "id": event_id, "errors": errors})
             raw = orjson.dumps(item)
             eid = event_id if isinstance(event_id, str) else None
-            out.deadletters.append(DeadLetter.build("gateway", raw, exc.errors, now, origin, eid))
+            record = DeadLetter.build(
+                "gateway", raw, exc.errors, now, f"{origin}#{index}", eid, record_id=uuid7()
+            )
+            out.deadletters.append(record)
             continue
         out.events.append(event)
     return out
@@ -177,7 +180,9 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
             decoded = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             errors = [FieldError("", f"body is not valid JSON: {exc}")]
-            record = DeadLetter.build("gateway", bytes(body), errors, now, f"site:{key[:8]}")
+            record = DeadLetter.build(
+                "gateway", bytes(body), errors, now, f"site:{key[:8]}", record_id=uuid7()
+            )
             try:
                 await publisher.deadletter([record])
             except PublishError as perr:

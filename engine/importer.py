@@ -25,6 +25,7 @@ Rejected lines go to DEADLETTER (`dlq.import`) with the reason, `file:line` and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import time
@@ -195,8 +196,9 @@ def _jsonl_event(raw: bytes) -> dict[str, Any]:
         raise EventRejected([FieldError("", f"not valid JSON: {exc}")]) from None
     if isinstance(data, dict):
         if "id" not in data:
-            t = data.get("time")
-            ms = int(_parse_time(t).timestamp() * 1000) if isinstance(t, str) else 0
+            ms = 0  # a bad time is refused by validation below; the id just needs to be stable
+            with contextlib.suppress(ValueError, TypeError, OverflowError, OSError):
+                ms = int(_parse_time(data.get("time")).timestamp() * 1000)
             data["id"] = derived_uuid7(ms, "jsonl", raw.decode(errors="replace"))
         data.setdefault("source", "import")
     return data

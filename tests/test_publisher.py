@@ -22,7 +22,7 @@ async def test_an_event_sent_twice_is_stored_once(fresh: NATS) -> None:
     events = [parse_event(event()) for _ in range(50)]
     publisher = Publisher(fresh)
     first = await publisher.publish_events(events)
-    again = await publisher.publish_events(events + [parse_event(event())])
+    again = await publisher.publish_events([*events, parse_event(event())])
     assert not any(a.duplicate for a in first)
     assert all(a.duplicate for a in again[:50]) and not again[50].duplicate
     assert await count(fresh, "ACTIVITY") == 51

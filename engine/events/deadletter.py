@@ -29,7 +29,11 @@ class DeadLetter(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     version: int = 1
-    id: str = Field(description="Hash of source and raw bytes: a re-sent reject is stored once")
+    id: str = Field(
+        description="By default a hash of source, origin and raw bytes, so re-running an "
+        "interrupted import does not store its rejects twice; the gateway uses a fresh id per "
+        "reject instead, because every request it refuses was really received"
+    )
     source: str = Field(description="Who refused it: gateway, import, profiles, ...")
     reason: str = Field(description="One line: every field error joined")
     errors: list[Reason]
@@ -47,10 +51,14 @@ class DeadLetter(BaseModel):
         received_at: datetime,
         origin: str | None = None,
         event_id: str | None = None,
+        record_id: str | None = None,
     ) -> DeadLetter:
-        digest = hashlib.blake2b(source.encode() + b"\0" + raw, digest_size=16).hexdigest()
+        """A record; its id defaults to a hash of source, origin and raw bytes (see `id`)."""
+        if record_id is None:
+            key = f"{source}\0{origin or ''}\0".encode() + raw
+            record_id = hashlib.blake2b(key, digest_size=16).hexdigest()
         return cls(
-            id=digest,
+            id=record_id,
             source=source,
             reason="; ".join(str(e) for e in errors),
             errors=[Reason(field=e.field, reason=e.reason) for e in errors],
