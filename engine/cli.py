@@ -1,13 +1,15 @@
 """The `nerve` command line: one tool, one verb per job.
 
 Exit codes: 0 success, 1 failure (one line on stderr saying why), 2 usage or configuration
-error, 130 interrupted.
+error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); both stop the services and the
+embedded broker cleanly first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -439,6 +441,11 @@ def demo(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: maps errors to one line and an exit code."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds like Ctrl-C: services and broker stop in order
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         code = app(args=argv, standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):

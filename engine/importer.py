@@ -198,7 +198,7 @@ def _jsonl_event(raw: bytes) -> dict[str, Any]:
         if "id" not in data:
             ms = 0  # a bad time is refused by validation below; the id just needs to be stable
             with contextlib.suppress(ValueError, TypeError, OverflowError, OSError):
-                ms = int(_parse_time(data.get("time")).timestamp() * 1000)
+                ms = int(_parse_time(str(data.get("time"))).timestamp() * 1000)
             data["id"] = derived_uuid7(ms, "jsonl", raw.decode(errors="replace"))
         data.setdefault("source", "import")
     return data

@@ -8,10 +8,10 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import JetStreamKV, Publisher, provision
 from engine.bus.reader import read_stream
-from engine.events import DeadLetter, parse_event_json
+from engine.events import DeadLetter
 from engine.importer import Checkpoint, file_sha256, import_file
 from engine.settings import StreamSettings
-from tests.conftest import count, event, write_lines
+from tests.conftest import count, event, stored, write_lines
 
 
 async def run_import(nc: NATS, path: Path, **kw: object):  # type: ignore[no-untyped-def]
@@ -78,11 +78,8 @@ async def test_an_interrupted_import_resumes_after_its_checkpoint(
     assert summary.resumed_from == 200
     assert summary.accepted == 500
     assert await count(fresh, "ACTIVITY") == 300
-    stored = [
-        parse_event_json(d).id async for _, _, d in read_stream(fresh.jetstream(), "ACTIVITY")
-    ]
     expected = [orjson.loads(line)["id"] for line in path.read_text().splitlines()[200:]]
-    assert stored == expected
+    assert [e.id for e in await stored(fresh)] == expected
 
 
 async def test_lines_without_ids_get_stable_ids_so_a_copy_of_the_file_dedupes(
@@ -116,11 +113,11 @@ async def test_interactions_csv_with_bad_rows(fresh: NATS, tmp_path: Path) -> No
     )
     summary = await run_import(fresh, path, fmt="interactions")
     assert (summary.accepted, summary.rejected) == (3, 3)
-    stored = [parse_event_json(d) async for _, _, d in read_stream(fresh.jetstream(), "ACTIVITY")]
-    assert [e.type for e in stored] == ["item_rated"] * 3
-    assert stored[0].user_id == "1" and stored[0].item_id == "31"
-    assert stored[0].properties.rating == 2.5  # type: ignore[attr-defined]
-    assert stored[0].time == datetime.fromtimestamp(1260759144, UTC)
+    events = await stored(fresh)
+    assert [e.type for e in events] == ["item_rated"] * 3
+    assert events[0].user_id == "1" and events[0].item_id == "31"
+    assert events[0].properties.rating == 2.5  # type: ignore[attr-defined]
+    assert events[0].time == datetime.fromtimestamp(1260759144, UTC)
     assert await count(fresh, "DEADLETTER") == 3
     assert any("timestamp" in r for r in summary.first_reasons)
     assert any("item_id" in r for r in summary.first_reasons)
@@ -140,7 +137,7 @@ async def test_headerless_movielens_style_files_are_understood(
     path = write_lines(tmp_path / "u.data", lines)
     summary = await run_import(fresh, path, fmt="interactions", **kw)
     assert summary.rejected == 0 and summary.accepted == len(lines)
-    first = [parse_event_json(d) async for _, _, d in read_stream(fresh.jetstream(), "ACTIVITY")][0]
+    first = (await stored(fresh))[0]
     assert (first.user_id, first.item_id, first.type) == ("196", "242", "item_rated")
     assert first.time == datetime.fromtimestamp(881250949, UTC)
 
@@ -156,6 +153,6 @@ async def test_purchases_with_values_and_typed_rows(fresh: NATS, tmp_path: Path)
     )
     summary = await run_import(fresh, path, fmt="interactions")
     assert summary.accepted == 2
-    stored = [parse_event_json(d) async for _, _, d in read_stream(fresh.jetstream(), "ACTIVITY")]
-    assert stored[0].properties.value == 250.5  # type: ignore[attr-defined]
-    assert stored[1].type == "item_viewed"
+    events = await stored(fresh)
+    assert events[0].properties.value == 250.5  # type: ignore[attr-defined]
+    assert events[1].type == "item_viewed"

@@ -1,0 +1,129 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import event
+
+
+def nerve(
+    *args: str, data_dir: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    pre = ["--data-dir", str(data_dir)] if data_dir else []
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *pre, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_schema_prints_json_schema_of_one_type_or_all() -> None:
+    one = nerve("schema", "simulator_used")
+    assert one.returncode == 0
+    doc = json.loads(one.stdout)
+    assert doc["properties"]["type"]["const"] == "simulator_used"
+    listing = nerve("schema", "--list")
+    assert "crm_contact_logged" in listing.stdout and listing.returncode == 0
+    bad = nerve("schema", "nope")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("nerve: error: unknown event")
+
+
+def test_init_twice_then_generate_and_import_twice(tmp_path: Path) -> None:
+    first = nerve("init", data_dir=tmp_path)
+    assert first.returncode == 0 and "created   ACTIVITY" in first.stdout
+    second = nerve("init", data_dir=tmp_path)
+    assert second.returncode == 0
+    assert "created" not in second.stdout and "updated" not in second.stdout
+    history = tmp_path / "h.jsonl"
+    gen = nerve("generate", "--users", "200", "--days", "10", "--seed", "3", "-o", str(history))
+    assert gen.returncode == 0, gen.stderr
+    lines = len(history.read_bytes().splitlines())
+    imp = nerve("import", str(history), data_dir=tmp_path)
+    assert imp.returncode == 0, imp.stderr
+    assert f"{lines} accepted, 0 duplicates, 0 rejected" in imp.stdout
+    again = nerve("import", str(history), data_dir=tmp_path)
+    assert again.returncode == 0 and "already imported" in again.stdout
+    assert not (tmp_path / "broker.json").exists(), "the embedded broker must be stopped"
+
+
+def test_usage_errors_exit_2_and_failures_exit_1_with_one_line(tmp_path: Path) -> None:
+    missing = nerve("import", str(tmp_path / "missing.jsonl"), data_dir=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    bad_sync = nerve("--sync-interval", "sometimes", "init", data_dir=tmp_path)
+    assert bad_sync.returncode == 2
+    assert bad_sync.stderr.strip() == (
+        "nerve: error: --sync-interval: must be 'always' or a duration such as 500ms, 1s, 2m"
+    )
+    port = free_port()
+    down = nerve("--connect-timeout", "0.5", "--nats-url", f"nats://127.0.0.1:{port}", "init")
+    assert down.returncode == 1
+    assert down.stderr.count("\n") == 1 and "cannot reach NATS" in down.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_up_serves_the_gateway_and_stops_everything_on_a_signal(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "--data-dir",
+            str(tmp_path),
+            "up",
+            "--port",
+            str(port),
+            "--site-keys",
+            "cli-test-key",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("gateway did not come up")
+        r = httpx.post(
+            f"{base}/v1/events",
+            content=orjson.dumps([event(), event()]),
+            headers={"X-Nerve-Site-Key": "cli-test-key", "Content-Type": "application/json"},
+        )
+        assert r.status_code == 202 and r.json()["accepted"] == 2
+        broker = json.loads((tmp_path / "broker.json").read_text())
+    finally:
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert f"Gateway {base}/" in stdout
+    assert not (tmp_path / "broker.json").exists()
+    try:
+        os.kill(broker["pid"], 0)
+        raise AssertionError("nats-server still running after Ctrl-C")
+    except ProcessLookupError:
+        pass
