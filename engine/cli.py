@@ -384,9 +384,32 @@ def up(
         Path | None,
         typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
     ] = None,
+    rate_limit: Annotated[
+        float,
+        typer.Option(
+            envvar="NERVE_RATE_LIMIT",
+            show_envvar=True,
+            help="Events per second per site key, sustained (429 beyond).",
+        ),
+    ] = 5000.0,
+    burst: Annotated[
+        int,
+        typer.Option(
+            envvar="NERVE_RATE_BURST",
+            show_envvar=True,
+            help="Events a site key may send at once above the sustained rate.",
+        ),
+    ] = 20_000,
 ) -> None:
     """Run the engine: provision, then serve the gateway until Ctrl-C."""
-    keys = tuple(SiteKey(key=k.strip()) for k in site_keys.split(",") if k.strip())
+    try:
+        keys = tuple(
+            SiteKey(key=k.strip(), rate_per_s=rate_limit, burst=burst)
+            for k in site_keys.split(",")
+            if k.strip()
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--site-keys: {_first_error(exc)}") from None
     if not keys:
         raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
     gateway = GatewaySettings(host=host, port=port, site_keys=keys)

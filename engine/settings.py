@@ -73,8 +73,8 @@ class SiteKey(BaseModel):
 
     key: str = Field(min_length=8, max_length=128)
     origins: tuple[str, ...] = ("*",)
-    rate_per_s: float = Field(default=2000, gt=0, description="Events per second, sustained")
-    burst: int = Field(default=10_000, ge=1, description="Events allowed in one burst")
+    rate_per_s: float = Field(default=5000, gt=0, description="Events per second, sustained")
+    burst: int = Field(default=20_000, ge=1, description="Events allowed in one burst")
 
 
 class GatewaySettings(BaseModel):

@@ -71,8 +71,7 @@ class Publisher:
         for attempt in range(self.retries + 1):
             if attempt:
                 futures = await self.submit([messages[i] for i in todo])
-            if futures:
-                await asyncio.wait(futures, timeout=self.ack_timeout)
+            await self._wait(futures)
             retry = []
             for i, fut in zip(todo, futures, strict=True):
                 if not fut.done():
@@ -98,6 +97,21 @@ class Publisher:
             f"{len(todo)} message(s) not acknowledged after {self.retries + 1} attempts "
             f"of {self.ack_timeout:g}s",
         )
+
+    async def _wait(self, futures: list[asyncio.Future[PubAck]]) -> None:
+        """Wait until every future is done or `ack_timeout` passed.
+
+        Acks come back in publish order, so waiting on the last one first usually finds all
+        the others done; only stragglers get a second, shared wait.
+        """
+        if not futures:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        await asyncio.wait(futures[-1:], timeout=self.ack_timeout)
+        rest = [f for f in futures if not f.done()]
+        if rest:
+            await asyncio.wait(rest, timeout=max(0.0, deadline - loop.time()))
 
     async def publish(self, messages: Sequence[Outgoing]) -> list[PubAck]:
         """Send a batch and wait until the stream has acknowledged every message."""
