@@ -98,7 +98,7 @@ async def publisher_rate(nc: Any, events: list[Any]) -> float:
 
 
 async def import_rate(nc: Any, path: Path, n: int) -> float:
-    kv = await JetStreamKV.open(nc.jetstream(), "imports")
+    kv = await JetStreamKV.open(nc, "imports")
     start = time.perf_counter()
     summary = await import_file(path, Publisher(nc), kv)
     assert summary.accepted == n, summary

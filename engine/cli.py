@@ -8,6 +8,7 @@ embedded broker cleanly first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -257,7 +258,7 @@ def import_(
         nc = await connect(url, "nerve-import", timeout=settings.connect_timeout)
         try:
             await provision(nc.jetstream())
-            checkpoints = await JetStreamKV.open(nc.jetstream(), "imports")
+            checkpoints = await JetStreamKV.open(nc, "imports")
             with _progress("bytes") as bar:
                 task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
                 try:
@@ -384,6 +385,15 @@ def up(
         Path | None,
         typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
     ] = None,
+    internal_tokens: Annotated[
+        str,
+        typer.Option(
+            "--internal-tokens",
+            envvar="NERVE_INTERNAL_TOKENS",
+            show_envvar=True,
+            help="Comma-separated bearer tokens of internal callers (profiles API).",
+        ),
+    ] = "",
     rate_limit: Annotated[
         float,
         typer.Option(
@@ -412,15 +422,18 @@ def up(
         raise ConfigError(f"--site-keys: {_first_error(exc)}") from None
     if not keys:
         raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
-    gateway = GatewaySettings(host=host, port=port, site_keys=keys)
+    tokens = tuple(t.strip() for t in internal_tokens.split(",") if t.strip())
+    gateway = GatewaySettings(host=host, port=port, site_keys=keys, internal_tokens=tokens)
     settings = _settings()
 
-    async def work(url: str) -> None:
-        from engine.runner import run_engine
+    async def work(url: str) -> int:
+        from engine.runner import SERVICES, run_services
 
-        await run_engine(url, gateway, settings, import_path=import_file, console=out)
+        return await run_services(
+            url, SERVICES, settings, gateway=gateway, import_path=import_file, console=out
+        )
 
-    _with_broker(settings, work)
+    _exit_on_signal(_with_broker(settings, work))
 
 
 DEMO_SITE_KEY = "demo-site-key"
@@ -434,7 +447,7 @@ def demo(
     port: Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)] = 8080,
 ) -> None:
     """The demo: generate a history once, import it, and serve the gateway until Ctrl-C."""
-    from engine.runner import run_engine
+    from engine.runner import SERVICES, run_services
     from engine.synth import generate as run
 
     settings = _settings()
@@ -448,8 +461,10 @@ def demo(
         out.print(f"generated {summary.events:,} events of {users:,} users -> {history}")
     gateway = GatewaySettings(host=host, port=port, site_keys=(SiteKey(key=DEMO_SITE_KEY),))
 
-    async def work(url: str) -> None:
-        await run_engine(url, gateway, settings, import_path=history, console=out)
+    async def work(url: str) -> int:
+        return await run_services(
+            url, SERVICES, settings, gateway=gateway, import_path=history, console=out
+        )
 
     out.print(
         "Try:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
@@ -459,6 +474,175 @@ def demo(
         ),
         highlight=False,
     )
+    _exit_on_signal(_with_broker(settings, work))
+
+
+def _exit_on_signal(signum: int) -> None:
+    if signum:
+        raise SystemExit(128 + signum)
+
+
+@app.command()
+def run(
+    service: Annotated[str, typer.Argument(help="profiles | gateway")],
+    host: Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)] = 8080,
+    site_keys: Annotated[
+        str,
+        typer.Option(
+            "--site-keys",
+            envvar="NERVE_SITE_KEYS",
+            show_envvar=True,
+            help="Gateway only: comma-separated public site keys.",
+        ),
+    ] = "",
+) -> None:
+    """Run one service until Ctrl-C; start several to run replicas."""
+    from engine.runner import SERVICES, run_services
+
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    gateway = None
+    if service == "gateway":
+        keys = tuple(SiteKey(key=k.strip()) for k in site_keys.split(",") if k.strip())
+        if not keys:
+            raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
+        gateway = GatewaySettings(host=host, port=port, site_keys=keys)
+    settings = _settings()
+
+    async def work(url: str) -> int:
+        return await run_services(url, (service,), settings, gateway=gateway, console=out)
+
+    _exit_on_signal(_with_broker(settings, work))
+
+
+def _token(user: str, anonymous: bool) -> str:
+    from engine.subjects import user_token
+
+    return user_token(None, user) if anonymous else user_token(user, None)
+
+
+User = Annotated[str, typer.Argument(help="The user id (or anonymous id with --anonymous).")]
+Anonymous = Annotated[bool, typer.Option("--anonymous", help="USER is an anonymous id.")]
+
+
+@app.command()
+def profile(user: User, anonymous: Anonymous = False) -> None:
+    """Print a user's profile as JSON (times are Unix milliseconds)."""
+    from engine.bus import connect
+    from engine.profiles.reading import read_profile
+
+    settings = _settings()
+
+    async def work(url: str) -> None:
+        nc = await connect(url, "nerve-profile", timeout=settings.connect_timeout)
+        try:
+            found = await read_profile(nc, user, anonymous=anonymous)
+        finally:
+            await nc.close()
+        if found is None:
+            raise NerveError(f"no profile for {user!r}")
+        sys.stdout.write(found.model_dump_json(indent=2) + "\n")
+
+    _with_broker(settings, work)
+
+
+replay_app = typer.Typer(help="Rebuild state from the log.", no_args_is_help=True)
+app.add_typer(replay_app, name="replay")
+
+
+@replay_app.command("profiles")
+def replay_profiles(
+    user: Annotated[str | None, typer.Option(help="Rebuild only this user.")] = None,
+    anonymous: Anonymous = False,
+    into: Annotated[
+        str,
+        typer.Option(
+            help="Bucket to write the rebuilt profiles to (created if missing). Writing into the "
+            "live 'profiles' bucket while the service runs races with it."
+        ),
+    ] = "profiles_rebuild",
+    verify: Annotated[
+        bool,
+        typer.Option(help="Compare with the live 'profiles' bucket; exit 1 on any difference."),
+    ] = False,
+    write: Annotated[bool, typer.Option(help="Write the rebuilt profiles to --into.")] = True,
+) -> None:
+    """Rebuild profiles from ACTIVITY and CRM (all, or one user's) and optionally verify."""
+    from engine.bus import connect
+    from engine.bus.kv import JetStreamKV
+    from engine.profiles.replay import rebuild, store
+    from engine.profiles.replay import verify as compare
+
+    settings = _settings()
+    token = _token(user, anonymous) if user else None
+
+    async def work(url: str) -> int:
+        nc = await connect(url, "nerve-replay", timeout=settings.connect_timeout)
+        try:
+            js = nc.jetstream()
+            total = 0
+            for name in ("ACTIVITY", "CRM"):
+                with contextlib.suppress(Exception):
+                    total += (await js.stream_info(name)).state.messages
+            with _progress("events") as bar:
+                task = bar.add_task("replay", total=None if token else total)
+                result = await rebuild(js, token=token, progress=lambda n: bar.advance(task, n))
+            out.print(
+                f"replayed {result.events:,} events into {len(result.profiles):,} profiles "
+                f"in {result.seconds:.2f}s ({result.rate:,.0f} events/s); "
+                f"{result.refused} could not be applied",
+                highlight=False,
+            )
+            if write:
+                kv = await JetStreamKV.open_or_create(nc, into)
+                n = await store(kv, result.profiles)
+                out.print(f"wrote {n:,} profiles to bucket {into!r}", highlight=False)
+            if not verify:
+                return 0
+            live = await JetStreamKV.open(nc, "profiles")
+            diffs = await compare(live, result.profiles, every_key=token is None)
+            for d in diffs[:50]:
+                out.print(f"differs: {d.token}: {', '.join(d.fields)}", highlight=False)
+            if diffs:
+                raise NerveError(f"{len(diffs)} profile(s) differ from the live ones")
+            out.print(
+                f"verified: {len(result.profiles):,} rebuilt profiles equal the live ones",
+                highlight=False,
+            )
+            return 0
+        finally:
+            await nc.close()
+
+    _with_broker(settings, work)
+
+
+@app.command()
+def forget(
+    user: User,
+    anonymous: Anonymous = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a user everywhere in the broker, securely (see engine/profiles/erasure.py)."""
+    from engine.bus import Publisher, connect
+    from engine.profiles.erasure import forget as erase
+
+    if not yes and not typer.confirm(f"Erase every event and the profile of {user!r}?"):
+        raise typer.Abort()
+    settings = _settings()
+
+    async def work(url: str) -> None:
+        nc = await connect(url, "nerve-forget", timeout=settings.connect_timeout)
+        try:
+            report = await erase(nc, _token(user, anonymous), Publisher(nc))
+        finally:
+            await nc.close()
+        parts = ", ".join(f"{k} {v}" for k, v in report.erased.items())
+        out.print(
+            f"erased {report.total} messages ({parts}); erasure id {report.erasure_id}",
+            highlight=False,
+        )
+
     _with_broker(settings, work)
 
 

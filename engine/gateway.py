@@ -1,4 +1,4 @@
-"""The HTTP gateway: event ingestion, health and metrics.
+"""The HTTP gateway: event ingestion, profiles for internal callers, health and metrics.
 
 `POST /v1/events` takes one event or a JSON array of events (at most `max_batch`), as
 `application/json`, `text/plain` (what `navigator.sendBeacon` sends, no CORS preflight),
@@ -23,6 +23,7 @@ retry should send their own ids: a retried event with a gateway-assigned id is a
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,9 +39,10 @@ from engine import __version__
 from engine.bus import ConnectionState, Outgoing, Publisher, connect
 from engine.cloudevents import from_cloudevent
 from engine.errors import EventRejected, FieldError, PublishError
-from engine.events import CRM_TYPES, DeadLetter, Envelope, parse_event
+from engine.events import CRM_TYPES, SYSTEM_TYPES, DeadLetter, Envelope, parse_event
 from engine.ids import uuid7
 from engine.metrics import Metrics
+from engine.profiles.reading import read_profile
 from engine.settings import GatewaySettings, SiteKey
 
 SITE_KEY_HEADER = "X-Nerve-Site-Key"
@@ -87,9 +89,9 @@ def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -
                 data.setdefault("id", uuid7())
                 event_id = data["id"]
             event = parse_event(data, now=now)
-            if event.type in CRM_TYPES:
+            if event.type in CRM_TYPES or event.type in SYSTEM_TYPES:
                 raise EventRejected(
-                    [FieldError("type", "CRM events are published to the CRM stream, not a site")]
+                    [FieldError("type", f"{event.type} is not accepted from a site key")]
                 )
         except EventRejected as exc:
             errors = [{"field": e.field, "reason": e.reason} for e in exc.errors]
@@ -119,6 +121,7 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await connect(nats_url, "nerve-gateway", timeout=connect_timeout, state=state)
         app.state.publisher = Publisher(nc, ack_timeout=settings.ack_timeout_s)
+        app.state.nc = nc
         try:
             yield
         finally:
@@ -218,6 +221,30 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
             "rejected": result.rejected,
         }
         return answer(202 if result.events else 422, body_out)
+
+    @app.get(
+        "/v1/profiles/{user_id}",
+        summary="A user's profile (internal callers only: Authorization: Bearer <token>)",
+        responses={
+            401: {"description": "No bearer token"},
+            403: {"description": "Not internal"},
+            404: {"description": "No profile"},
+        },
+    )
+    async def get_profile(user_id: str, request: Request, anonymous: bool = False) -> Any:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return JSONResponse(
+                {"detail": "internal endpoint: Authorization: Bearer <token>"}, status_code=401
+            )
+        if not settings.internal_tokens or not any(
+            hmac.compare_digest(auth[7:].strip(), t) for t in settings.internal_tokens
+        ):
+            return JSONResponse({"detail": "not an internal token"}, status_code=403)
+        found = await read_profile(request.app.state.nc, user_id, anonymous=anonymous)
+        if found is None:
+            return JSONResponse({"detail": f"no profile for {user_id!r}"}, status_code=404)
+        return JSONResponse(found.model_dump(mode="json"))
 
     @app.get("/healthz", summary="Liveness and broker connection")
     async def healthz() -> Any:

@@ -1,8 +1,15 @@
-"""`nerve up`: provision, optionally import a history, then run the services until stopped."""
+"""Running services: `nerve up` (all of them in one process) and `nerve run NAME` (one).
+
+Each service is an asyncio task with its own dependencies; a Ctrl-C or SIGTERM sets one stop
+event, every service finishes its current batch, then the process exits with 130 / 143.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from collections.abc import Generator
 from pathlib import Path
 
 import uvicorn
@@ -11,44 +18,94 @@ from rich.console import Console
 from engine.bus import JetStreamKV, Publisher, connect, provision
 from engine.gateway import create_app
 from engine.importer import import_file
+from engine.profiles.erasure import FORGET_SUBJECT
+from engine.profiles.service import ProfileService
 from engine.settings import BrokerSettings, GatewaySettings
 
+SERVICES = ("gateway", "profiles")
 
-async def run_engine(
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def run_services(
     url: str,
-    gateway: GatewaySettings,
+    names: tuple[str, ...],
     broker: BrokerSettings,
     *,
+    gateway: GatewaySettings | None = None,
     import_path: Path | None = None,
     console: Console | None = None,
-) -> None:
-    """Provision, import `import_path` if given, then serve the gateway until Ctrl-C."""
+) -> int:
+    """Run `names` until SIGINT/SIGTERM; returns the signal number that stopped them."""
     console = console or Console()
-    nc = await connect(url, "nerve-up", timeout=broker.connect_timeout)
+    nc = await connect(url, "nerve-services", timeout=broker.connect_timeout)
+    stop = asyncio.Event()
+    received: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    tasks: list[asyncio.Task[None]] = []
     try:
         js = nc.jetstream()
         await provision(js)
         if import_path is not None:
             summary = await import_file(
-                import_path, Publisher(nc), await JetStreamKV.open(js, "imports")
+                import_path, Publisher(nc), await JetStreamKV.open(nc, "imports")
             )
             state = "already imported" if summary.already_complete else "imported"
             console.print(f"{import_path.name}: {state}, {summary.accepted:,} events in the log")
-    finally:
-        await nc.close()
-    config = uvicorn.Config(
-        create_app(gateway, url, broker.connect_timeout),
-        host=gateway.host,
-        port=gateway.port,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.05)
-    if server.started:
-        base = f"http://{gateway.host}:{gateway.port}"
-        console.print(f"Nerve is up. Gateway {base}/  API docs {base}/docs  health {base}/healthz")
+        if "profiles" in names:
+            service = ProfileService(js, Publisher(nc), await JetStreamKV.open(nc, "profiles"))
+
+            async def on_forget(msg: object) -> None:
+                service.forget(msg.data.decode())  # type: ignore[attr-defined]
+
+            await nc.subscribe(FORGET_SUBJECT, cb=on_forget)
+            tasks.append(asyncio.create_task(service.run(stop), name="profiles"))
+            console.print("profiles: projecting ACTIVITY and CRM into the profiles bucket")
+        server = None
+        if "gateway" in names:
+            assert gateway is not None
+            config = uvicorn.Config(
+                create_app(gateway, url, broker.connect_timeout),
+                host=gateway.host,
+                port=gateway.port,
+                log_level="warning",
+                lifespan="on",
+            )
+            server = _Server(config)
+            tasks.append(asyncio.create_task(server.serve(), name="gateway"))
+            while not server.started and not tasks[-1].done():
+                await asyncio.sleep(0.05)
+            if server.started:
+                base = f"http://{gateway.host}:{gateway.port}"
+                console.print(f"gateway: {base}/  API docs {base}/docs  health {base}/healthz")
         console.print(f"NATS {url}. Ctrl-C stops.")
-    await task
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+        for t in done:
+            if t is not waiter and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await nc.drain()
+    return received[0] if received else 0

@@ -88,3 +88,7 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Larger bodies get 413")
     max_batch: int = Field(default=500, ge=1, description="Events per request")
     ack_timeout_s: float = Field(default=5.0, gt=0)
+    internal_tokens: tuple[str, ...] = Field(
+        default=(),
+        description="Bearer tokens of internal callers (profiles API); none = API closed",
+    )

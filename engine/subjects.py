@@ -21,6 +21,9 @@ _SAFE = re.compile(r"[A-Za-z0-9_-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _ESCAPE = re.compile(r"~([0-9A-F]{2})")
 ANON_PREFIX = "~~"
+SYSTEM_TOKEN = "~system"
+"""The token of events about the system rather than a user (`user_forgotten`). `user_token`
+never produces it: `~` there is always followed by two hex digits or by another `~`."""
 
 
 def _escape(value: str) -> str:
@@ -56,6 +59,11 @@ def decode_token(token: str) -> tuple[str | None, str | None]:
     if token.startswith(ANON_PREFIX):
         return None, _unescape(token[len(ANON_PREFIX) :])
     return _unescape(token), None
+
+
+def is_user_token(token: str) -> bool:
+    """False for `SYSTEM_TOKEN` (and anything else `user_token` cannot produce)."""
+    return token != SYSTEM_TOKEN
 
 
 def activity_subject(token: str, event_type: str) -> str:

@@ -72,6 +72,8 @@ def event(etype: str = "page_viewed", **fields: Any) -> dict[str, Any]:
         base["item_id"] = "loan-personal"
     if etype == "user_identified":
         base["anonymous_id"] = "anon-1"
+    if etype == "user_forgotten":
+        del base["user_id"]
     base.update(fields)
     return base
 
@@ -102,6 +104,7 @@ EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
     "user_identified": {"method": "login"},
     "consent_updated": {"analytics": True, "personalization": True, "marketing": False},
     "crm_contact_logged": {"channel": "phone", "outcome": "interested"},
+    "user_forgotten": {"erasure_id": "e-1", "erased": {"ACTIVITY": 3}},
 }
 
 

@@ -120,7 +120,7 @@ def test_up_serves_the_gateway_and_stops_everything_on_a_signal(
         stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
-    assert f"Gateway {base}/" in stdout
+    assert f"gateway: {base}/" in stdout
     assert not (tmp_path / "broker.json").exists()
     try:
         os.kill(broker["pid"], 0)

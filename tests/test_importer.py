@@ -15,7 +15,7 @@ from tests.conftest import count, event, stored, write_lines
 
 
 async def run_import(nc: NATS, path: Path, **kw: object):  # type: ignore[no-untyped-def]
-    kv = await JetStreamKV.open(nc.jetstream(), "imports")
+    kv = await JetStreamKV.open(nc, "imports")
     return await import_file(path, Publisher(nc), kv, **kw)  # type: ignore[arg-type]
 
 
@@ -63,7 +63,7 @@ async def test_an_interrupted_import_resumes_after_its_checkpoint(
 ) -> None:
     path = jsonl(tmp_path, 500)
     sha = file_sha256(path)
-    kv = await JetStreamKV.open(fresh.jetstream(), "imports")
+    kv = await JetStreamKV.open(fresh, "imports")
     # What a run killed after acknowledging 200 lines leaves behind.
     cp = Checkpoint(
         sha256=sha,

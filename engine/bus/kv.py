@@ -1,12 +1,37 @@
-"""A thin key-value wrapper over a JetStream KV bucket: bytes in, bytes out, `None` if absent."""
+"""Key-value access over JetStream KV buckets: plain get/put, pipelined compare-and-set writes,
+and secure erasure of a key's whole history.
+
+KV keys may only use `-/_=.A-Za-z0-9`; a user's subject token may contain `~`, so `kv_key`
+maps `~` to `=` (which tokens never contain) and `token_of_key` maps it back.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Sequence
 from typing import Protocol
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+
+from engine.bus.pipeline import Ack, Pipeline, Refused
+from engine.errors import PublishError
+
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
+
+
+def kv_key(token: str) -> str:
+    """The KV key of a subject token."""
+    return token.replace("~", "=")
+
+
+def token_of_key(key: str) -> str:
+    return key.replace("=", "~")
 
 
 class KeyValueStore(Protocol):
@@ -18,21 +43,149 @@ class KeyValueStore(Protocol):
 
 
 class JetStreamKV:
-    """`KeyValueStore` over a JetStream bucket."""
+    """`KeyValueStore` over a JetStream bucket, plus batched CAS writes and erasure."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, nc: NATS, kv: KeyValue, bucket: str) -> None:
+        self._js = nc.jetstream()
+        self._pipeline = Pipeline(nc)
         self._kv = kv
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str) -> JetStreamKV:
-        return cls(await js.key_value(bucket))
+    async def open(cls, nc: NATS, bucket: str) -> JetStreamKV:
+        return cls(nc, await nc.jetstream().key_value(bucket), bucket)
+
+    @classmethod
+    async def open_or_create(cls, nc: NATS, bucket: str, history: int = 1) -> JetStreamKV:
+        """Open `bucket`, creating it (file storage, direct get) if it does not exist."""
+        js = nc.jetstream()
+        try:
+            return cls(nc, await js.key_value(bucket), bucket)
+        except NotFoundError:
+            config = KeyValueConfig(
+                bucket=bucket, history=history, storage=StorageType.FILE, direct=True
+            )
+            return cls(nc, await js.create_key_value(config), bucket)
+
+    def subject(self, key: str) -> str:
+        return f"$KV.{self.bucket}.{key}"
 
     async def get(self, key: str) -> bytes | None:
+        entry = await self.entry(key)
+        return entry[0] if entry else None
+
+    async def entry(self, key: str) -> tuple[bytes, int] | None:
+        """(value, revision) of the key, or None if absent or deleted."""
         try:
-            entry = await self._kv.get(key)
-        except (KeyNotFoundError, KeyDeletedError):
+            e = await self._kv.get(key)
+        except (KeyNotFoundError, KeyDeletedError, NotFoundError):
             return None
-        return entry.value
+        return (e.value or b""), (e.revision or 0)
+
+    async def entries(
+        self, keys: Sequence[str], concurrency: int = 64
+    ) -> dict[str, tuple[bytes, int]]:
+        """The present keys among `keys`, read concurrently."""
+        sem = asyncio.Semaphore(concurrency)
+        out: dict[str, tuple[bytes, int]] = {}
+
+        async def one(key: str) -> None:
+            async with sem:
+                e = await self.entry(key)
+            if e is not None:
+                out[key] = e
+
+        await asyncio.gather(*(one(k) for k in keys))
+        return out
 
     async def put(self, key: str, value: bytes) -> int:
         return await self._kv.put(key, value)
+
+    async def write_many(
+        self,
+        items: Sequence[tuple[str, bytes, int | None]],
+        timeout: float = 10.0,
+    ) -> list[int | None]:
+        """Write (key, value, expected revision) pipelined; `None` expected means unconditional,
+        0 means "must not exist". Returns each new revision, or None where the key had moved
+        on (compare-and-set lost: reload and retry)."""
+        futures: list[asyncio.Future[Ack]] = []
+        for key, value, expected in items:
+            headers = None if expected is None else {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+            futures.append(await self._pipeline.publish(self.subject(key), value, headers))
+        if futures:
+            await asyncio.wait(futures, timeout=timeout)
+        out: list[int | None] = []
+        for (key, _, _), fut in zip(items, futures, strict=True):
+            if not fut.done():
+                fut.cancel()
+                raise PublishError(self.subject(key), f"no acknowledgement within {timeout}s")
+            exc = fut.exception()
+            if exc is None:
+                out.append(fut.result().seq)
+            elif isinstance(exc, Refused) and exc.err_code == WRONG_LAST_SEQUENCE:
+                out.append(None)
+            else:
+                raise PublishError(self.subject(key), str(exc))
+        return out
+
+    async def keys(self) -> list[str]:
+        """Every key that currently holds a value."""
+        try:
+            return list(await self._kv.keys())
+        except NotFoundError:
+            return []
+        except Exception as exc:  # nats-py raises NoKeysError when the bucket is empty
+            if type(exc).__name__ == "NoKeysError":
+                return []
+            raise
+
+    async def erase(self, key: str) -> int:
+        """Delete every revision of `key` by sequence with the server's secure erase (bytes
+        overwritten on disk, unlike a purge); returns how many messages were erased."""
+        return await erase_subject(self._js, self.stream, self.subject(key))
+
+
+async def subject_sequences(js: JetStreamContext, stream: str, subject: str) -> list[int]:
+    """Sequences of every message of `stream` on `subject` (wildcards allowed), headers only."""
+    try:
+        info = await js.stream_info(stream, subjects_filter=subject)
+    except NotFoundError:
+        return []
+    total = sum((info.state.subjects or {}).values())
+    if total == 0:
+        return []
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subject=subject,
+        headers_only=True,
+        inactive_threshold=30.0,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    seqs: list[int] = []
+    try:
+        while len(seqs) < total:
+            try:
+                msgs = await sub.fetch(min(1000, total - len(seqs)), timeout=2.0)
+            except TimeoutError:
+                break
+            seqs.extend(m.metadata.sequence.stream for m in msgs)
+    finally:
+        await sub.unsubscribe()
+    return seqs
+
+
+async def erase_subject(js: JetStreamContext, stream: str, subject: str) -> int:
+    """Securely delete every message of `stream` on `subject` (wildcards allowed)."""
+    seqs = await subject_sequences(js, stream, subject)
+    sem = asyncio.Semaphore(32)
+
+    async def one(seq: int) -> None:
+        async with sem:
+            with contextlib.suppress(NotFoundError):  # already gone
+                await js.delete_msg(stream, seq)  # secure erase is the server's default
+
+    await asyncio.gather(*(one(s) for s in seqs))
+    return len(seqs)

@@ -1,7 +1,7 @@
 """Publishing to JetStream with the message id as `Nats-Msg-Id`, acknowledgements pipelined.
 
-`Publisher.submit` sends a whole batch without waiting (nats-py's `publish_async`), then
-`settle` waits for its PubAcks together. A message whose ack does not arrive in time is sent
+`Publisher.submit` sends a whole batch without waiting (`engine.bus.pipeline`), then
+`settle` waits for its Acks together. A message whose ack does not arrive in time is sent
 again with the same `Nats-Msg-Id`, so the stream keeps one copy even if the first attempt was
 stored (a timed-out publish may still have been written). Errors are never swallowed: whatever
 still fails after the retries raises `PublishError`.
@@ -14,10 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import APIError, NoStreamResponseError
 
+from engine.bus.pipeline import Ack, NoStream, Pipeline, Refused
 from engine.errors import PublishError
 from engine.events import DeadLetter, Envelope
 from engine.subjects import deadletter_subject
@@ -53,20 +51,20 @@ class Publisher:
         ack_timeout: float = 5.0,
         retries: int = 3,
     ) -> None:
-        self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=window)
+        self.pipeline = Pipeline(nc, window)
         self.ack_timeout = ack_timeout
         self.retries = retries
 
-    async def submit(self, messages: Iterable[Outgoing]) -> list[asyncio.Future[PubAck]]:
+    async def submit(self, messages: Iterable[Outgoing]) -> list[asyncio.Future[Ack]]:
         """Send every message now; return the futures of their acks (check each one)."""
-        publish = self.js.publish_async
-        return [await publish(m.subject, m.payload, headers={MSG_ID: m.msg_id}) for m in messages]
+        publish = self.pipeline.publish
+        return [await publish(m.subject, m.payload, {MSG_ID: m.msg_id}) for m in messages]
 
     async def settle(
-        self, messages: Sequence[Outgoing], futures: list[asyncio.Future[PubAck]]
-    ) -> list[PubAck]:
+        self, messages: Sequence[Outgoing], futures: list[asyncio.Future[Ack]]
+    ) -> list[Ack]:
         """Wait for the acks of a submitted batch, re-sending what timed out; in input order."""
-        acks: list[PubAck | None] = [None] * len(messages)
+        acks: list[Ack | None] = [None] * len(messages)
         todo = list(range(len(messages)))
         for attempt in range(self.retries + 1):
             if attempt:
@@ -81,11 +79,11 @@ class Publisher:
                 exc = fut.exception()
                 if exc is None:
                     acks[i] = fut.result()
-                elif isinstance(exc, NoStreamResponseError):
+                elif isinstance(exc, NoStream):
                     raise PublishError(
                         messages[i].subject, "no stream captures this subject (run `nerve init`)"
                     )
-                elif isinstance(exc, APIError):
+                elif isinstance(exc, Refused):
                     raise PublishError(messages[i].subject, f"server refused: {exc}")
                 else:
                     retry.append(i)
@@ -98,7 +96,7 @@ class Publisher:
             f"of {self.ack_timeout:g}s",
         )
 
-    async def _wait(self, futures: list[asyncio.Future[PubAck]]) -> None:
+    async def _wait(self, futures: list[asyncio.Future[Ack]]) -> None:
         """Wait until every future is done or `ack_timeout` passed.
 
         Acks come back in publish order, so waiting on the last one first usually finds all
@@ -113,12 +111,12 @@ class Publisher:
         if rest:
             await asyncio.wait(rest, timeout=max(0.0, deadline - loop.time()))
 
-    async def publish(self, messages: Sequence[Outgoing]) -> list[PubAck]:
+    async def publish(self, messages: Sequence[Outgoing]) -> list[Ack]:
         """Send a batch and wait until the stream has acknowledged every message."""
         return await self.settle(messages, await self.submit(messages))
 
-    async def publish_events(self, events: Sequence[Envelope]) -> list[PubAck]:
+    async def publish_events(self, events: Sequence[Envelope]) -> list[Ack]:
         return await self.publish([Outgoing.event(e) for e in events])
 
-    async def deadletter(self, records: Sequence[DeadLetter]) -> list[PubAck]:
+    async def deadletter(self, records: Sequence[DeadLetter]) -> list[Ack]:
         return await self.publish([Outgoing.deadletter(r) for r in records])

@@ -26,6 +26,8 @@ class Properties(BaseModel):
     version: ClassVar[int] = 1
     requires: ClassVar[frozenset[str]] = frozenset()
     """Envelope fields this type cannot do without: `item_id`, `user_id`, `anonymous_id`."""
+    system: ClassVar[bool] = False
+    """About the system, not a user: no user id, stored under the system token."""
     summary: ClassVar[str] = ""
 
 
@@ -174,6 +176,15 @@ class CrmContactLogged(Properties):
     signal_id: str | None = Field(default=None, max_length=128)
 
 
+class UserForgotten(Properties):
+    type_name = "user_forgotten"
+    system = True
+    summary = "A user's data was erased (`nerve forget`); carries no personal data."
+
+    erasure_id: str = Id
+    erased: dict[str, int] = Field(description="Messages erased per stream or bucket")
+
+
 CATALOG: tuple[type[Properties], ...] = (
     PageViewed,
     ItemViewed,
@@ -188,4 +199,5 @@ CATALOG: tuple[type[Properties], ...] = (
     UserIdentified,
     ConsentUpdated,
     CrmContactLogged,
+    UserForgotten,
 )

@@ -26,7 +26,7 @@ from pydantic import (
 
 from engine.errors import EventRejected, FieldError
 from engine.events.catalog import CATALOG, CrmContactLogged, Properties
-from engine.subjects import activity_subject, crm_subject, user_token
+from engine.subjects import SYSTEM_TOKEN, activity_subject, crm_subject, user_token
 
 ID_PATTERN = (
     r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -42,6 +42,8 @@ MAX_FUTURE = timedelta(days=1)
 """An event stamped further ahead than this is refused: a producer's clock is wrong."""
 CRM_TYPES = frozenset({CrmContactLogged.type_name})
 """Types that belong in the CRM stream rather than ACTIVITY."""
+SYSTEM_TYPES = frozenset(p.type_name for p in CATALOG if p.system)
+"""Types about the system, not a user; the gateway does not accept them."""
 
 PropertiesClass = type[Properties]
 UserId = Annotated[str, Field(min_length=1, max_length=128, pattern=_PRINTABLE)]
@@ -116,6 +118,8 @@ class Envelope(BaseModel):
     @property
     def user_token(self) -> str:
         """The token-safe user key of this event's subject (see `engine.subjects`)."""
+        if self.properties_model.system:
+            return SYSTEM_TOKEN
         return user_token(self.user_id, self.anonymous_id)
 
     @property
@@ -189,7 +193,10 @@ def parse_event(data: Any, *, now: datetime | None = None) -> Envelope:
     except ValidationError as exc:
         raise EventRejected(_field_errors(exc)) from None
     errors = []
-    if event.user_id is None and event.anonymous_id is None:
+    system = model.properties_model.system
+    if system and (event.user_id is not None or event.anonymous_id is not None):
+        errors.append(FieldError("user_id", f"{etype} carries no user id"))
+    elif not system and event.user_id is None and event.anonymous_id is None:
         errors.append(FieldError("user_id", "user_id or anonymous_id is required"))
     for field in sorted(model.properties_model.requires):
         if getattr(event, field) is None:

@@ -1,0 +1,274 @@
+"""The profiles service: project ACTIVITY and CRM into the `profiles` bucket, exactly once.
+
+One durable pull consumer per stream (`profiles` on ACTIVITY and on CRM), shared by every
+replica. Per batch: decode, load the touched profiles (cache, else KV), fold the events in
+(`profile.apply` skips anything already applied), write every changed profile with
+compare-and-set on its revision, and only then acknowledge the batch. A lost compare-and-set
+(another replica wrote the profile meanwhile) reloads that profile and applies the batch's
+events to it again, so replicas never overwrite each other's work.
+
+An event the projection cannot apply (not JSON, a missing field) is dead-lettered with the reason
+and its raw bytes at once, since retrying cannot help. An unexpected error is retried: the event
+is negatively acknowledged with a growing delay and dead-lettered at its last delivery
+(`max_deliver`), so one poison message never stalls the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from engine.bus import Publisher
+from engine.bus.consumer import Delivery, DurableConsumer
+from engine.bus.kv import JetStreamKV, kv_key
+from engine.errors import FieldError
+from engine.events import DeadLetter
+from engine.profiles.profile import CannotApply, apply, new_profile, settle_floor
+from engine.subjects import decode_token, is_user_token
+
+log = logging.getLogger("nerve.profiles")
+SOURCES = (("ACTIVITY", "activity"), ("CRM", "crm"))
+
+
+@dataclass
+class Stats:
+    applied: int = 0
+    skipped: int = 0
+    deadlettered: int = 0
+    retried: int = 0
+    conflicts: int = 0
+    batches: int = 0
+    by_stream: dict[str, int] = field(default_factory=dict)
+
+
+def token_of(subject: str) -> str:
+    """The user token of `activity.<token>.<type>` or `crm.<token>.<type>`."""
+    parts = subject.split(".")
+    if len(parts) != 3:
+        raise CannotApply(f"subject {subject!r} is not <stream>.<user>.<type>")
+    return parts[1]
+
+
+def blank(token: str) -> dict[str, Any]:
+    user_id, anonymous_id = decode_token(token)
+    return new_profile(token, user_id, anonymous_id)
+
+
+class ProfileService:
+    """Runs the projection until `stop` is set. `fold` is the broker-free core."""
+
+    def __init__(
+        self,
+        js: Any,
+        publisher: Publisher,
+        profiles: JetStreamKV,
+        *,
+        durable: str = "profiles",
+        batch: int = 500,
+        max_deliver: int = 5,
+        cache_size: int = 50_000,
+    ) -> None:
+        self.js = js
+        self.publisher = publisher
+        self.profiles = profiles
+        self.durable = durable
+        self.batch = batch
+        self.max_deliver = max_deliver
+        self.cache: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self.cache_size = cache_size
+        self.stats = Stats()
+        self._floors: dict[str, tuple[int, float]] = {}
+
+    # -- the core, callable without a broker ----------------------------------------------
+    def fold(
+        self, stream: str, deliveries: Iterable[Delivery], profiles: dict[str, dict[str, Any]]
+    ) -> tuple[set[str], list[tuple[Delivery, str]]]:
+        """Apply `deliveries` to `profiles` (keyed by token, created when missing); returns
+        the tokens changed and the deliveries refused with their reason."""
+        changed: set[str] = set()
+        refused: list[tuple[Delivery, str]] = []
+        for d in deliveries:
+            try:
+                token = token_of(d.subject)
+                if not is_user_token(token):
+                    self.stats.skipped += 1
+                    continue
+                event = orjson.loads(d.data)
+                if not isinstance(event, dict):
+                    raise CannotApply("not a JSON object")
+                profile = profiles.get(token)
+                if profile is None:
+                    profile = profiles[token] = blank(token)
+                if apply(profile, event, stream, d.seq):
+                    changed.add(token)
+                    self.stats.applied += 1
+                else:
+                    self.stats.skipped += 1
+            except CannotApply as exc:
+                refused.append((d, str(exc)))
+            except orjson.JSONDecodeError as exc:
+                refused.append((d, f"not valid JSON: {exc}"))
+        return changed, refused
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        consumers = [
+            DurableConsumer(self.js, name, self.durable, max_deliver=self.max_deliver)
+            for name, _ in SOURCES
+        ]
+        for c in consumers:
+            await c.start()
+        try:
+            await asyncio.gather(
+                *(
+                    self._loop(c, short, stop)
+                    for c, (_, short) in zip(consumers, SOURCES, strict=True)
+                )
+            )
+        finally:
+            for c in consumers:
+                await c.stop()
+
+    async def _loop(self, consumer: DurableConsumer, stream: str, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            deliveries = await consumer.fetch(self.batch, timeout=0.5)
+            if deliveries:
+                await self.process(consumer, stream, deliveries)
+
+    async def _floor(self, consumer: DurableConsumer) -> int:
+        """The consumer's ack floor, refreshed at most once a second."""
+        floor, at = self._floors.get(consumer.stream, (0, 0.0))
+        if time.monotonic() - at > 1.0:
+            floor = await consumer.ack_floor()
+            self._floors[consumer.stream] = (floor, time.monotonic())
+        return floor
+
+    async def process(
+        self, consumer: DurableConsumer, stream: str, deliveries: list[Delivery]
+    ) -> None:
+        """Store the effect of one batch, then acknowledge it."""
+        self.stats.batches += 1
+        floor = await self._floor(consumer)
+        try:
+            await self._settle(consumer, deliveries, await self._store(stream, deliveries, floor))
+        except Exception:
+            # Unexpected: find the culprit by storing one message at a time; the others are
+            # stored and acknowledged, the culprit is retried later and finally dead-lettered.
+            log.exception("batch of %d failed; isolating", len(deliveries))
+            for d in deliveries:
+                try:
+                    await self._settle(consumer, [d], await self._store(stream, [d], floor))
+                except Exception as exc:
+                    await self._retry(consumer, d, f"{type(exc).__name__}: {exc}")
+
+    async def _settle(
+        self,
+        consumer: DurableConsumer,
+        deliveries: list[Delivery],
+        refused: list[tuple[Delivery, str]],
+    ) -> None:
+        refused_ids = {id(d) for d, _ in refused}
+        if refused:
+            await self._deadletter(consumer, refused)
+        await consumer.ack([d for d in deliveries if id(d) not in refused_ids])
+
+    async def _store(
+        self, stream: str, deliveries: list[Delivery], floor: int
+    ) -> list[tuple[Delivery, str]]:
+        tokens = set()
+        for d in deliveries:
+            with contextlib.suppress(CannotApply):
+                tokens.add(token_of(d.subject))
+        refused: list[tuple[Delivery, str]] | None = None
+        todo = deliveries
+        for _attempt in range(10):
+            loaded = await self._load(tokens)
+            working = {t: p for t, (p, _) in loaded.items()}
+            changed, refused_now = self.fold(stream, todo, working)
+            if refused is None:  # refusals do not depend on the profile: keep the first pass's
+                refused = refused_now
+            for t in changed:
+                settle_floor(working[t], stream, floor)
+            order = sorted(changed)
+            writes = [
+                (kv_key(t), orjson.dumps(working[t]), loaded.get(t, (None, 0))[1]) for t in order
+            ]
+            revisions = await self.profiles.write_many(writes)
+            lost = {t for t, rev in zip(order, revisions, strict=True) if rev is None}
+            for t, rev in zip(order, revisions, strict=True):
+                if rev is not None:
+                    self._remember(t, working[t], rev)
+            if not lost:
+                return refused or []
+            self.stats.conflicts += len(lost)
+            for t in lost:
+                self.cache.pop(t, None)
+            tokens = lost
+            todo = [d for d in deliveries if _token_or_none(d.subject) in lost]
+        raise RuntimeError(f"compare-and-set kept failing for {sorted(tokens)[:3]}")
+
+    async def _load(self, tokens: set[str]) -> dict[str, tuple[dict[str, Any], int]]:
+        """Profiles and revisions of `tokens` (0 = new); copies, so a failed write leaves the
+        cache as it was."""
+        out: dict[str, tuple[dict[str, Any], int]] = {}
+        missing = []
+        for t in tokens:
+            hit = self.cache.get(t)
+            if hit is None:
+                missing.append(t)
+            else:
+                out[t] = (orjson.loads(orjson.dumps(hit[0])), hit[1])
+        if missing:
+            found = await self.profiles.entries([kv_key(t) for t in missing])
+            for t in missing:
+                e = found.get(kv_key(t))
+                out[t] = (orjson.loads(e[0]), e[1]) if e else (blank(t), 0)
+        return out
+
+    def _remember(self, token: str, profile: dict[str, Any], revision: int) -> None:
+        self.cache[token] = (profile, revision)
+        self.cache.move_to_end(token)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    def forget(self, token: str) -> None:
+        """Drop a user from the cache (after `nerve forget`)."""
+        self.cache.pop(token, None)
+
+    async def _deadletter(
+        self, consumer: DurableConsumer, refused: list[tuple[Delivery, str]]
+    ) -> None:
+        now = datetime.now(UTC)
+        records = [
+            DeadLetter.build(
+                "profiles", d.data, [FieldError("", reason)], now, f"{d.stream}#{d.seq}"
+            )
+            for d, reason in refused
+        ]
+        await self.publisher.deadletter(records)
+        self.stats.deadlettered += len(records)
+        for d, _ in refused:
+            await consumer.term(d)
+
+    async def _retry(self, consumer: DurableConsumer, d: Delivery, reason: str) -> None:
+        if d.delivered >= self.max_deliver:
+            await self._deadletter(consumer, [(d, f"failed {d.delivered} times: {reason}")])
+        else:
+            self.stats.retried += 1
+            await consumer.nak(d, delay=0.5 * 2 ** (d.delivered - 1))
+
+
+def _token_or_none(subject: str) -> str | None:
+    try:
+        return token_of(subject)
+    except CannotApply:
+        return None

@@ -1,0 +1,201 @@
+"""The profiles service against a real nats-server: exactly-once, replicas, replay, poison."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+
+from engine.bus import JetStreamKV, Outgoing, Publisher, connect
+from engine.bus.consumer import DurableConsumer
+from engine.bus.kv import kv_key
+from engine.events import parse_event
+from engine.profiles import Profile, content
+from engine.profiles.reading import read_profile
+from engine.profiles.replay import rebuild, verify
+from engine.profiles.service import ProfileService
+from engine.subjects import user_token
+from tests.conftest import count, event, stored
+from tests.test_profile import script
+
+TYPES = ["page_viewed", "item_viewed", "simulator_used", "item_purchased", "consent_updated"]
+
+
+def history(n: int, users: int = 40) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        etype = TYPES[i % len(TYPES)]
+        data = event(etype, user_id=f"user-{i % users}")
+        if etype == "item_viewed":
+            data["properties"] = {"category": ["loans", "funds", "cards"][i % 3]}
+        out.append(orjson.loads(parse_event(data).to_json()))
+    return out
+
+
+async def publish(nc: NATS, events: list[dict[str, Any]]) -> None:
+    await Publisher(nc).publish_events([parse_event(e) for e in events])
+
+
+def expected_counts(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in events:
+        out[user_token(e.get("user_id"), e.get("anonymous_id"))][e["type"]] += 1
+    return out
+
+
+async def service(nc: NATS, **kw: Any) -> ProfileService:
+    js = nc.jetstream()
+    return ProfileService(js, Publisher(nc), await JetStreamKV.open(nc, "profiles"), **kw)
+
+
+async def drain(nc: NATS, *services: ProfileService, timeout: float = 30) -> None:
+    """Run the services until both durable consumers have nothing pending or unacknowledged."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(stop)) for s in services]
+    js = nc.jetstream()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await asyncio.sleep(0.2)
+                idle = True
+                for stream in ("ACTIVITY", "CRM"):
+                    info = await js.consumer_info(stream, "profiles")
+                    idle &= (info.num_pending or 0) == 0 and (info.num_ack_pending or 0) == 0
+                if idle:
+                    break
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def live_profiles(nc: NATS) -> dict[str, dict[str, Any]]:
+    kv = await JetStreamKV.open(nc, "profiles")
+    keys = await kv.keys()
+    entries = await kv.entries(keys)
+    return {k.replace("=", "~"): orjson.loads(v) for k, (v, _) in entries.items()}
+
+
+@pytest.fixture
+async def second(nats_url: str) -> AsyncIterator[NATS]:
+    nc = await connect(nats_url, "replica-2", timeout=5)
+    yield nc
+    await nc.close()
+
+
+async def test_a_scripted_history_is_projected_into_the_profile(fresh: NATS) -> None:
+    await publish(fresh, script())
+    await drain(fresh, await service(fresh))
+    profile = await read_profile(fresh, "u-1")
+    assert profile is not None
+    assert profile.counts["simulator_used"] == 2 and profile.counts["consent_updated"] == 2
+    assert list(profile.held) == ["loan-car"]
+    assert profile.simulators["car_loan"].last_parameters["amount"] == 18000
+    assert profile.consent.marketing is True
+    assert profile.anonymous_ids == ["anon-7"]
+    assert profile.positions["activity"].max == len(script())
+
+
+async def test_a_batch_stored_but_not_acknowledged_is_redelivered_and_changes_nothing(
+    fresh: NATS,
+) -> None:
+    events = history(200)
+    await publish(fresh, events)
+    svc = await service(fresh)
+    consumer = DurableConsumer(fresh.jetstream(), "ACTIVITY", "profiles", ack_wait=1.0)
+    await consumer.start()
+    first = await consumer.fetch(120, timeout=2)
+    assert len(first) == 120
+    await svc._store("activity", first, floor=0)  # stored, then "crashed" before the ack
+    await consumer.stop()
+    await asyncio.sleep(1.2)  # ack_wait passes: the 120 come again
+    await drain(fresh, await service(fresh))
+    live = await live_profiles(fresh)
+    expected = expected_counts(events)
+    assert {t: Counter(p["counts"]) for t, p in live.items()} == expected
+    assert svc.stats.applied == 120
+
+
+async def test_two_replicas_on_one_consumer_give_the_profiles_one_gives(
+    fresh: NATS, second: NATS
+) -> None:
+    events = history(3000, users=25)  # few users: replicas constantly touch the same profiles
+    await publish(fresh, events)
+    a, b = await service(fresh, batch=50), await service(second, batch=50)
+    await drain(fresh, a, b)
+    assert a.stats.applied > 0 and b.stats.applied > 0, "both replicas must have worked"
+    live = await live_profiles(fresh)
+    assert {t: Counter(p["counts"]) for t, p in live.items()} == expected_counts(events)
+    rebuilt = await rebuild(fresh.jetstream())
+    assert {t: content(p) for t, p in live.items()} == {
+        t: content(p) for t, p in rebuilt.profiles.items()
+    }
+    for p in live.values():
+        Profile.model_validate(p)
+
+
+async def test_replay_equals_the_live_projection_and_single_user_replay_too(fresh: NATS) -> None:
+    events = history(1500)
+    crm = event(
+        "crm_contact_logged",
+        user_id="user-3",
+        item_id="mort-fixed",
+        properties={"channel": "phone", "outcome": "declined"},
+    )
+    await publish(fresh, events)
+    await Publisher(fresh).publish([Outgoing.event(parse_event(crm))])
+    await drain(fresh, await service(fresh))
+    kv = await JetStreamKV.open(fresh, "profiles")
+    full = await rebuild(fresh.jetstream())
+    assert full.events == 1501 and full.refused == 0
+    assert await verify(kv, full.profiles, every_key=True) == []
+    one = await rebuild(fresh.jetstream(), token="user-3")
+    assert list(one.profiles) == ["user-3"]
+    assert one.events == sum(1 for i in range(1500) if i % 40 == 3) + 1
+    assert one.profiles["user-3"]["crm"]["mort-fixed"]["outcome"] == "declined"
+    assert await verify(kv, one.profiles, every_key=False) == []
+    # A difference is reported: change one live profile behind the service's back.
+    tampered = orjson.loads((await kv.get(kv_key("user-3"))) or b"{}")
+    tampered["counts"]["page_viewed"] = 1
+    await kv.put(kv_key("user-3"), orjson.dumps(tampered))
+    diffs = await verify(kv, full.profiles, every_key=True)
+    assert [(d.token, d.fields) for d in diffs] == [("user-3", ["counts"])]
+
+
+async def test_a_poison_event_is_dead_lettered_and_later_events_still_apply(fresh: NATS) -> None:
+    js = fresh.jetstream()
+    await publish(fresh, history(10))
+    await js.publish(
+        "activity.user-0.page_viewed", b"{this is not json", headers={"Nats-Msg-Id": "poison-1"}
+    )
+    await js.publish(
+        "activity.user-0.item_viewed",
+        orjson.dumps({"type": "item_viewed"}),
+        headers={"Nats-Msg-Id": "poison-2"},
+    )
+    later = history(10)
+    await publish(fresh, later)
+    await drain(fresh, await service(fresh))
+    assert await count(fresh, "DEADLETTER") == 2
+    letters = await stored_deadletters(fresh)
+    assert letters[0]["source"] == "profiles" and "JSON" in letters[0]["reason"]
+    assert "time" in letters[1]["reason"]
+    live = await live_profiles(fresh)
+    assert sum(sum(p["counts"].values()) for p in live.values()) == 20
+
+
+async def stored_deadletters(nc: NATS) -> list[dict[str, Any]]:
+    from engine.bus.reader import read_stream
+
+    return [orjson.loads(d) async for _, _, d in read_stream(nc.jetstream(), "DEADLETTER")]
+
+
+async def test_system_events_make_no_profile(fresh: NATS) -> None:
+    await publish(fresh, [event("user_forgotten"), *history(5)])
+    await drain(fresh, await service(fresh))
+    assert "~system" not in await live_profiles(fresh)
+    assert len(await stored(fresh)) == 6
