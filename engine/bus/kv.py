@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -130,6 +131,21 @@ class JetStreamKV:
                 raise PublishError(self.subject(key), str(exc))
         return out
 
+    async def erase_revisions(self, revisions: Sequence[int], concurrency: int = 64) -> None:
+        """Securely erase superseded revisions (by stream sequence), concurrently.
+
+        A revision that a bucket's history limit drops is removed without erasure, its bytes
+        left in the block files; erasing each superseded revision ourselves leaves none behind.
+        """
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(seq: int) -> None:
+            async with sem:
+                with contextlib.suppress(NotFoundError):
+                    await self._js.delete_msg(self.stream, seq)
+
+        await asyncio.gather(*(one(r) for r in revisions))
+
     async def keys(self) -> list[str]:
         """Every key that currently holds a value."""
         try:
@@ -156,14 +172,18 @@ async def subject_sequences(js: JetStreamContext, stream: str, subject: str) -> 
     total = sum((info.state.subjects or {}).values())
     if total == 0:
         return []
+    name = f"nerve_seqs_{uuid.uuid4().hex}"
     config = ConsumerConfig(
+        name=name,
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.ALL,
         filter_subject=subject,
         headers_only=True,
         inactive_threshold=30.0,
+        mem_storage=True,  # its config names the user: keep it off the disk
     )
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    await js.add_consumer(stream, config)
+    sub = await js.pull_subscribe_bind(name, stream)
     seqs: list[int] = []
     try:
         while len(seqs) < total:
@@ -174,6 +194,8 @@ async def subject_sequences(js: JetStreamContext, stream: str, subject: str) -> 
             seqs.extend(m.metadata.sequence.stream for m in msgs)
     finally:
         await sub.unsubscribe()
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, name)
     return seqs
 
 

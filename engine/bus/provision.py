@@ -14,7 +14,6 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
-    KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
@@ -44,11 +43,37 @@ MANAGED = (
 
 @dataclass(frozen=True)
 class Bucket:
-    """A KV bucket: name, how many revisions per key are kept, and what it is for."""
+    """A KV bucket: name, how many revisions per key are kept, and what it is for.
+
+    `erasable` buckets allow deleting single messages, so a key's whole history can be
+    securely erased (`nerve forget`); nats-py creates buckets with deletes denied, and the
+    server cannot lift that later, so Nerve creates its bucket streams itself.
+    """
 
     name: str
     history: int
     description: str
+    erasable: bool = False
+
+
+def bucket_stream(b: Bucket, replicas: int) -> StreamConfig:
+    """The stream behind a KV bucket, as nats-py would create it, deletes allowed if erasable."""
+    return StreamConfig(
+        name=f"KV_{b.name}",
+        description=b.description,
+        subjects=[f"$KV.{b.name}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=not b.erasable,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120.0,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msg_size=-1,
+        max_msgs_per_subject=b.history,
+        num_replicas=replicas,
+        storage=StorageType.FILE,
+    )
 
 
 @dataclass
@@ -125,7 +150,9 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
 
 
 BUCKETS = (
-    Bucket("profiles", 1, "Per-user profile projection with the last applied sequences"),
+    # History 64 (the most KV allows) so that the server never drops a revision by limit,
+    # which would leave its bytes on disk: the profiles service erases superseded ones itself.
+    Bucket("profiles", 64, "Per-user profile projection with the last applied sequences", True),
     Bucket("registry", 16, "active.<slot> and model.<version>: which model serves, model cards"),
     Bucket("imports", 1, "Import checkpoints: file hash -> last line applied"),
 )
@@ -174,18 +201,11 @@ async def _ensure_bucket(js: JetStreamContext, b: Bucket, replicas: int, report:
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=b.name,
-                history=b.history,
-                description=b.description,
-                storage=StorageType.FILE,
-                replicas=replicas,
-                direct=True,
-            )
-        )
+        await js.add_stream(bucket_stream(b, replicas))
         report.created.append(f"kv:{b.name}")
         return
+    if b.erasable and info.config.deny_delete:
+        raise ProvisionError(stream, "deny_delete", True, False)
     want: dict[str, Any] = {
         "max_msgs_per_subject": b.history,
         "num_replicas": replicas,

@@ -7,6 +7,10 @@ compare-and-set on its revision, and only then acknowledge the batch. A lost com
 (another replica wrote the profile meanwhile) reloads that profile and applies the batch's
 events to it again, so replicas never overwrite each other's work.
 
+Each superseded revision of a profile is erased (bytes overwritten) right after the new one is
+stored, so no old copy of a profile lingers in the bucket's files (see
+`JetStreamKV.erase_revisions`).
+
 An event the projection cannot apply (not JSON, a missing field) is dead-lettered with the reason
 and its raw bytes at once, since retrying cannot help. An unexpected error is retried: the event
 is negatively acknowledged with a growing delay and dead-lettered at its last delivery
@@ -204,9 +208,14 @@ class ProfileService:
             ]
             revisions = await self.profiles.write_many(writes)
             lost = {t for t, rev in zip(order, revisions, strict=True) if rev is None}
+            superseded = []
             for t, rev in zip(order, revisions, strict=True):
                 if rev is not None:
                     self._remember(t, working[t], rev)
+                    previous = loaded.get(t, (None, 0))[1]
+                    if previous:
+                        superseded.append(previous)
+            await self.profiles.erase_revisions(superseded)
             if not lost:
                 return refused or []
             self.stats.conflicts += len(lost)

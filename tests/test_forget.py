@@ -1,0 +1,130 @@
+"""`nerve forget`: no trace of the user through the API, nor in the server's files."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+
+from engine.broker import EmbeddedBroker
+from engine.bus import Outgoing, Publisher, connect, provision
+from engine.errors import FieldError
+from engine.events import DeadLetter, parse_event
+from engine.profiles.erasure import forget
+from engine.profiles.reading import read_profile
+from engine.settings import BrokerSettings
+from engine.subjects import user_token
+from tests.conftest import count, event, stored
+from tests.test_profiles_service import drain, history, service
+
+USER = "forget-me-7f3a@example.com"
+ANON = "anon-forget-91c2"
+SECRET = "property-only-this-user-has-5d1e"  # payload bytes to search for
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A server of its own: its store directory is searched byte by byte."""
+    b = EmbeddedBroker(BrokerSettings(data_dir=tmp_path_factory.mktemp("forget")))
+    b.start()
+    yield b
+    b.stop()
+
+
+def files_containing(root: Path, needles: list[bytes]) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            hits += [f"{path.relative_to(root)}: {n!r}" for n in needles if n in data]
+    return hits
+
+
+async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
+    own_broker: EmbeddedBroker,
+) -> None:
+    assert own_broker.url
+    nc: NATS = await connect(own_broker.url, "forget-test")
+    try:
+        js = nc.jetstream()
+        await provision(js)
+        pub = Publisher(nc)
+        mine = [
+            event("page_viewed", user_id=None, anonymous_id=ANON),
+            event("user_identified", user_id=USER, anonymous_id=ANON),
+            event("search_performed", user_id=USER, properties={"query": SECRET}),
+            event(
+                "simulator_used",
+                user_id=USER,
+                properties={"simulator": "loan", "amount": 7777, "term_months": 12},
+            ),
+            event(
+                "crm_contact_logged",
+                user_id=USER,
+                item_id="loan-personal",
+                properties={"channel": "phone", "outcome": "interested"},
+            ),
+        ]
+        others = history(50)
+        await pub.publish_events([parse_event(e) for e in [*others, *mine]])
+        token = user_token(USER)
+        await pub.publish(
+            [
+                Outgoing(f"reco.{token}.home", orjson.dumps({"user": USER, "q": SECRET}), "r-1"),
+                Outgoing(f"signals.loan.{token}", orjson.dumps({"user": USER}), "s-1"),
+            ]
+        )
+        bad = orjson.dumps({"type": "nope", "user_id": USER, "x": SECRET})
+        await pub.deadletter(
+            [
+                DeadLetter.build(
+                    "gateway",
+                    bad,
+                    [FieldError("type", "unknown")],
+                    parse_event(event()).time,
+                    "test",
+                )
+            ]
+        )
+        await drain(nc, await service(nc))
+        assert (await read_profile(nc, USER)) is not None
+        store = own_broker.data_dir / "jetstream"
+        needles = [USER.encode(), token.encode(), ANON.encode(), SECRET.encode()]
+        await asyncio.sleep(1.5)  # let the server write its blocks
+        assert files_containing(store, needles), "the search must see the data before erasure"
+
+        report = await forget(nc, token, pub)
+
+        assert report.erased["ACTIVITY"] == 4 and report.erased["CRM"] == 1
+        assert report.erased["RECOMMENDATIONS"] == 1 and report.erased["SIGNALS"] == 1
+        assert report.erased["DEADLETTER"] == 1 and report.erased["profiles"] >= 1
+        assert await read_profile(nc, USER) is None
+        assert await read_profile(nc, ANON, anonymous=True) is None
+        remaining = await stored(nc)
+        assert all(e.user_id != USER and e.anonymous_id != ANON for e in remaining)
+        assert len(remaining) == 50 + 1  # the others, and the user_forgotten event
+        forgotten = remaining[-1]
+        assert forgotten.type == "user_forgotten"
+        assert (
+            USER.encode() not in forgotten.to_json() and token.encode() not in forgotten.to_json()
+        )
+        assert await count(nc, "CRM") == 0
+        # A replay afterwards does not bring the user back.
+        from engine.profiles.replay import rebuild
+
+        rebuilt = await rebuild(js)
+        assert token not in rebuilt.profiles and user_token(None, ANON) not in rebuilt.profiles
+    finally:
+        await nc.close()
+    # On disk: nothing, also after the server has flushed and restarted.
+    settings = own_broker.settings
+    own_broker.stop()
+    assert files_containing(store, needles) == []
+    restarted = EmbeddedBroker(settings)
+    restarted.start()
+    restarted.stop()
+    assert files_containing(store, needles) == []
