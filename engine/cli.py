@@ -496,6 +496,15 @@ def run(
             help="Gateway only: comma-separated public site keys.",
         ),
     ] = "",
+    ack_wait: Annotated[
+        float,
+        typer.Option(
+            envvar="NERVE_ACK_WAIT",
+            show_envvar=True,
+            help="Seconds before an unacknowledged event is redelivered (a crashed replica's "
+            "batch waits this long).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run one service until Ctrl-C; start several to run replicas."""
     from engine.runner import SERVICES, run_services
@@ -511,7 +520,9 @@ def run(
     settings = _settings()
 
     async def work(url: str) -> int:
-        return await run_services(url, (service,), settings, gateway=gateway, console=out)
+        return await run_services(
+            url, (service,), settings, gateway=gateway, console=out, ack_wait=ack_wait
+        )
 
     _exit_on_signal(_with_broker(settings, work))
 
@@ -570,9 +581,9 @@ def replay_profiles(
 ) -> None:
     """Rebuild profiles from ACTIVITY and CRM (all, or one user's) and optionally verify."""
     from engine.bus import connect
-    from engine.bus.kv import JetStreamKV
     from engine.profiles.replay import rebuild, store
     from engine.profiles.replay import verify as compare
+    from engine.profiles.store import ProfileStore
 
     settings = _settings()
     token = _token(user, anonymous) if user else None
@@ -595,12 +606,11 @@ def replay_profiles(
                 highlight=False,
             )
             if write:
-                kv = await JetStreamKV.open_or_create(nc, into)
-                n = await store(kv, result.profiles)
+                n = await store(await ProfileStore.open(nc, into, create=True), result.profiles)
                 out.print(f"wrote {n:,} profiles to bucket {into!r}", highlight=False)
             if not verify:
                 return 0
-            live = await JetStreamKV.open(nc, "profiles")
+            live = await ProfileStore.open(nc)
             diffs = await compare(live, result.profiles, every_key=token is None)
             for d in diffs[:50]:
                 out.print(f"differs: {d.token}: {', '.join(d.fields)}", highlight=False)

@@ -20,6 +20,7 @@ from engine.gateway import create_app
 from engine.importer import import_file
 from engine.profiles.erasure import FORGET_SUBJECT
 from engine.profiles.service import ProfileService
+from engine.profiles.store import ProfileStore
 from engine.settings import BrokerSettings, GatewaySettings
 
 SERVICES = ("gateway", "profiles")
@@ -41,6 +42,7 @@ async def run_services(
     gateway: GatewaySettings | None = None,
     import_path: Path | None = None,
     console: Console | None = None,
+    ack_wait: float = 30.0,
 ) -> int:
     """Run `names` until SIGINT/SIGTERM; returns the signal number that stopped them."""
     console = console or Console()
@@ -66,7 +68,8 @@ async def run_services(
             state = "already imported" if summary.already_complete else "imported"
             console.print(f"{import_path.name}: {state}, {summary.accepted:,} events in the log")
         if "profiles" in names:
-            service = ProfileService(js, Publisher(nc), await JetStreamKV.open(nc, "profiles"))
+            store = await ProfileStore.open(nc)
+            service = ProfileService(js, Publisher(nc), store, ack_wait=ack_wait)
 
             async def on_forget(msg: object) -> None:
                 service.forget(msg.data.decode())  # type: ignore[attr-defined]

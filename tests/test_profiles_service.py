@@ -11,14 +11,14 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from engine.bus import JetStreamKV, Outgoing, Publisher, connect
+from engine.bus import Outgoing, Publisher, connect
 from engine.bus.consumer import DurableConsumer
-from engine.bus.kv import kv_key
 from engine.events import parse_event
 from engine.profiles import Profile, content
 from engine.profiles.reading import read_profile
 from engine.profiles.replay import rebuild, verify
 from engine.profiles.service import ProfileService
+from engine.profiles.store import ProfileStore
 from engine.subjects import user_token
 from tests.conftest import count, event, stored
 from tests.test_profile import script
@@ -49,8 +49,7 @@ def expected_counts(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
 
 
 async def service(nc: NATS, **kw: Any) -> ProfileService:
-    js = nc.jetstream()
-    return ProfileService(js, Publisher(nc), await JetStreamKV.open(nc, "profiles"), **kw)
+    return ProfileService(nc.jetstream(), Publisher(nc), await ProfileStore.open(nc), **kw)
 
 
 async def drain(nc: NATS, *services: ProfileService, timeout: float = 30) -> None:
@@ -74,10 +73,7 @@ async def drain(nc: NATS, *services: ProfileService, timeout: float = 30) -> Non
 
 
 async def live_profiles(nc: NATS) -> dict[str, dict[str, Any]]:
-    kv = await JetStreamKV.open(nc, "profiles")
-    keys = await kv.keys()
-    entries = await kv.entries(keys)
-    return {k.replace("=", "~"): orjson.loads(v) for k, (v, _) in entries.items()}
+    return await (await ProfileStore.open(nc)).read_all()
 
 
 @pytest.fixture
@@ -149,20 +145,21 @@ async def test_replay_equals_the_live_projection_and_single_user_replay_too(fres
     await publish(fresh, events)
     await Publisher(fresh).publish([Outgoing.event(parse_event(crm))])
     await drain(fresh, await service(fresh))
-    kv = await JetStreamKV.open(fresh, "profiles")
+    live = await ProfileStore.open(fresh)
     full = await rebuild(fresh.jetstream())
     assert full.events == 1501 and full.refused == 0
-    assert await verify(kv, full.profiles, every_key=True) == []
+    assert await verify(live, full.profiles, every_key=True) == []
     one = await rebuild(fresh.jetstream(), token="user-3")
     assert list(one.profiles) == ["user-3"]
     assert one.events == sum(1 for i in range(1500) if i % 40 == 3) + 1
     assert one.profiles["user-3"]["crm"]["mort-fixed"]["outcome"] == "declined"
-    assert await verify(kv, one.profiles, every_key=False) == []
+    assert await verify(live, one.profiles, every_key=False) == []
     # A difference is reported: change one live profile behind the service's back.
-    tampered = orjson.loads((await kv.get(kv_key("user-3"))) or b"{}")
-    tampered["counts"]["page_viewed"] = 1
-    await kv.put(kv_key("user-3"), orjson.dumps(tampered))
-    diffs = await verify(kv, full.profiles, every_key=True)
+    slot = (await live.load(["user-3"], create_keys=False))["user-3"]
+    assert slot.profile is not None
+    slot.profile["counts"]["page_viewed"] = 1
+    await live.write([(slot, slot.profile)])
+    diffs = await verify(live, full.profiles, every_key=True)
     assert [(d.token, d.fields) for d in diffs] == [("user-3", ["counts"])]
 
 

@@ -150,9 +150,10 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
 
 
 BUCKETS = (
-    # History 64 (the most KV allows) so that the server never drops a revision by limit,
-    # which would leave its bytes on disk: the profiles service erases superseded ones itself.
-    Bucket("profiles", 64, "Per-user profile projection with the last applied sequences", True),
+    Bucket("profiles", 1, "Profiles, sealed per user, under pseudonymous keys", erasable=True),
+    Bucket(
+        "userkeys", 1, "Per-user data keys: erasing one shreds that user's profile", erasable=True
+    ),
     Bucket("registry", 16, "active.<slot> and model.<version>: which model serves, model cards"),
     Bucket("imports", 1, "Import checkpoints: file hash -> last line applied"),
 )

@@ -2,10 +2,11 @@
 
 What is removed, for the user's token and every anonymous id linked to it by login:
 ACTIVITY (`activity.<user>.>`), CRM (`crm.<user>.>`), RECOMMENDATIONS (`reco.<user>.*`),
-SIGNALS (`signals.*.<user>`), the profile and all its revisions, and DEADLETTER records whose
-raw bytes mention one of the ids. Each message is deleted by sequence with the server's secure
-erase, which overwrites its bytes in the block files; a filtered purge would only mark them
-deleted and leave them readable on disk until the block is compacted.
+SIGNALS (`signals.*.<user>`), the user's data key (which makes every revision of the profile,
+wherever its bytes still lie, unreadable: see `keyring`) and the profile's present revision, and
+DEADLETTER records whose raw bytes mention one of the ids. Each message is deleted by sequence
+with the server's secure erase, which overwrites its bytes in the block files; a filtered purge
+would only mark them deleted and leave them readable on disk until the block is compacted.
 
 Running services are told on the core subject `nerve.control.forget` (not stored) to drop the
 user from their caches. Then a `user_forgotten` event with counts only is appended to ACTIVITY,
@@ -27,9 +28,10 @@ import orjson
 
 from engine.bus import Outgoing, Publisher
 from engine.bus.consumer import Batch, scan
-from engine.bus.kv import JetStreamKV, erase_subject, kv_key
+from engine.bus.kv import erase_subject
 from engine.events import parse_event
 from engine.ids import uuid7
+from engine.profiles.store import ProfileStore
 from engine.subjects import decode_token, user_token
 
 FORGET_SUBJECT = "nerve.control.forget"
@@ -49,9 +51,9 @@ class Erasure:
 async def forget(nc: Any, token: str, publisher: Publisher) -> Erasure:
     """Erase everything stored about the user whose subject token is `token`."""
     js = nc.jetstream()
-    profiles = await JetStreamKV.open(nc, "profiles")
-    stored = await profiles.get(kv_key(token))
-    linked = orjson.loads(stored).get("anonymous_ids", []) if stored else []
+    profiles = await ProfileStore.open(nc)
+    stored = await profiles.read(token)
+    linked = stored.get("anonymous_ids", []) if stored else []
     tokens = [token] + [user_token(None, a) for a in linked]
     report = Erasure(uuid7(), tokens)
 
@@ -64,7 +66,7 @@ async def forget(nc: Any, token: str, publisher: Publisher) -> Erasure:
         add("CRM", await erase_subject(js, "CRM", f"crm.{t}.>"))
         add("RECOMMENDATIONS", await erase_subject(js, "RECOMMENDATIONS", f"reco.{t}.*"))
         add("SIGNALS", await erase_subject(js, "SIGNALS", f"signals.*.{t}"))
-        add("profiles", await profiles.erase(kv_key(t)))
+        add("profiles", await profiles.erase(t))
     add("DEADLETTER", await _erase_deadletters(js, tokens))
     await nc.publish(FORGET_SUBJECT, token.encode())  # again: a batch may have been in flight
     await nc.flush()

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 
 from engine.bus.consumer import Batch, scan
-from engine.bus.kv import JetStreamKV, kv_key
 from engine.profiles.profile import CannotApply, apply, content, settle_floor
 from engine.profiles.service import SOURCES, blank, token_of
+from engine.profiles.store import ProfileStore
 from engine.subjects import is_user_token
 
 
@@ -72,12 +72,15 @@ async def rebuild(
     return out
 
 
-async def store(kv: JetStreamKV, profiles: dict[str, dict[str, Any]], chunk: int = 2000) -> int:
-    """Write profiles (unconditionally) in pipelined chunks; returns how many."""
+async def store(
+    target: ProfileStore, profiles: dict[str, dict[str, Any]], chunk: int = 2000
+) -> int:
+    """Write rebuilt profiles (unconditionally, keys created where missing), in chunks."""
     items = list(profiles.items())
     for i in range(0, len(items), chunk):
-        part = items[i : i + chunk]
-        await kv.write_many([(kv_key(t), orjson.dumps(p), None) for t, p in part])
+        part = dict(items[i : i + chunk])
+        slots = await target.load(part, create_keys=True)
+        await target.write([(slots[t], p) for t, p in part.items()], compare=False)
     return len(items)
 
 
@@ -88,22 +91,25 @@ class Difference:
 
 
 async def verify(
-    kv: JetStreamKV, rebuilt: dict[str, dict[str, Any]], *, every_key: bool
+    live: ProfileStore, rebuilt: dict[str, dict[str, Any]], *, every_key: bool
 ) -> list[Difference]:
     """Compare rebuilt profiles with the stored ones, field by field (delivery bookkeeping
     aside). With `every_key`, stored profiles that the rebuild did not produce count too."""
     tokens = set(rebuilt)
     if every_key:
-        tokens |= {k.replace("=", "~") for k in await kv.keys()}
-    stored = await kv.entries([kv_key(t) for t in sorted(tokens)])
+        tokens |= set(await live.keyring.tokens())
+    slots = await live.load(sorted(tokens), create_keys=False)
     diffs = []
     for t in sorted(tokens):
-        live = stored.get(kv_key(t))
+        slot = slots.get(t)
+        stored = slot.profile if slot else None
         mine = rebuilt.get(t)
-        if live is None or mine is None:
-            diffs.append(Difference(t, ["<missing live>" if live is None else "<missing rebuilt>"]))
+        if stored is None or mine is None:
+            diffs.append(
+                Difference(t, ["<no live profile>" if stored is None else "<not rebuilt>"])
+            )
             continue
-        a, b = content(orjson.loads(live[0])), content(mine)
+        a, b = content(stored), content(mine)
         fields = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         if fields:
             diffs.append(Difference(t, fields))

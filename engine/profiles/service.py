@@ -7,9 +7,8 @@ compare-and-set on its revision, and only then acknowledge the batch. A lost com
 (another replica wrote the profile meanwhile) reloads that profile and applies the batch's
 events to it again, so replicas never overwrite each other's work.
 
-Each superseded revision of a profile is erased (bytes overwritten) right after the new one is
-stored, so no old copy of a profile lingers in the bucket's files (see
-`JetStreamKV.erase_revisions`).
+Profiles are stored sealed with a per-user key under a pseudonymous key (`keyring`), so the
+superseded revisions the bucket drops cannot be read once the user's key is erased.
 
 An event the projection cannot apply (not JSON, a missing field) is dead-lettered with the reason
 and its raw bytes at once, since retrying cannot help. An unexpected error is retried: the event
@@ -33,10 +32,10 @@ import orjson
 
 from engine.bus import Publisher
 from engine.bus.consumer import Delivery, DurableConsumer
-from engine.bus.kv import JetStreamKV, kv_key
 from engine.errors import FieldError
 from engine.events import DeadLetter
 from engine.profiles.profile import CannotApply, apply, new_profile, settle_floor
+from engine.profiles.store import ProfileStore, Slot
 from engine.subjects import decode_token, is_user_token
 
 log = logging.getLogger("nerve.profiles")
@@ -74,20 +73,22 @@ class ProfileService:
         self,
         js: Any,
         publisher: Publisher,
-        profiles: JetStreamKV,
+        store: ProfileStore,
         *,
         durable: str = "profiles",
         batch: int = 500,
         max_deliver: int = 5,
+        ack_wait: float = 30.0,
         cache_size: int = 50_000,
     ) -> None:
         self.js = js
         self.publisher = publisher
-        self.profiles = profiles
+        self.store = store
         self.durable = durable
         self.batch = batch
         self.max_deliver = max_deliver
-        self.cache: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self.ack_wait = ack_wait
+        self.cache: OrderedDict[str, Slot] = OrderedDict()
         self.cache_size = cache_size
         self.stats = Stats()
         self._floors: dict[str, tuple[int, float]] = {}
@@ -126,7 +127,9 @@ class ProfileService:
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         consumers = [
-            DurableConsumer(self.js, name, self.durable, max_deliver=self.max_deliver)
+            DurableConsumer(
+                self.js, name, self.durable, max_deliver=self.max_deliver, ack_wait=self.ack_wait
+            )
             for name, _ in SOURCES
         ]
         for c in consumers:
@@ -143,10 +146,32 @@ class ProfileService:
                 await c.stop()
 
     async def _loop(self, consumer: DurableConsumer, stream: str, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            deliveries = await consumer.fetch(self.batch, timeout=0.5)
-            if deliveries:
+        """Fetch the next batch while the current one is stored (one batch ahead)."""
+        queue: asyncio.Queue[list[Delivery]] = asyncio.Queue(maxsize=1)
+
+        async def fetcher() -> None:
+            while not stop.is_set():
+                deliveries = await consumer.fetch(self.batch, timeout=0.5)
+                if deliveries:
+                    await queue.put(deliveries)
+
+        task = asyncio.create_task(fetcher())
+        try:
+            while not (stop.is_set() and queue.empty()) and not task.done():
+                try:
+                    deliveries = await asyncio.wait_for(queue.get(), 0.5)
+                except TimeoutError:
+                    continue
                 await self.process(consumer, stream, deliveries)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            while not queue.empty():  # fetched, not processed: let them come again at once
+                for d in queue.get_nowait():
+                    await consumer.nak(d, delay=0)
+            if task.done() and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
 
     async def _floor(self, consumer: DurableConsumer) -> int:
         """The consumer's ack floor, refreshed at most once a second."""
@@ -191,31 +216,26 @@ class ProfileService:
         tokens = set()
         for d in deliveries:
             with contextlib.suppress(CannotApply):
-                tokens.add(token_of(d.subject))
+                token = token_of(d.subject)
+                if is_user_token(token):
+                    tokens.add(token)
         refused: list[tuple[Delivery, str]] | None = None
         todo = deliveries
         for _attempt in range(10):
-            loaded = await self._load(tokens)
-            working = {t: p for t, (p, _) in loaded.items()}
+            slots = await self._load(tokens)
+            working = {t: s.profile or blank(t) for t, s in slots.items()}
             changed, refused_now = self.fold(stream, todo, working)
             if refused is None:  # refusals do not depend on the profile: keep the first pass's
                 refused = refused_now
             for t in changed:
                 settle_floor(working[t], stream, floor)
             order = sorted(changed)
-            writes = [
-                (kv_key(t), orjson.dumps(working[t]), loaded.get(t, (None, 0))[1]) for t in order
-            ]
-            revisions = await self.profiles.write_many(writes)
+            revisions = await self.store.write([(slots[t], working[t]) for t in order])
             lost = {t for t, rev in zip(order, revisions, strict=True) if rev is None}
-            superseded = []
             for t, rev in zip(order, revisions, strict=True):
                 if rev is not None:
-                    self._remember(t, working[t], rev)
-                    previous = loaded.get(t, (None, 0))[1]
-                    if previous:
-                        superseded.append(previous)
-            await self.profiles.erase_revisions(superseded)
+                    slot = slots[t]
+                    self._remember(t, Slot(working[t], rev, slot.user_key, slot.pkey))
             if not lost:
                 return refused or []
             self.stats.conflicts += len(lost)
@@ -225,33 +245,32 @@ class ProfileService:
             todo = [d for d in deliveries if _token_or_none(d.subject) in lost]
         raise RuntimeError(f"compare-and-set kept failing for {sorted(tokens)[:3]}")
 
-    async def _load(self, tokens: set[str]) -> dict[str, tuple[dict[str, Any], int]]:
-        """Profiles and revisions of `tokens` (0 = new); copies, so a failed write leaves the
-        cache as it was."""
-        out: dict[str, tuple[dict[str, Any], int]] = {}
+    async def _load(self, tokens: set[str]) -> dict[str, Slot]:
+        """Slots of `tokens` (keys created for new users); profiles are copies, so a failed
+        write leaves the cache as it was."""
+        out: dict[str, Slot] = {}
         missing = []
         for t in tokens:
             hit = self.cache.get(t)
             if hit is None:
                 missing.append(t)
             else:
-                out[t] = (orjson.loads(orjson.dumps(hit[0])), hit[1])
+                profile = orjson.loads(orjson.dumps(hit.profile))
+                out[t] = Slot(profile, hit.revision, hit.user_key, hit.pkey)
         if missing:
-            found = await self.profiles.entries([kv_key(t) for t in missing])
-            for t in missing:
-                e = found.get(kv_key(t))
-                out[t] = (orjson.loads(e[0]), e[1]) if e else (blank(t), 0)
+            out.update(await self.store.load(missing, create_keys=True))
         return out
 
-    def _remember(self, token: str, profile: dict[str, Any], revision: int) -> None:
-        self.cache[token] = (profile, revision)
+    def _remember(self, token: str, slot: Slot) -> None:
+        self.cache[token] = slot
         self.cache.move_to_end(token)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
 
     def forget(self, token: str) -> None:
-        """Drop a user from the cache (after `nerve forget`)."""
+        """Drop a user from the caches (after `nerve forget`)."""
         self.cache.pop(token, None)
+        self.store.keyring.forget(token)
 
     async def _deadletter(
         self, consumer: DurableConsumer, refused: list[tuple[Delivery, str]]
