@@ -127,3 +127,42 @@ def test_up_serves_the_gateway_and_stops_everything_on_a_signal(
         raise AssertionError("nats-server still running after Ctrl-C")
     except ProcessLookupError:
         pass
+
+
+def test_profile_replay_verify_and_forget_from_the_command_line(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    assert (
+        nerve(
+            "generate", "--users", "50", "--days", "5", "--seed", "1", "-o", str(history)
+        ).returncode
+        == 0
+    )
+    assert nerve("import", str(history), data_dir=tmp_path).returncode == 0
+    # Project with the service, then stop it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "--data-dir", str(tmp_path), "run", "profiles"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("NATS"):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    shown = nerve("profile", "u0000001", data_dir=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["user_id"] == "u0000001"
+    verified = nerve("replay", "profiles", "--verify", data_dir=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "verified:" in verified.stdout
+    one = nerve(
+        "replay", "profiles", "--user", "u0000001", "--verify", "--no-write", data_dir=tmp_path
+    )
+    assert one.returncode == 0 and "1 profiles" in one.stdout
+    gone = nerve("forget", "u0000001", "--yes", data_dir=tmp_path)
+    assert gone.returncode == 0 and "erased" in gone.stdout
+    after = nerve("profile", "u0000001", data_dir=tmp_path)
+    assert after.returncode == 1 and "no profile" in after.stderr

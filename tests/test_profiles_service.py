@@ -196,3 +196,30 @@ async def test_system_events_make_no_profile(fresh: NATS) -> None:
     await drain(fresh, await service(fresh))
     assert "~system" not in await live_profiles(fresh)
     assert len(await stored(fresh)) == 6
+
+
+async def test_profiles_api_is_for_internal_callers_only(fresh: NATS, nats_url: str) -> None:
+    import httpx
+
+    from engine.gateway import SITE_KEY_HEADER, create_app
+    from engine.settings import GatewaySettings, SiteKey
+
+    await publish(fresh, history(20, users=2))
+    await drain(fresh, await service(fresh))
+    settings = GatewaySettings(
+        site_keys=(SiteKey(key="site-key-123"),), internal_tokens=("internal-secret",)
+    )
+    app = create_app(settings, nats_url, 5)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            ok = await c.get(
+                "/v1/profiles/user-1", headers={"Authorization": "Bearer internal-secret"}
+            )
+            site = await c.get("/v1/profiles/user-1", headers={SITE_KEY_HEADER: "site-key-123"})
+            wrong = await c.get("/v1/profiles/user-1", headers={"Authorization": "Bearer nope"})
+            missing = await c.get(
+                "/v1/profiles/nobody", headers={"Authorization": "Bearer internal-secret"}
+            )
+    assert ok.status_code == 200 and sum(ok.json()["counts"].values()) == 10
+    assert (site.status_code, wrong.status_code, missing.status_code) == (401, 403, 404)

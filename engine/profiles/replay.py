@@ -79,7 +79,7 @@ async def store(
     items = list(profiles.items())
     for i in range(0, len(items), chunk):
         part = dict(items[i : i + chunk])
-        slots = await target.load(part, create_keys=True)
+        slots = await target.slots(part)
         await target.write([(slots[t], p) for t, p in part.items()], compare=False)
     return len(items)
 

@@ -56,6 +56,11 @@ class ProfileStore:
             out[t] = Slot(profile, entry[1] if entry else 0, k, pkeys[t])
         return out
 
+    async def slots(self, tokens: Iterable[str]) -> dict[str, Slot]:
+        """Slots to overwrite, without reading the present values (keys created if missing)."""
+        keys = await self.keyring.keys_of(tokens, create=True)
+        return {t: Slot(None, 0, k, profile_key(k)) for t, k in keys.items()}
+
     async def write(
         self, items: Sequence[tuple[Slot, dict[str, Any]]], *, compare: bool = True
     ) -> list[int | None]:
