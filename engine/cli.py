@@ -368,50 +368,56 @@ def deadletters(
     _with_broker(settings, work)
 
 
-@app.command()
-def up(
-    host: Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)] = 8080,
-    site_keys: Annotated[
-        str,
-        typer.Option(
-            "--site-keys",
-            envvar="NERVE_SITE_KEYS",
-            show_envvar=True,
-            help="Comma-separated public site keys accepted by POST /v1/events.",
-        ),
-    ] = "",
-    import_file: Annotated[
-        Path | None,
-        typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
-    ] = None,
-    internal_tokens: Annotated[
-        str,
-        typer.Option(
-            "--internal-tokens",
-            envvar="NERVE_INTERNAL_TOKENS",
-            show_envvar=True,
-            help="Comma-separated bearer tokens of internal callers (profiles API).",
-        ),
-    ] = "",
-    rate_limit: Annotated[
-        float,
-        typer.Option(
-            envvar="NERVE_RATE_LIMIT",
-            show_envvar=True,
-            help="Events per second per site key, sustained (429 beyond).",
-        ),
-    ] = 5000.0,
-    burst: Annotated[
-        int,
-        typer.Option(
-            envvar="NERVE_RATE_BURST",
-            show_envvar=True,
-            help="Events a site key may send at once above the sustained rate.",
-        ),
-    ] = 20_000,
-) -> None:
-    """Run the engine: provision, then serve the gateway until Ctrl-C."""
+Host = Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)]
+Port = Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)]
+SiteKeys = Annotated[
+    str,
+    typer.Option(
+        "--site-keys",
+        envvar="NERVE_SITE_KEYS",
+        show_envvar=True,
+        help="Comma-separated public site keys accepted by POST /v1/events.",
+    ),
+]
+InternalTokens = Annotated[
+    str,
+    typer.Option(
+        "--internal-tokens",
+        envvar="NERVE_INTERNAL_TOKENS",
+        show_envvar=True,
+        help="Comma-separated bearer tokens of internal callers (profiles API).",
+    ),
+]
+RateLimit = Annotated[
+    float,
+    typer.Option(
+        envvar="NERVE_RATE_LIMIT",
+        show_envvar=True,
+        help="Events per second per site key, sustained (429 beyond).",
+    ),
+]
+Burst = Annotated[
+    int,
+    typer.Option(
+        envvar="NERVE_RATE_BURST",
+        show_envvar=True,
+        help="Events a site key may send at once above the sustained rate.",
+    ),
+]
+AckWait = Annotated[
+    float,
+    typer.Option(
+        envvar="NERVE_ACK_WAIT",
+        show_envvar=True,
+        help="Seconds before an unacknowledged event is redelivered (a crashed "
+        "replica's batch waits this long).",
+    ),
+]
+
+
+def _gateway(
+    host: str, port: int, site_keys: str, internal_tokens: str, rate_limit: float, burst: int
+) -> GatewaySettings:
     try:
         keys = tuple(
             SiteKey(key=k.strip(), rate_per_s=rate_limit, burst=burst)
@@ -423,14 +429,38 @@ def up(
     if not keys:
         raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
     tokens = tuple(t.strip() for t in internal_tokens.split(",") if t.strip())
-    gateway = GatewaySettings(host=host, port=port, site_keys=keys, internal_tokens=tokens)
+    return GatewaySettings(host=host, port=port, site_keys=keys, internal_tokens=tokens)
+
+
+@app.command()
+def up(
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    site_keys: SiteKeys = "",
+    internal_tokens: InternalTokens = "",
+    rate_limit: RateLimit = 5000.0,
+    burst: Burst = 20_000,
+    ack_wait: AckWait = 30.0,
+    import_file: Annotated[
+        Path | None,
+        typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
+    ] = None,
+) -> None:
+    """Run the engine: provision, then every service (gateway, profiles) until Ctrl-C."""
+    gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
     settings = _settings()
 
     async def work(url: str) -> int:
         from engine.runner import SERVICES, run_services
 
         return await run_services(
-            url, SERVICES, settings, gateway=gateway, import_path=import_file, console=out
+            url,
+            SERVICES,
+            settings,
+            gateway=gateway,
+            import_path=import_file,
+            console=out,
+            ack_wait=ack_wait,
         )
 
     _exit_on_signal(_with_broker(settings, work))
@@ -443,8 +473,8 @@ DEMO_SITE_KEY = "demo-site-key"
 def demo(
     users: Annotated[int, typer.Option(min=1, help="Users in the generated history.")] = 2000,
     days: Annotated[int, typer.Option(min=1, help="Days of generated history.")] = 30,
-    host: Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)] = 8080,
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
 ) -> None:
     """The demo: generate a history once, import it, and serve the gateway until Ctrl-C."""
     from engine.runner import SERVICES, run_services
@@ -485,26 +515,13 @@ def _exit_on_signal(signum: int) -> None:
 @app.command()
 def run(
     service: Annotated[str, typer.Argument(help="profiles | gateway")],
-    host: Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)] = 8080,
-    site_keys: Annotated[
-        str,
-        typer.Option(
-            "--site-keys",
-            envvar="NERVE_SITE_KEYS",
-            show_envvar=True,
-            help="Gateway only: comma-separated public site keys.",
-        ),
-    ] = "",
-    ack_wait: Annotated[
-        float,
-        typer.Option(
-            envvar="NERVE_ACK_WAIT",
-            show_envvar=True,
-            help="Seconds before an unacknowledged event is redelivered (a crashed replica's "
-            "batch waits this long).",
-        ),
-    ] = 30.0,
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    site_keys: SiteKeys = "",
+    internal_tokens: InternalTokens = "",
+    rate_limit: RateLimit = 5000.0,
+    burst: Burst = 20_000,
+    ack_wait: AckWait = 30.0,
 ) -> None:
     """Run one service until Ctrl-C; start several to run replicas."""
     from engine.runner import SERVICES, run_services
@@ -513,10 +530,7 @@ def run(
         raise ConfigError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     gateway = None
     if service == "gateway":
-        keys = tuple(SiteKey(key=k.strip()) for k in site_keys.split(",") if k.strip())
-        if not keys:
-            raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
-        gateway = GatewaySettings(host=host, port=port, site_keys=keys)
+        gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
     settings = _settings()
 
     async def work(url: str) -> int:

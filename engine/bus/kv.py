@@ -69,6 +69,10 @@ class JetStreamKV:
             )
             return cls(nc, await js.create_key_value(config), bucket)
 
+    @property
+    def js(self) -> JetStreamContext:
+        return self._js
+
     def subject(self, key: str) -> str:
         return f"$KV.{self.bucket}.{key}"
 

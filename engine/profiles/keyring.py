@@ -27,6 +27,7 @@ from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from engine.bus.consumer import Batch, scan
 from engine.bus.kv import JetStreamKV, kv_key, token_of_key
 
 KEY_BYTES = 32
@@ -55,6 +56,7 @@ class Keyring:
     def __init__(self, kv: JetStreamKV) -> None:
         self.kv = kv
         self._cache: dict[str, bytes] = {}
+        self._complete = False  # after preload: a user missing from the cache has no key
 
     async def keys_of(self, tokens: Iterable[str], *, create: bool) -> dict[str, bytes]:
         """The keys of `tokens`; with `create`, a new key for each user that has none."""
@@ -62,7 +64,7 @@ class Keyring:
         out = {t: self._cache[t] for t in tokens if t in self._cache}
         missing = [t for t in tokens if t not in out]
         if missing:
-            found = await self.kv.entries([kv_key(t) for t in missing])
+            found = {} if self._complete else await self.kv.entries([kv_key(t) for t in missing])
             for t in missing:
                 if kv_key(t) in found:
                     out[t] = found[kv_key(t)][0]
@@ -78,6 +80,22 @@ class Keyring:
         self._cache.update(out)
         return out
 
+    async def preload(self) -> list[str]:
+        """Read every key at once (one ordered scan of the bucket's stream, far faster than a
+        get per user); returns the tokens that have a key."""
+        found: dict[str, bytes] = {}
+        prefix = len(self.kv.subject(""))
+
+        def handle(batch: Batch) -> None:
+            for _, subject, data in batch:
+                if data:  # a delete marker has no value
+                    found[token_of_key(subject[prefix:])] = data
+
+        await scan(self.kv.js, self.kv.stream, handle)
+        self._cache.update(found)
+        self._complete = True  # creating with compare-and-set still catches a concurrent writer
+        return list(found)
+
     async def tokens(self) -> list[str]:
         """Every user that has a key."""
         return [token_of_key(k) for k in await self.kv.keys()]
@@ -85,7 +103,9 @@ class Keyring:
     async def destroy(self, token: str) -> int:
         """Securely erase the user's key; returns how many messages were erased."""
         self._cache.pop(token, None)
+        self._complete = False
         return await self.kv.erase(kv_key(token))
 
     def forget(self, token: str) -> None:
         self._cache.pop(token, None)
+        self._complete = False

@@ -224,9 +224,13 @@ def _newer(t: int, seq: int, than: dict[str, Any], tkey: str = "time", skey: str
 
 
 def _push_recent(recent: list[dict[str, Any]], entry: dict[str, Any]) -> None:
-    recent.append(entry)
-    recent.sort(key=lambda r: (r["time"], r["seq"]), reverse=True)
-    del recent[RECENT_ITEMS:]
+    key = (entry["time"], entry["seq"])
+    i = 0  # newest first; events mostly arrive in order, so this usually stops at once
+    while i < len(recent) and (recent[i]["time"], recent[i]["seq"]) > key:
+        i += 1
+    if i < RECENT_ITEMS:
+        recent.insert(i, entry)
+        del recent[RECENT_ITEMS:]
 
 
 def _hold(profile: dict[str, Any], item: str, t: int, value: float, source: str) -> None:
