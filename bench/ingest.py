@@ -11,7 +11,7 @@ Paths, measured in the same run, interleaved round by round, each on a freshly c
   import       engine.importer.import_file on a JSON Lines file (read, parse, validate,
                serialise, publish, checkpoint): what `nerve import` runs
   http         POST /v1/events, batches of --batch events from --clients concurrent clients,
-               against a real `nerve up` gateway (uvicorn, one process) in a subprocess
+               against a real `nerve run gateway` (uvicorn, one process) in a subprocess
 
 The whole set is repeated for each --sync setting (the embedded server's JetStream
 sync_interval), so the table also shows what fsync on every write costs. HTTP runs only for
@@ -134,7 +134,8 @@ def start_gateway(url: str, port: int, data_dir: Path) -> subprocess.Popen[bytes
             url,
             "--data-dir",
             str(data_dir),
-            "up",
+            "run",
+            "gateway",
             "--port",
             str(port),
             "--site-keys",

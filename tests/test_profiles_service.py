@@ -223,3 +223,27 @@ async def test_profiles_api_is_for_internal_callers_only(fresh: NATS, nats_url: 
             )
     assert ok.status_code == 200 and sum(ok.json()["counts"].values()) == 10
     assert (site.status_code, wrong.status_code, missing.status_code) == (401, 403, 404)
+
+
+async def test_the_service_survives_its_stream_being_recreated(fresh: NATS) -> None:
+    svc = await service(fresh)
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.run(stop))
+    try:
+        await publish(fresh, history(10, users=2))
+        async with asyncio.timeout(10):
+            while svc.stats.applied < 10:
+                await asyncio.sleep(0.05)
+        js = fresh.jetstream()
+        await js.delete_stream("ACTIVITY")  # its durable consumer goes with it
+        from engine.bus import provision
+
+        await provision(js)
+        await publish(fresh, [event("page_viewed", user_id="after-recreate")])
+        async with asyncio.timeout(20):
+            while svc.stats.applied < 11:
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+    assert "after-recreate" in await live_profiles(fresh)

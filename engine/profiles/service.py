@@ -150,8 +150,21 @@ class ProfileService:
         queue: asyncio.Queue[list[Delivery]] = asyncio.Queue(maxsize=1)
 
         async def fetcher() -> None:
+            delay = 0.5
             while not stop.is_set():
-                deliveries = await consumer.fetch(self.batch, timeout=0.5)
+                try:
+                    deliveries = await consumer.fetch(self.batch, timeout=0.5)
+                except Exception as exc:  # consumer or stream gone, broker away: recreate
+                    log.warning(
+                        "fetch from %s failed (%s); retrying in %.1fs", consumer.stream, exc, delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    with contextlib.suppress(Exception):
+                        await consumer.stop()
+                        await consumer.start()
+                    continue
+                delay = 0.5
                 if deliveries:
                     await queue.put(deliveries)
 
