@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from engine import __version__
 from engine.bus import ConnectionState, Outgoing, Publisher, connect
@@ -245,6 +245,10 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
         if found is None:
             return JSONResponse({"detail": f"no profile for {user_id!r}"}, status_code=404)
         return JSONResponse(found.model_dump(mode="json"))
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")  # the demo site takes this place with the widget
 
     @app.get("/healthz", summary="Liveness and broker connection")
     async def healthz() -> Any:
