@@ -1,0 +1,48 @@
+"""The `nerve` command line: one tool, one verb per job.
+
+Exit codes: 0 success, 1 failure (one line on stderr saying why), 2 usage or configuration
+error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); both stop the services and the
+embedded broker cleanly first.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from engine.cli import log, profiles, services  # noqa: F401  (they register their commands)
+from engine.cli.app import app, err
+from engine.errors import ConfigError, NerveError
+
+__all__ = ["app", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: maps errors to one line and an exit code."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds like Ctrl-C: services and broker stop in order
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        sys.exit(130)
+    except ConfigError as exc:
+        err.print(f"nerve: error: {exc}", highlight=False)
+        sys.exit(2)
+    except NerveError as exc:
+        err.print(f"nerve: error: {exc}", highlight=False)
+        sys.exit(1)
+    except Exception as exc:
+        # click's usage errors (typer may vendor its own click): they know how to show themselves
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,188 @@
+"""Commands that run services: up, run, demo."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.cli.app import (
+    _exit_on_signal,
+    _first_error,
+    _progress,
+    _settings,
+    _with_broker,
+    app,
+    out,
+)
+from engine.errors import ConfigError
+from engine.settings import GatewaySettings, SiteKey
+
+Host = Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)]
+Port = Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)]
+SiteKeys = Annotated[
+    str,
+    typer.Option(
+        "--site-keys",
+        envvar="NERVE_SITE_KEYS",
+        show_envvar=True,
+        help="Comma-separated public site keys accepted by POST /v1/events.",
+    ),
+]
+InternalTokens = Annotated[
+    str,
+    typer.Option(
+        "--internal-tokens",
+        envvar="NERVE_INTERNAL_TOKENS",
+        show_envvar=True,
+        help="Comma-separated bearer tokens of internal callers (profiles API).",
+    ),
+]
+RateLimit = Annotated[
+    float,
+    typer.Option(
+        envvar="NERVE_RATE_LIMIT",
+        show_envvar=True,
+        help="Events per second per site key, sustained (429 beyond).",
+    ),
+]
+Burst = Annotated[
+    int,
+    typer.Option(
+        envvar="NERVE_RATE_BURST",
+        show_envvar=True,
+        help="Events a site key may send at once above the sustained rate.",
+    ),
+]
+AckWait = Annotated[
+    float,
+    typer.Option(
+        envvar="NERVE_ACK_WAIT",
+        show_envvar=True,
+        help="Seconds before an unacknowledged event is redelivered (a crashed "
+        "replica's batch waits this long).",
+    ),
+]
+
+
+def _gateway(
+    host: str, port: int, site_keys: str, internal_tokens: str, rate_limit: float, burst: int
+) -> GatewaySettings:
+    try:
+        keys = tuple(
+            SiteKey(key=k.strip(), rate_per_s=rate_limit, burst=burst)
+            for k in site_keys.split(",")
+            if k.strip()
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--site-keys: {_first_error(exc)}") from None
+    if not keys:
+        raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
+    tokens = tuple(t.strip() for t in internal_tokens.split(",") if t.strip())
+    return GatewaySettings(host=host, port=port, site_keys=keys, internal_tokens=tokens)
+
+
+@app.command()
+def up(
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    site_keys: SiteKeys = "",
+    internal_tokens: InternalTokens = "",
+    rate_limit: RateLimit = 5000.0,
+    burst: Burst = 20_000,
+    ack_wait: AckWait = 30.0,
+    import_file: Annotated[
+        Path | None,
+        typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
+    ] = None,
+) -> None:
+    """Run the engine: provision, then every service (gateway, profiles) until Ctrl-C."""
+    gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
+    settings = _settings()
+
+    async def work(url: str) -> int:
+        from engine.runner import SERVICES, run_services
+
+        return await run_services(
+            url,
+            SERVICES,
+            settings,
+            gateway=gateway,
+            import_path=import_file,
+            console=out,
+            ack_wait=ack_wait,
+        )
+
+    _exit_on_signal(_with_broker(settings, work))
+
+
+DEMO_SITE_KEY = "demo-site-key"
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=1, help="Users in the generated history.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Days of generated history.")] = 30,
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+) -> None:
+    """The demo: generate a history once, import it, and serve the gateway until Ctrl-C."""
+    from engine.runner import SERVICES, run_services
+    from engine.synth import generate as run
+
+    settings = _settings()
+    history = settings.data_dir / "demo" / "history.jsonl"
+    if not history.exists():
+        with _progress("users") as bar:
+            task = bar.add_task("generate demo history", total=users)
+            summary = run(
+                history, users=users, days=days, seed=42, progress=lambda n: bar.advance(task, n)
+            )
+        out.print(f"generated {summary.events:,} events of {users:,} users -> {history}")
+    gateway = GatewaySettings(host=host, port=port, site_keys=(SiteKey(key=DEMO_SITE_KEY),))
+
+    async def work(url: str) -> int:
+        return await run_services(
+            url, SERVICES, settings, gateway=gateway, import_path=history, console=out
+        )
+
+    out.print(
+        "Try:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
+        '-H \'Content-Type: application/json\' -d \'{{"type":"page_viewed","time":'
+        '"{t}","anonymous_id":"visitor-1"}}\''.format(
+            h=host, p=port, k=DEMO_SITE_KEY, t=datetime.now(UTC).isoformat(timespec="seconds")
+        ),
+        highlight=False,
+    )
+    _exit_on_signal(_with_broker(settings, work))
+
+
+@app.command()
+def run(
+    service: Annotated[str, typer.Argument(help="profiles | gateway")],
+    host: Host = "127.0.0.1",
+    port: Port = 8080,
+    site_keys: SiteKeys = "",
+    internal_tokens: InternalTokens = "",
+    rate_limit: RateLimit = 5000.0,
+    burst: Burst = 20_000,
+    ack_wait: AckWait = 30.0,
+) -> None:
+    """Run one service until Ctrl-C; start several to run replicas."""
+    from engine.runner import SERVICES, run_services
+
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    gateway = None
+    if service == "gateway":
+        gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
+    settings = _settings()
+
+    async def work(url: str) -> int:
+        return await run_services(
+            url, (service,), settings, gateway=gateway, console=out, ack_wait=ack_wait
+        )
+
+    _exit_on_signal(_with_broker(settings, work))
