@@ -43,6 +43,7 @@ from engine.events import CRM_TYPES, SYSTEM_TYPES, DeadLetter, Envelope, parse_e
 from engine.ids import uuid7
 from engine.metrics import Metrics
 from engine.profiles.reading import read_profile
+from engine.profiles.store import ProfileStore
 from engine.settings import GatewaySettings, SiteKey
 
 SITE_KEY_HEADER = "X-Nerve-Site-Key"
@@ -121,7 +122,7 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await connect(nats_url, "nerve-gateway", timeout=connect_timeout, state=state)
         app.state.publisher = Publisher(nc, ack_timeout=settings.ack_timeout_s)
-        app.state.nc = nc
+        app.state.profiles = await ProfileStore.open(nc)
         try:
             yield
         finally:
@@ -241,7 +242,9 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
             hmac.compare_digest(auth[7:].strip(), t) for t in settings.internal_tokens
         ):
             return JSONResponse({"detail": "not an internal token"}, status_code=403)
-        found = await read_profile(request.app.state.nc, user_id, anonymous=anonymous)
+        # A fresh key cache per request: a key erased by `nerve forget` is never served again.
+        store: ProfileStore = request.app.state.profiles.fresh()
+        found = await read_profile(store, user_id, anonymous=anonymous)
         if found is None:
             return JSONResponse({"detail": f"no profile for {user_id!r}"}, status_code=404)
         return JSONResponse(found.model_dump(mode="json"))

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from engine.broker import EmbeddedBroker
 from engine.bus import connect, provision
-from engine.bus.reader import read_stream
+from engine.bus.reader import read_all
 from engine.events import Envelope, parse_event_json
 from engine.ids import uuid7
 from engine.settings import BrokerSettings, StreamSettings
@@ -56,7 +56,7 @@ async def count(nc: NATS, stream: str) -> int:
 
 async def stored(nc: NATS, stream: str = "ACTIVITY") -> list[Envelope]:
     """Every event of `stream`, parsed, in stream order."""
-    return [parse_event_json(d) async for _, _, d in read_stream(nc.jetstream(), stream)]
+    return [parse_event_json(d) for _, _, d in await read_all(nc.jetstream(), stream)]
 
 
 def event(etype: str = "page_viewed", **fields: Any) -> dict[str, Any]:

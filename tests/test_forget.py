@@ -16,6 +16,7 @@ from engine.errors import FieldError
 from engine.events import DeadLetter, parse_event
 from engine.profiles.erasure import forget
 from engine.profiles.reading import read_profile
+from engine.profiles.store import ProfileStore
 from engine.settings import BrokerSettings
 from engine.subjects import user_token
 from tests.conftest import count, event, stored
@@ -91,7 +92,7 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
             ]
         )
         await drain(nc, await service(nc))
-        assert (await read_profile(nc, USER)) is not None
+        assert (await read_profile(await ProfileStore.open(nc), USER)) is not None
         store = own_broker.data_dir / "jetstream"
         needles = [USER.encode(), token.encode(), ANON.encode(), SECRET.encode()]
         await asyncio.sleep(1.5)  # let the server write its blocks
@@ -102,8 +103,8 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
         assert report.erased["ACTIVITY"] == 4 and report.erased["CRM"] == 1
         assert report.erased["RECOMMENDATIONS"] == 1 and report.erased["SIGNALS"] == 1
         assert report.erased["DEADLETTER"] == 1 and report.erased["profiles"] >= 1
-        assert await read_profile(nc, USER) is None
-        assert await read_profile(nc, ANON, anonymous=True) is None
+        assert await read_profile(await ProfileStore.open(nc), USER) is None
+        assert await read_profile(await ProfileStore.open(nc), ANON, anonymous=True) is None
         remaining = await stored(nc)
         assert all(e.user_id != USER and e.anonymous_id != ANON for e in remaining)
         assert len(remaining) == 50 + 1  # the others, and the user_forgotten event

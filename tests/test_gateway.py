@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 
-from engine.bus.reader import read_stream
+from engine.bus.reader import read_all
 from engine.cloudevents import to_cloudevent
 from engine.events import DeadLetter
 from engine.gateway import SITE_KEY_HEADER, create_app
@@ -71,7 +71,7 @@ async def test_1000_events_with_100_malformed_end_as_900_and_100(
     assert await count(fresh, "DEADLETTER") == 100
     records = [
         DeadLetter.model_validate_json(d)
-        async for _, _, d in read_stream(fresh.jetstream(), "DEADLETTER")
+        for _, _, d in await read_all(fresh.jetstream(), "DEADLETTER")
     ]
     assert all(r.reason and r.source == "gateway" for r in records)
     assert len({r.reason.split(":")[0] for r in records}) >= 8, "assorted reasons expected"
@@ -100,7 +100,7 @@ async def test_gateway_assigns_ids_and_received_at(client: httpx.AsyncClient, fr
     del data["id"]
     r = await client.post("/v1/events", json=data, headers=HEADERS)
     assert r.status_code == 202
-    (stored,) = [orjson.loads(d) async for _, _, d in read_stream(fresh.jetstream(), "ACTIVITY")]
+    (stored,) = [orjson.loads(d) for _, _, d in await read_all(fresh.jetstream(), "ACTIVITY")]
     assert stored["id"] == r.json()["ids"][0]
     assert stored["received_at"].endswith("Z")
 
@@ -153,7 +153,7 @@ async def test_a_body_that_is_not_json_is_dead_lettered_whole(
         "/v1/events", content=raw, headers={**HEADERS, "Content-Type": "application/json"}
     )
     assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
-    [(_, _, data)] = [m async for m in read_stream(fresh.jetstream(), "DEADLETTER")]
+    [(_, _, data)] = await read_all(fresh.jetstream(), "DEADLETTER")
     record = DeadLetter.model_validate_json(data)
     assert record.raw == raw
     assert base64.b64decode(record.raw_b64) == raw

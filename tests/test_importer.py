@@ -7,7 +7,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.bus import JetStreamKV, Publisher, provision
-from engine.bus.reader import read_stream
+from engine.bus.reader import read_all
 from engine.events import DeadLetter
 from engine.importer import Checkpoint, file_sha256, import_file
 from engine.settings import StreamSettings
@@ -39,7 +39,7 @@ async def test_jsonl_import_stores_every_valid_line_and_dead_letters_the_rest(
     assert await count(fresh, "DEADLETTER") == 20
     records = [
         DeadLetter.model_validate_json(d)
-        async for _, _, d in read_stream(fresh.jetstream(), "DEADLETTER")
+        for _, _, d in await read_all(fresh.jetstream(), "DEADLETTER")
     ]
     assert records[0].origin == "history.jsonl:2" and records[0].source == "import"
     assert records[0].raw == path.read_bytes().splitlines()[1]

@@ -86,7 +86,7 @@ async def second(nats_url: str) -> AsyncIterator[NATS]:
 async def test_a_scripted_history_is_projected_into_the_profile(fresh: NATS) -> None:
     await publish(fresh, script())
     await drain(fresh, await service(fresh))
-    profile = await read_profile(fresh, "u-1")
+    profile = await read_profile(await ProfileStore.open(fresh), "u-1")
     assert profile is not None
     assert profile.counts["simulator_used"] == 2 and profile.counts["consent_updated"] == 2
     assert list(profile.held) == ["loan-car"]
@@ -186,9 +186,9 @@ async def test_a_poison_event_is_dead_lettered_and_later_events_still_apply(fres
 
 
 async def stored_deadletters(nc: NATS) -> list[dict[str, Any]]:
-    from engine.bus.reader import read_stream
+    from engine.bus.reader import read_all
 
-    return [orjson.loads(d) async for _, _, d in read_stream(nc.jetstream(), "DEADLETTER")]
+    return [orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "DEADLETTER")]
 
 
 async def test_system_events_make_no_profile(fresh: NATS) -> None:

@@ -3,7 +3,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.bus import Outgoing, Publisher
-from engine.bus.reader import read_stream
+from engine.bus.reader import read_all
 from engine.errors import PublishError
 from engine.events import parse_event, parse_event_json
 from tests.conftest import count, event
@@ -13,7 +13,7 @@ async def test_published_events_read_back_identical_and_in_order(fresh: NATS) ->
     events = [parse_event(event("item_viewed", user_id=f"u{i % 7}")) for i in range(300)]
     acks = await Publisher(fresh).publish_events(events)
     assert [a.seq for a in acks] == list(range(1, 301))
-    got = [m async for m in read_stream(fresh.jetstream(), "ACTIVITY")]
+    got = await read_all(fresh.jetstream(), "ACTIVITY")
     assert [parse_event_json(data) for _, _, data in got] == events
     assert [subject for _, subject, _ in got] == [e.subject for e in events]
 

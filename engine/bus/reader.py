@@ -1,16 +1,13 @@
-"""Reading stored messages back: the newest few, or a whole stream in order (small tools, tests).
-
-The services' hot consume loops live elsewhere; these helpers favour simplicity.
-"""
+"""Reading stored messages back: the newest few, or a whole stream in order (tools, tests)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+
+from engine.bus.consumer import scan
 
 
 async def last_messages(
@@ -28,35 +25,12 @@ async def last_messages(
     return info.state.messages, found
 
 
-async def read_stream(
-    js: JetStreamContext, stream: str, subject: str | None = None, batch: int = 500
-) -> AsyncIterator[tuple[int, str, bytes]]:
-    """Every message of `stream` (optionally filtered) as (sequence, subject, payload), in order.
-
-    Stops at the last message that existed when it started.
-    """
-    info = await js.stream_info(stream)
-    last = info.state.last_seq
-    if info.state.messages == 0:
-        return
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.ALL,
-        inactive_threshold=30.0,
-        filter_subject=subject,
-    )
-    sub = await js.pull_subscribe(subject or "", stream=stream, config=config)
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(batch, timeout=2.0)
-            except TimeoutError:
-                return
-            for m in msgs:
-                seq = m.metadata.sequence.stream
-                yield seq, m.subject, m.data
-                if seq >= last:
-                    return
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+async def read_all(
+    js: JetStreamContext, stream: str, subject: str | None = None
+) -> list[tuple[int, str, bytes]]:
+    """Every message of `stream` (optionally filtered) as (sequence, subject, payload), in
+    order, up to the last one that existed when it started. For tools and tests: it holds them
+    all in memory."""
+    found: list[tuple[int, str, bytes]] = []
+    await scan(js, stream, found.extend, subject=subject)
+    return found

@@ -26,13 +26,14 @@ def profile(user: User, anonymous: Anonymous = False) -> None:
     """Print a user's profile as JSON (times are Unix milliseconds)."""
     from engine.bus import connect
     from engine.profiles.reading import read_profile
+    from engine.profiles.store import ProfileStore
 
     settings = _settings()
 
     async def work(url: str) -> None:
         nc = await connect(url, "nerve-profile", timeout=settings.connect_timeout)
         try:
-            found = await read_profile(nc, user, anonymous=anonymous)
+            found = await read_profile(await ProfileStore.open(nc), user, anonymous=anonymous)
         finally:
             await nc.close()
         if found is None:

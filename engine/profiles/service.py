@@ -24,7 +24,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +50,6 @@ class Stats:
     retried: int = 0
     conflicts: int = 0
     batches: int = 0
-    by_stream: dict[str, int] = field(default_factory=dict)
 
 
 def token_of(subject: str) -> str:

@@ -39,6 +39,10 @@ class ProfileStore:
         )
         return cls(kv, Keyring(await JetStreamKV.open(nc, "userkeys")))
 
+    def fresh(self) -> ProfileStore:
+        """The same buckets with an empty key cache (for one request of a long-lived reader)."""
+        return ProfileStore(self.kv, Keyring(self.keyring.kv))
+
     async def load(self, tokens: Iterable[str], *, create_keys: bool) -> dict[str, Slot]:
         """Slots of `tokens` (users without a key are left out unless `create_keys`)."""
         keys = await self.keyring.keys_of(tokens, create=create_keys)
