@@ -22,8 +22,9 @@ from engine.profiles.erasure import FORGET_SUBJECT
 from engine.profiles.service import ProfileService
 from engine.profiles.store import ProfileStore
 from engine.settings import BrokerSettings, GatewaySettings
+from engine.warehouse import WarehouseService
 
-SERVICES = ("gateway", "profiles")
+SERVICES = ("gateway", "profiles", "warehouse")
 
 
 class _Server(uvicorn.Server):
@@ -43,6 +44,7 @@ async def run_services(
     import_path: Path | None = None,
     console: Console | None = None,
     ack_wait: float = 30.0,
+    flush_events: int = 50_000,
 ) -> int:
     """Run `names` until SIGINT/SIGTERM; returns the signal number that stopped them."""
     console = console or Console()
@@ -77,6 +79,11 @@ async def run_services(
             await nc.subscribe(FORGET_SUBJECT, cb=on_forget)
             tasks.append(asyncio.create_task(service.run(stop), name="profiles"))
             console.print("profiles: projecting ACTIVITY and CRM into the profiles bucket")
+        if "warehouse" in names:
+            root = broker.data_dir / "warehouse"
+            warehouse = WarehouseService(js, root, flush_events=flush_events)
+            tasks.append(asyncio.create_task(warehouse.run(stop), name="warehouse"))
+            console.print(f"warehouse: appending ACTIVITY to Parquet under {root}")
         server = None
         if "gateway" in names:
             assert gateway is not None

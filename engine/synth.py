@@ -258,7 +258,7 @@ def generate(
         for s_i, frac in enumerate(day_offsets):
             day_ms = int(frac * days) * 86_400_000
             t = start_ms + day_ms + hours[k] * 3_600_000 + rnd.randrange(3_600_000)
-            t = min(t, start_ms + span_ms - 600_000)
+            t = min(t, start_ms + span_ms - 7_200_000)  # a session ends before `end`
             sid = f"s{u:07d}-{s_i}"
             who = {"user_id": uid}
             if s_i == 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,3 +200,45 @@ async def scan(
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     return count
+
+
+@contextlib.asynccontextmanager
+async def tail(
+    js: JetStreamContext,
+    stream: str,
+    start_seq: int,
+    handle: Callable[[Batch], None],
+    *,
+    subject: str | None = None,
+) -> AsyncIterator[None]:
+    """Feed `handle` every message of `stream` from `start_seq` on, as it arrives, while the
+    block runs. An ordered consumer: nothing to acknowledge, and a gap (a slow handler, a
+    reconnect) makes nats-py restart it after the last message delivered, so none is lost."""
+    if subject is None:
+        info = await js.stream_info(stream)
+        subjects = info.config.subjects or []
+        subject = subjects[0] if len(subjects) == 1 else ">"
+
+    async def on_msg(msg: Msg) -> None:
+        _, seq, _ = ack_info(msg.reply or "")
+        handle([(seq, msg.subject, msg.data)])
+
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(1, start_seq),
+        ack_policy=AckPolicy.NONE,
+    )
+    sub = await js.subscribe(
+        subject,
+        stream=stream,
+        cb=on_msg,
+        ordered_consumer=True,
+        config=config,
+        pending_msgs_limit=200_000,
+        pending_bytes_limit=256 << 20,
+    )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

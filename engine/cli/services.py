@@ -98,7 +98,7 @@ def up(
         typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
     ] = None,
 ) -> None:
-    """Run the engine: provision, then every service (gateway, profiles) until Ctrl-C."""
+    """Run the engine: provision, then every service (gateway, profiles, warehouse) until Ctrl-C."""
     gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
     settings = _settings()
 
@@ -161,7 +161,7 @@ def demo(
 
 @app.command()
 def run(
-    service: Annotated[str, typer.Argument(help="profiles | gateway")],
+    service: Annotated[str, typer.Argument(help="profiles | warehouse | gateway")],
     host: Host = "127.0.0.1",
     port: Port = 8080,
     site_keys: SiteKeys = "",
@@ -169,8 +169,12 @@ def run(
     rate_limit: RateLimit = 5000.0,
     burst: Burst = 20_000,
     ack_wait: AckWait = 30.0,
+    flush_events: Annotated[
+        int,
+        typer.Option(min=1, help="Warehouse: events per Parquet chunk (or every 5 s)."),
+    ] = 50_000,
 ) -> None:
-    """Run one service until Ctrl-C; start several to run replicas."""
+    """Run one service until Ctrl-C; start several profiles services to run replicas."""
     from engine.runner import SERVICES, run_services
 
     if service not in SERVICES:
@@ -182,7 +186,13 @@ def run(
 
     async def work(url: str) -> int:
         return await run_services(
-            url, (service,), settings, gateway=gateway, console=out, ack_wait=ack_wait
+            url,
+            (service,),
+            settings,
+            gateway=gateway,
+            console=out,
+            ack_wait=ack_wait,
+            flush_events=flush_events,
         )
 
     _exit_on_signal(_with_broker(settings, work))

@@ -1,0 +1,213 @@
+"""The warehouse: ACTIVITY appended to Parquet files partitioned by day, exactly once.
+
+Layout under `<data dir>/warehouse/activity/`:
+
+    date=2026-11-27/part-00000000000000012001-00000000000000014000.parquet
+    _state.json      {"last_seq": 14000, "files": 12, ...}
+
+The state file is the only record of progress, kept beside the files it describes (no
+server-side consumer: a warehouse restored from backup resumes from its own state, not from
+what a consumer acknowledged). The service reads ACTIVITY through an ordered consumer from
+`last_seq + 1`, gathers a chunk (`flush_events` events or `flush_seconds`), writes one file per
+day the chunk touches (each file named by the chunk's sequence range, written to a temporary
+name, fsynced, renamed), and only then advances `last_seq` in the state file (again write, fsync,
+rename). After a crash, files whose range starts beyond `last_seq` are deleted at start-up and
+their events read again: no row is ever written twice and none is lost.
+
+Each row is one event: its stream sequence, the envelope fields, the user token, `category`
+and `value` lifted out of the properties (value = purchase value, rating, or simulated amount),
+and the properties as JSON. Small chunks make small files; `nerve` does not compact them yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.bus.consumer import Batch, tail
+from engine.subjects import is_user_token
+
+log = logging.getLogger("nerve.warehouse")
+
+SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("id", pa.string()),
+        ("time", pa.timestamp("ms", tz="UTC")),
+        ("received_at", pa.timestamp("ms", tz="UTC")),
+        ("type", pa.string()),
+        ("schema_version", pa.int32()),
+        ("user", pa.string()),
+        ("user_id", pa.string()),
+        ("anonymous_id", pa.string()),
+        ("session_id", pa.string()),
+        ("source", pa.string()),
+        ("item_id", pa.string()),
+        ("category", pa.string()),
+        ("value", pa.float64()),
+        ("properties", pa.string()),
+    ]
+)
+VALUE_FIELDS = ("value", "rating", "amount")
+
+
+def _ms(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def row(seq: int, subject: str, data: bytes) -> dict[str, Any] | None:
+    """The warehouse row of one stored event (None for system events and unreadable bytes)."""
+    parts = subject.split(".")
+    if len(parts) != 3 or not is_user_token(parts[1]):
+        return None
+    try:
+        e = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(e, dict):
+        return None
+    raw_props = e.get("properties")
+    props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
+    value = next((props[f] for f in VALUE_FIELDS if isinstance(props.get(f), int | float)), None)
+    category = props.get("category")
+    return {
+        "seq": seq,
+        "id": e.get("id"),
+        "time": _ms(e.get("time")),
+        "received_at": _ms(e.get("received_at")),
+        "type": e.get("type"),
+        "schema_version": e.get("schema_version"),
+        "user": parts[1],
+        "user_id": e.get("user_id"),
+        "anonymous_id": e.get("anonymous_id"),
+        "session_id": e.get("session_id"),
+        "source": e.get("source"),
+        "item_id": e.get("item_id"),
+        "category": category if isinstance(category, str) else None,
+        "value": float(value) if value is not None else None,
+        "properties": orjson.dumps(props).decode(),
+    }
+
+
+def table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=SCHEMA)
+
+
+def _fsync_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class Warehouse:
+    """The files and the state of one warehouse directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "activity"
+        self.state_path = self.root / "_state.json"
+
+    def state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except FileNotFoundError:
+            return {"last_seq": 0, "files": 0, "rows": 0}
+
+    def recover(self) -> int:
+        """Delete files written after the last recorded sequence; returns how many."""
+        last = self.state()["last_seq"]
+        removed = 0
+        for path in self.root.glob("date=*/part-*.parquet*"):
+            first = int(path.name.split("-")[1].split(".")[0])
+            if first > last or path.name.endswith(".tmp"):
+                path.unlink()
+                removed += 1
+        return removed
+
+    def append(self, rows: list[dict[str, Any]], first: int, last: int) -> None:
+        """Write a chunk (the events with sequences first..last) and record it."""
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            day = datetime.fromtimestamp((r["time"] or 0) / 1000, UTC).strftime("%Y-%m-%d")
+            by_day.setdefault(day, []).append(r)
+        for day, part in by_day.items():
+            folder = self.root / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"part-{first:020d}-{last:020d}.parquet"
+            _fsync_write(path, lambda p, part=part: pq.write_table(table(part), p))
+        state = self.state()
+        state.update(
+            last_seq=last,
+            files=state["files"] + len(by_day),
+            rows=state["rows"] + len(rows),
+            updated_at=time.time(),
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        _fsync_write(self.state_path, lambda p: p.write_text(json.dumps(state)))
+
+    def files(self) -> list[Path]:
+        return sorted(self.root.glob("date=*/part-*.parquet"))
+
+
+class WarehouseService:
+    """Tails ACTIVITY into the warehouse until `stop` is set."""
+
+    def __init__(
+        self, js: Any, root: Path, *, flush_events: int = 50_000, flush_seconds: float = 5.0
+    ) -> None:
+        self.js = js
+        self.warehouse = Warehouse(root)
+        self.flush_events = flush_events
+        self.flush_seconds = flush_seconds
+        self.written = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        removed = self.warehouse.recover()
+        if removed:
+            log.warning("removed %d file(s) written after the last recorded sequence", removed)
+        start = self.warehouse.state()["last_seq"] + 1
+        pending: Batch = []
+        arrived = asyncio.Event()
+
+        def handle(batch: Batch) -> None:
+            pending.extend(batch)
+            arrived.set()
+
+        async with tail(self.js, "ACTIVITY", start, handle):
+            last_flush = time.monotonic()
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 0.2)
+                arrived.clear()
+                due = time.monotonic() - last_flush >= self.flush_seconds
+                if pending and (len(pending) >= self.flush_events or due):
+                    await self.flush(pending)
+                    last_flush = time.monotonic()
+            if pending:
+                await self.flush(pending)
+
+    async def flush(self, pending: Batch) -> None:
+        chunk = pending[:]
+        pending.clear()
+        rows = [r for seq, subject, data in chunk if (r := row(seq, subject, data))]
+        first, last = chunk[0][0], chunk[-1][0]
+        await asyncio.to_thread(self.warehouse.append, rows, first, last)
+        self.written += len(rows)
