@@ -1,1 +1,24 @@
 """Recommendation and next-best-offer models: fit / recommend / save / load, no NATS inside."""
+
+from models.als import ImplicitALS
+from models.base import REGISTRY, ModelConfig, NotFitted, Recommender, Scored, make
+from models.data import DEFAULT_WEIGHTS, EventWeights, Interactions
+from models.ease import EASE
+from models.itemknn import ItemKNN
+from models.popularity import MostPopular
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "EASE",
+    "REGISTRY",
+    "EventWeights",
+    "ImplicitALS",
+    "Interactions",
+    "ItemKNN",
+    "ModelConfig",
+    "MostPopular",
+    "NotFitted",
+    "Recommender",
+    "Scored",
+    "make",
+]

@@ -1,0 +1,166 @@
+"""The model contract: a pydantic config, `fit`, scoring, `recommend`, and save/load as arrays and
+JSON (never pickle: artifacts travel over the bus).
+
+A model scores every item for a *history* (item -> weight), so it serves users it has never seen
+as well as known ones; `recommend` removes what the history holds (unless asked not to) and what
+`exclude` names, and returns the top `k` with their scores. `score_many` does the same for many
+histories at once, as a dense users x items array, for evaluation.
+
+On disk a model is a directory: `model.json` (name, config, item ids, format version) and
+`arrays.npz` (read back with `allow_pickle=False`).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict
+
+from models.data import Interactions, history_rows
+
+FORMAT_VERSION = 1
+TIE_BREAK = 1e-6
+REGISTRY: dict[str, type[Recommender]] = {}
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's parameters: unknown parameters are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    item: str
+    score: float
+
+
+class NotFitted(RuntimeError):
+    """The model has no parameters yet: call `fit` or `load`."""
+
+
+class Recommender(ABC):
+    """Base class; subclasses set `name` and `Config` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, config: ModelConfig | None = None, **params: Any) -> None:
+        self.config = config if config is not None else self.Config(**params)
+        self.items: np.ndarray | None = None
+        self.popularity: np.ndarray | None = None  # breaks ties; all a cold user gets
+
+    # -- to implement ---------------------------------------------------------------------
+    @abstractmethod
+    def _fit(self, data: Interactions) -> None: ...
+
+    @abstractmethod
+    def _score(self, rows: sp.csr_matrix) -> np.ndarray:
+        """Scores (len(rows) x items) for histories given as weighted rows over `self.items`."""
+
+    @abstractmethod
+    def _arrays(self) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def _restore(self, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+    # -- the contract -----------------------------------------------------------------------
+    def fit(self, data: Interactions) -> Self:
+        if data.matrix.nnz == 0:
+            raise ValueError("cannot fit on no interactions")
+        self.items = data.items
+        counts = np.asarray((data.matrix > 0).sum(axis=0), dtype=np.float64).ravel()
+        self.popularity = (counts / max(counts.max(), 1.0)).astype(np.float32)
+        self._fit(data)
+        return self
+
+    def _check(self) -> np.ndarray:
+        if self.items is None:
+            raise NotFitted(f"{self.name}: not fitted")
+        return self.items
+
+    def score_many(self, rows: sp.csr_matrix) -> np.ndarray:
+        """Scores for many histories; ties (and empty histories) resolved by popularity."""
+        self._check()
+        assert self.popularity is not None
+        scores = np.asarray(self._score(sp.csr_matrix(rows, dtype=np.float32)), dtype=np.float32)
+        return scores + TIE_BREAK * self.popularity[None, :]
+
+    def recommend(
+        self,
+        history: Mapping[str, float] | Sequence[str],
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        *,
+        exclude_seen: bool = True,
+    ) -> list[Scored]:
+        """The top `k` items for a user whose history is `history` (items, or item -> weight)."""
+        items = self._check()
+        h = history if isinstance(history, Mapping) else {i: 1.0 for i in history}
+        scores = self.score_many(history_rows([h], items))[0]
+        banned = set(exclude) | (set(h) if exclude_seen else set())
+        return top_k(scores, items, k, banned)
+
+    def save(self, path: Path) -> Path:
+        items = self._check()
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "config": self.config.model_dump(mode="json"),
+            "items": [str(i) for i in items],
+        }
+        (path / "model.json").write_text(json.dumps(meta))
+        assert self.popularity is not None
+        arrays = {"popularity": self.popularity, **self._arrays()}
+        np.savez(path / "arrays.npz", **arrays)  # type: ignore[arg-type]
+        return path
+
+    @staticmethod
+    def load(path: Path) -> Recommender:
+        meta = json.loads((path / "model.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unknown model format {meta.get('format')!r}")
+        cls = REGISTRY.get(meta["name"])
+        if cls is None:
+            raise ValueError(f"{path}: unknown model {meta['name']!r} (known: {sorted(REGISTRY)})")
+        model = cls(cls.Config(**meta["config"]))
+        model.items = np.asarray(meta["items"], dtype=object)
+        with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
+            model.popularity = arrays["popularity"]
+            model._restore({k: arrays[k] for k in arrays.files if k != "popularity"})
+        return model
+
+
+def top_k(scores: np.ndarray, items: np.ndarray, k: int, banned: set[str]) -> list[Scored]:
+    """The k best items by score, skipping `banned`; ties broken by item order."""
+    order = np.argsort(-scores, kind="stable")
+    out: list[Scored] = []
+    for i in order:
+        item = str(items[i])
+        if item in banned or not np.isfinite(scores[i]):
+            continue
+        out.append(Scored(item, float(scores[i])))
+        if len(out) == k:
+            break
+    return out
+
+
+def make(name: str, **params: Any) -> Recommender:
+    """A model by its registered name, with parameters (refused if unknown)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name](**params)

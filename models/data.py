@@ -1,0 +1,131 @@
+"""Interactions: who did what to which item, as a sparse user x item matrix of weights.
+
+Events become weights through `EventWeights` (a purchase counts more than a view); repeated
+events of a user on an item add up. The matrix is what every model fits on; the id arrays map
+rows and columns back to user and item ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "item_viewed": 1.0,
+    "recommendation_clicked": 2.0,
+    "simulator_used": 3.0,
+    "item_added_to_cart": 4.0,
+    "item_purchased": 8.0,
+    "item_rated": 1.0,
+}
+
+
+class EventWeights(BaseModel):
+    """How much each event type counts; types not listed are ignored.
+
+    `rating_scale`: for `item_rated`, the weight is multiplied by rating / rating_scale.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    rating_scale: float = Field(default=5.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """A user x item matrix of summed weights, with the ids of its rows and columns."""
+
+    matrix: sp.csr_matrix
+    users: np.ndarray  # row -> user id
+    items: np.ndarray  # column -> item id
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    def item_index(self) -> dict[str, int]:
+        return {str(item): i for i, item in enumerate(self.items)}
+
+    def user_index(self) -> dict[str, int]:
+        return {str(user): i for i, user in enumerate(self.users)}
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        weights: EventWeights | None = None,
+        *,
+        user: str = "user",
+        items: Sequence[str] | None = None,
+    ) -> Interactions:
+        """From a history DataFrame (`training.load_history`): columns `user`, `item_id`, `type`
+        and, for ratings, `value`. `items` fixes the columns (unknown items are dropped)."""
+        weights = weights or EventWeights()
+        df = frame[frame["item_id"].notna() & frame["type"].isin(list(weights.weights))]
+        w = df["type"].map(weights.weights).astype("float64").to_numpy()
+        rated = (df["type"] == "item_rated").to_numpy()
+        if rated.any():
+            values = df["value"].fillna(weights.rating_scale).to_numpy(dtype="float64")
+            w = np.where(rated, w * values / weights.rating_scale, w)
+        return cls.from_triples(df[user].astype(str), df["item_id"].astype(str), w, columns=items)
+
+    @classmethod
+    def from_triples(
+        cls,
+        users: Iterable[str],
+        items: Iterable[str],
+        weights: Iterable[float] | None = None,
+        *,
+        columns: Sequence[str] | None = None,
+    ) -> Interactions:
+        """From parallel (user, item, weight) sequences; `columns` fixes the items."""
+        user_arr = np.asarray([str(u) for u in users], dtype=object)
+        item_arr = np.asarray([str(i) for i in items], dtype=object)
+        w = (
+            np.ones(len(user_arr))
+            if weights is None
+            else np.asarray(list(weights), dtype="float64")
+        )
+        if columns is not None:
+            cols = np.asarray([str(c) for c in columns], dtype=object)
+            index = {c: i for i, c in enumerate(cols)}
+            col = np.fromiter(
+                (index.get(i, -1) for i in item_arr), dtype=np.int64, count=len(item_arr)
+            )
+            keep = col >= 0
+            user_arr, col, w = user_arr[keep], col[keep], w[keep]
+        else:
+            cols, col = np.unique(item_arr.astype(str), return_inverse=True)
+            cols = cols.astype(object)
+        rows_ids, row = np.unique(user_arr.astype(str), return_inverse=True)
+        matrix = sp.csr_matrix((w, (row, col)), shape=(len(rows_ids), len(cols)))
+        matrix.sum_duplicates()
+        return cls(matrix.astype(np.float32), rows_ids.astype(object), cols)
+
+    def history(self, user_row: int) -> dict[str, float]:
+        """One user's items and weights, as the dict `Recommender.recommend` takes."""
+        start, end = self.matrix.indptr[user_row], self.matrix.indptr[user_row + 1]
+        cols, vals = self.matrix.indices[start:end], self.matrix.data[start:end]
+        return {str(self.items[c]): float(v) for c, v in zip(cols, vals, strict=True)}
+
+
+def history_rows(histories: Sequence[Mapping[str, float]], items: np.ndarray) -> sp.csr_matrix:
+    """Histories (item -> weight) as rows over `items`; unknown items are ignored."""
+    index = {str(item): i for i, item in enumerate(items)}
+    indptr, indices, data = [0], [], []
+    for h in histories:
+        for item, weight in h.items():
+            col = index.get(item)
+            if col is not None:
+                indices.append(col)
+                data.append(weight)
+        indptr.append(len(indices))
+    return sp.csr_matrix(
+        (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int64), indptr),
+        shape=(len(histories), len(items)),
+    )

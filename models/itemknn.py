@@ -1,0 +1,67 @@
+"""Item-to-item similarity: cosine between items' user vectors, pruned to the nearest
+neighbours, with shrinkage for items seen by few users. Also what "similar items" serves:
+`similar(item)` is that item's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from models.base import ModelConfig, Recommender, Scored, top_k
+from models.data import Interactions
+
+
+class ItemKNNConfig(ModelConfig):
+    neighbors: int = Field(default=100, ge=1, description="Kept per item")
+    shrink: float = Field(default=10.0, ge=0, description="Damps pairs with little support")
+    binary: bool = Field(default=True, description="Cosine on 0/1 instead of weights")
+
+
+class ItemKNN(Recommender):
+    name = "itemknn"
+    Config = ItemKNNConfig
+
+    def _fit(self, data: Interactions) -> None:
+        assert isinstance(self.config, ItemKNNConfig)
+        x = data.matrix.tocsc(copy=True).astype(np.float64)
+        if self.config.binary:
+            x.data[:] = 1.0
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
+        co = (x.T @ x).toarray()
+        np.fill_diagonal(co, 0.0)
+        sim = co / (np.outer(norms, norms) + self.config.shrink + 1e-12)
+        k = min(self.config.neighbors, sim.shape[0] - 1)
+        if k < sim.shape[0] - 1:  # keep the k strongest per column
+            cut = np.partition(sim, -k, axis=0)[-k, :]
+            sim[sim < cut[None, :]] = 0.0
+        self.similarity = sp.csr_matrix(sim.astype(np.float32))
+
+    def _score(self, rows: sp.csr_matrix) -> np.ndarray:
+        return (rows @ self.similarity).toarray()
+
+    def similar(self, item: str, k: int = 10) -> list[Scored]:
+        """The items most like `item` (empty if unknown)."""
+        items = self._check()
+        where = np.flatnonzero(items == item)
+        if not len(where):
+            return []
+        row = self.similarity[:, where[0]].toarray().ravel()
+        return [s for s in top_k(row, items, k, {item}) if s.score > 0]
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        s = self.similarity
+        return {
+            "data": s.data,
+            "indices": s.indices,
+            "indptr": s.indptr,
+            "shape": np.asarray(s.shape),
+        }
+
+    def _restore(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.similarity = sp.csr_matrix(
+            (arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"])
+        )
