@@ -164,3 +164,30 @@ def make(name: str, **params: Any) -> Recommender:
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[name](**params)
+
+
+def pack(folder: Path) -> bytes:
+    """A saved model directory as one zip archive (what travels to the object store)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                z.write(f, f.name)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, folder: Path) -> Path:
+    """Extract an archive made by `pack` (flat names only) into `folder`."""
+    import io
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for name in z.namelist():
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"unexpected entry {name!r} in a model archive")
+            (folder / name).write_bytes(z.read(name))
+    return folder

@@ -72,7 +72,7 @@ def event(etype: str = "page_viewed", **fields: Any) -> dict[str, Any]:
         base["item_id"] = "loan-personal"
     if etype == "user_identified":
         base["anonymous_id"] = "anon-1"
-    if etype == "user_forgotten":
+    if etype in ("user_forgotten", "model_published"):
         del base["user_id"]
     base.update(fields)
     return base
@@ -105,6 +105,7 @@ EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
     "consent_updated": {"analytics": True, "personalization": True, "marketing": False},
     "crm_contact_logged": {"channel": "phone", "outcome": "interested"},
     "user_forgotten": {"erasure_id": "e-1", "erased": {"ACTIVITY": 3}},
+    "model_published": {"model_version": "ease-1", "slot": "home", "model": "ease"},
 }
 
 

@@ -7,6 +7,7 @@ embedded broker cleanly first.
 
 from __future__ import annotations
 
+import importlib.metadata
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,15 @@ from engine.cli.app import app, err
 from engine.errors import ConfigError, NerveError
 
 __all__ = ["app", "main"]
+
+
+def _plugins() -> None:
+    """Commands other packages declare under the `nerve.commands` entry point (training's)."""
+    for entry in importlib.metadata.entry_points(group="nerve.commands"):
+        entry.load()(app)
+
+
+_plugins()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -185,6 +185,17 @@ class UserForgotten(Properties):
     erased: dict[str, int] = Field(description="Messages erased per stream or bucket")
 
 
+class ModelPublished(Properties):
+    type_name = "model_published"
+    system = True
+    summary = "A trained model became the active one for a slot (artifact in the models store)."
+
+    model_version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    slot: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    model: str = Field(min_length=1, max_length=64)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
 CATALOG: tuple[type[Properties], ...] = (
     PageViewed,
     ItemViewed,
@@ -200,4 +211,5 @@ CATALOG: tuple[type[Properties], ...] = (
     ConsentUpdated,
     CrmContactLogged,
     UserForgotten,
+    ModelPublished,
 )
