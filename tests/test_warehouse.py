@@ -115,7 +115,7 @@ async def test_kill_9_while_writing_loses_and_duplicates_nothing(
         "run",
         "warehouse",
         "--flush-events",
-        "300",
+        "100",
     ]
     progress = []
     for _ in range(3):
@@ -126,11 +126,11 @@ async def test_kill_9_while_writing_loses_and_duplicates_nothing(
         for line in proc.stdout:
             if line.startswith("NATS"):
                 break
-        await asyncio.sleep(rnd.uniform(0.05, 0.4))
+        await asyncio.sleep(rnd.uniform(0.02, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
         progress.append(Warehouse(tmp_path / "warehouse").state()["last_seq"])
-    assert progress[-1] < last, f"the kills must land while it is still writing: {progress}"
+    assert progress[0] < last, f"a kill must land while it is still writing: {progress}"
     await run_until(WarehouseService(fresh.jetstream(), tmp_path / "warehouse"), last)
     assert rows(tmp_path / "warehouse") == list(range(1, last + 1)), progress
