@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pandas as pd
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -16,6 +18,9 @@ from engine.bus.reader import read_all
 from engine.events import Envelope, parse_event_json
 from engine.ids import uuid7
 from engine.settings import BrokerSettings, StreamSettings
+from engine.subjects import activity_subject, user_token
+from engine.synth import generate
+from engine.warehouse import row, table
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +112,19 @@ EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
     "user_forgotten": {"erasure_id": "e-1", "erased": {"ACTIVITY": 3}},
     "model_published": {"model_version": "ease-1", "slot": "home", "model": "ease"},
 }
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """A generated history (3,000 users, 60 days) as a warehouse-shaped DataFrame."""
+    path = tmp_path_factory.mktemp("models") / "h.jsonl"
+    generate(path, users=3000, days=60, seed=21, end=datetime(2026, 6, 1, tzinfo=UTC))
+    rows = []
+    for seq, line in enumerate(path.read_bytes().splitlines(), 1):
+        e = orjson.loads(line)
+        subject = activity_subject(user_token(e.get("user_id"), e.get("anonymous_id")), e["type"])
+        rows.append(row(seq, subject, line))
+    return table(r for r in rows if r).to_pandas()
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

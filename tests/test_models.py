@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from engine.subjects import activity_subject, user_token
-from engine.synth import generate
-from engine.warehouse import row, table
 from models import REGISTRY, Interactions, NotFitted, Recommender, make
 from models.itemknn import ItemKNN
 from training.evaluate import evaluate
@@ -75,18 +70,6 @@ def test_similar_items_come_from_co_occurrence() -> None:
     knn = ItemKNN(shrink=0).fit(tiny())
     assert knn.similar("c", 1)[0].item == "d"
     assert knn.similar("nope") == []
-
-
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    path = tmp_path_factory.mktemp("models") / "h.jsonl"
-    generate(path, users=3000, days=60, seed=21, end=datetime(2026, 6, 1, tzinfo=UTC))
-    rows = []
-    for seq, line in enumerate(path.read_bytes().splitlines(), 1):
-        e = orjson.loads(line)
-        subject = activity_subject(user_token(e.get("user_id"), e.get("anonymous_id")), e["type"])
-        rows.append(row(seq, subject, line))
-    return table(r for r in rows if r).to_pandas()
 
 
 @pytest.mark.parametrize("split", ["global", "last"])
