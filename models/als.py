@@ -95,18 +95,35 @@ class ImplicitALS(Recommender):
             users = solve(conf, items, users, c.regularization, c.cg_steps)
             items = solve(conf_t, users, items, c.regularization, c.cg_steps)
         self.item_factors = items
+        self._gram: np.ndarray | None = None
 
     def _score(self, rows: sp.csr_matrix) -> np.ndarray:
         c = self.config
         assert isinstance(c, ALSConfig)
+        if rows.shape[0] <= 4:  # serving: an exact solve over the user's few items is cheaper
+            users = np.vstack([self._fold_in(rows[i]) for i in range(rows.shape[0])])
+            return users @ self.item_factors.T
         start = np.zeros((rows.shape[0], c.factors), dtype=np.float32)
         users = solve(
             rows * np.float32(c.alpha), self.item_factors, start, c.regularization, c.fold_in_steps
         )
         return users @ self.item_factors.T
 
+    def _fold_in(self, row: sp.csr_matrix) -> np.ndarray:
+        """x = (Y'Y + Y_u' (C_u - I) Y_u + lambda I)^-1 Y_u' c_u, with Y_u the user's items."""
+        c = self.config
+        assert isinstance(c, ALSConfig)
+        if self._gram is None:
+            self._gram = self.item_factors.T @ self.item_factors
+        y = self.item_factors[row.indices]
+        conf = row.data.astype(np.float32) * np.float32(c.alpha)
+        ridge = c.regularization * np.eye(c.factors, dtype=np.float32)
+        a = self._gram + (y.T * conf) @ y + ridge
+        return np.asarray(np.linalg.solve(a, y.T @ (1.0 + conf)), dtype=np.float32)
+
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors}
 
     def _restore(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.item_factors = arrays["item_factors"]
+        self._gram = None

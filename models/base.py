@@ -62,6 +62,7 @@ class Recommender(ABC):
         self.config = config if config is not None else self.Config(**params)
         self.items: np.ndarray | None = None
         self.popularity: np.ndarray | None = None  # breaks ties; all a cold user gets
+        self._item_index: dict[str, int] | None = None
 
     # -- to implement ---------------------------------------------------------------------
     @abstractmethod
@@ -110,9 +111,16 @@ class Recommender(ABC):
         """The top `k` items for a user whose history is `history` (items, or item -> weight)."""
         items = self._check()
         h = history if isinstance(history, Mapping) else {i: 1.0 for i in history}
-        scores = self.score_many(history_rows([h], items))[0]
+        scores = self.score_many(history_rows([h], items, self._index()))[0]
         banned = set(exclude) | (set(h) if exclude_seen else set())
         return top_k(scores, items, k, banned)
+
+    def _index(self) -> dict[str, int]:
+        """Item id -> column, built once (a request must not rebuild it)."""
+        items = self._check()
+        if self._item_index is None or len(self._item_index) != len(items):
+            self._item_index = {str(item): i for i, item in enumerate(items)}
+        return self._item_index
 
     def save(self, path: Path) -> Path:
         items = self._check()
@@ -147,7 +155,12 @@ class Recommender(ABC):
 
 def top_k(scores: np.ndarray, items: np.ndarray, k: int, banned: set[str]) -> list[Scored]:
     """The k best items by score, skipping `banned`; ties broken by item order."""
-    order = np.argsort(-scores, kind="stable")
+    want = k + len(banned)
+    if want < len(scores):  # partial selection, then order only the candidates
+        cand = np.argpartition(-scores, want)[: want + 1]
+        order = cand[np.lexsort((cand, -scores[cand]))]
+    else:
+        order = np.argsort(-scores, kind="stable")
     out: list[Scored] = []
     for i in order:
         item = str(items[i])

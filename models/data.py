@@ -114,9 +114,15 @@ class Interactions:
         return {str(self.items[c]): float(v) for c, v in zip(cols, vals, strict=True)}
 
 
-def history_rows(histories: Sequence[Mapping[str, float]], items: np.ndarray) -> sp.csr_matrix:
-    """Histories (item -> weight) as rows over `items`; unknown items are ignored."""
-    index = {str(item): i for i, item in enumerate(items)}
+def history_rows(
+    histories: Sequence[Mapping[str, float]],
+    items: np.ndarray,
+    index: Mapping[str, int] | None = None,
+) -> sp.csr_matrix:
+    """Histories (item -> weight) as rows over `items`; unknown items are ignored. Pass the
+    item -> column `index` when calling often."""
+    if index is None:
+        index = {str(item): i for i, item in enumerate(items)}
     indptr, indices, data = [0], [], []
     for h in histories:
         for item, weight in h.items():
