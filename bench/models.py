@@ -8,7 +8,8 @@ cut at 80 %. Relevant items: what a user used after the cut and had not used bef
 For every model: fit time, nDCG@10 / Recall@10 / HR@10 / coverage, recommend latency for one
 user (p50/p99 over --latency-users users), artifact size, and peak memory of the fit as traced by
 tracemalloc (numpy included; implicit allocates in C++, so its figure is not comparable). Our
-ALS and implicit's ALS use the same factors and iterations.
+ALS and implicit's ALS use the same factors and iterations; implicit fits with BLAS limited to
+one thread, as it asks (it runs its own threads).
 
 A second table measures recommend latency with --latency-items items (default 10,000), on
 random interactions, for the models whose serving cost grows with the catalogue.
@@ -137,8 +138,11 @@ def evaluate_implicit(
     cls = AlternatingLeastSquares if kind == "als" else BayesianPersonalizedRanking
     model = cls(**params, random_state=0)
     matrix = sp.csr_matrix(train.matrix * (alpha if kind == "als" else 1.0))
+    from threadpoolctl import threadpool_limits
+
     started = time.perf_counter()
-    model.fit(matrix, show_progress=False)
+    with threadpool_limits(1, "blas"):  # what implicit asks for; it runs its own threads
+        model.fit(matrix, show_progress=False)
     fit = time.perf_counter() - started
     index = train.user_index()
     users = [u for u in sorted(truth) if u in index]

@@ -17,7 +17,7 @@ from rich.table import Table
 from engine.cli.app import _settings, _with_broker, out
 from engine.errors import ConfigError
 
-ModelName = Annotated[str, typer.Option("--model", help="popular | itemknn | ease | als")]
+ModelName = Annotated[str, typer.Option("--model", help="popular | itemknn | ease | als | nbo")]
 Params = Annotated[
     str | None, typer.Option("--params", help="Model parameters as JSON, e.g. '{\"l2\": 100}'")
 ]
@@ -75,7 +75,8 @@ def train(
     if source not in ("warehouse", "stream") or split not in ("global", "last"):
         raise ConfigError("--source must be warehouse or stream; --split global or last")
     values = _params(params)
-    _check_model(model, values)
+    if model != "nbo":
+        _check_model(model, values)
     settings = _settings()
     frame = load_history(
         source,  # type: ignore[arg-type]
@@ -86,6 +87,13 @@ def train(
     )
     if frame.empty:
         raise ConfigError(f"no history in the {source} for that range (try --source stream)")
+    if model == "nbo":
+        version, card, folder = _train_nbo(frame, values, settings.data_dir / "models")
+        out.print(json.dumps(card["metrics"], indent=2), highlight=False)
+        out.print(f"{version}: card and artifact in {folder}", highlight=False)
+        if publish:
+            _publish(settings, version, card, pack(folder), slot)
+        return
     result = run(frame, model, values, how=split, k=k, curve=curve)  # type: ignore[arg-type]
     folder = write(result, settings.data_dir / "models")
     table = Table("model", *[m for m in next(iter(result.metrics.values())) if m != "users"])
@@ -93,23 +101,62 @@ def train(
         table.add_row(name, *[f"{v:.4f}" for m, v in values_.items() if m != "users"])
     out.print(table)
     out.print(f"{result.version}: card, artifact and report in {folder}", highlight=False)
-    if not publish:
-        return
+    if publish:
+        _publish(settings, result.version, result.card, pack(folder), slot)
 
+
+def _publish(settings: Any, version: str, card: dict[str, Any], artifact: bytes, slot: str) -> None:
     async def work(url: str) -> None:
         from engine.bus import connect
         from engine.bus.registry import Registry
 
         nc = await connect(url, "nerve-train", timeout=settings.connect_timeout)
         try:
-            await (await Registry.open(nc)).publish(result.version, result.card, pack(folder), slot)
+            await (await Registry.open(nc)).publish(version, card, artifact, slot)
         finally:
             await nc.close()
-        out.print(
-            f"published {result.version} and made it active for slot {slot!r}", highlight=False
-        )
+        out.print(f"published {version} and made it active for slot {slot!r}", highlight=False)
 
     _with_broker(settings, work)
+
+
+def _train_nbo(frame: Any, values: dict[str, Any], root: Path) -> tuple[str, dict[str, Any], Path]:
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from models.nbo import NBOConfig
+    from training.nbo import train_nbo
+    from training.train import _versions
+
+    try:
+        config = NBOConfig(**values)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ConfigError(f"--params: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    result = train_nbo(frame, config)
+    now = datetime.now(UTC)
+    version = f"nbo-{now:%Y%m%dT%H%M%S}"
+    folder = result.model.save(root / version)
+    card = {
+        "version": version,
+        "model": "nbo",
+        "params": config.model_dump(mode="json"),
+        "created_at": now.isoformat(),
+        "data": {
+            "events": len(frame),
+            "from": frame["time"].min().isoformat(),
+            "to": frame["time"].max().isoformat(),
+            "seq_from": int(frame["seq"].min()),
+            "seq_to": int(frame["seq"].max()),
+            "offers": result.model.offers,
+        },
+        "metrics": {"nbo": result.metrics},
+        "auc_by_offer": result.auc_by_offer,
+        "libraries": _versions(),
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    return version, card, folder
 
 
 models_app = typer.Typer(
