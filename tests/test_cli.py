@@ -166,3 +166,42 @@ def test_profile_replay_verify_and_forget_from_the_command_line(tmp_path: Path) 
     assert gone.returncode == 0 and "erased" in gone.stdout
     after = nerve("profile", "u0000001", data_dir=tmp_path)
     assert after.returncode == 1 and "no profile" in after.stderr
+
+
+def test_train_publish_list_and_roll_back_from_the_command_line(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    assert (
+        nerve(
+            "generate", "--users", "600", "--days", "20", "--seed", "2", "-o", str(history)
+        ).returncode
+        == 0
+    )
+    assert nerve("import", str(history), data_dir=tmp_path).returncode == 0
+    first = nerve(
+        "train",
+        "--model",
+        "ease",
+        "--source",
+        "stream",
+        "--no-curve",
+        "--publish",
+        data_dir=tmp_path,
+    )
+    assert first.returncode == 0, first.stderr
+    nbo = nerve("train", "--model", "nbo", "--source", "stream", "--publish", data_dir=tmp_path)
+    assert nbo.returncode == 0, nbo.stderr
+    listing = nerve("models", data_dir=tmp_path).stdout
+    ease_version = next(w for w in listing.split() if w.startswith("ease-"))
+    assert "* " in listing and "nbo-" in listing
+    back = nerve("models", "activate", ease_version, data_dir=tmp_path)
+    assert back.returncode == 0 and "now active" in back.stdout
+    after = [
+        line
+        for line in nerve("models", data_dir=tmp_path).stdout.splitlines()
+        if ease_version in line
+    ]
+    assert after and "*" in after[0] and "home" in after[0]
+    reports = list((tmp_path / "models").glob("ease-*/report.html"))
+    assert reports and "<svg" in reports[0].read_text()
+    bad = nerve("train", "--model", "ease", "--params", "{nope", data_dir=tmp_path)
+    assert bad.returncode == 2 and "--params" in bad.stderr

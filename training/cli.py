@@ -75,7 +75,9 @@ def train(
     if source not in ("warehouse", "stream") or split not in ("global", "last"):
         raise ConfigError("--source must be warehouse or stream; --split global or last")
     values = _params(params)
-    if model != "nbo":
+    if model == "nbo":
+        _nbo_config(values)
+    else:
         _check_model(model, values)
     settings = _settings()
     frame = load_history(
@@ -120,20 +122,25 @@ def _publish(settings: Any, version: str, card: dict[str, Any], artifact: bytes,
     _with_broker(settings, work)
 
 
-def _train_nbo(frame: Any, values: dict[str, Any], root: Path) -> tuple[str, dict[str, Any], Path]:
-    from datetime import UTC, datetime
-
+def _nbo_config(values: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
     from models.nbo import NBOConfig
-    from training.nbo import train_nbo
-    from training.train import _versions
 
     try:
-        config = NBOConfig(**values)
+        return NBOConfig(**values)
     except ValidationError as exc:
         e = exc.errors()[0]
         raise ConfigError(f"--params: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+
+
+def _train_nbo(frame: Any, values: dict[str, Any], root: Path) -> tuple[str, dict[str, Any], Path]:
+    from datetime import UTC, datetime
+
+    from training.nbo import train_nbo
+    from training.train import _versions
+
+    config = _nbo_config(values)
     result = train_nbo(frame, config)
     now = datetime.now(UTC)
     version = f"nbo-{now:%Y%m%dT%H%M%S}"
@@ -180,17 +187,17 @@ def models_list(ctx: typer.Context) -> None:
             cards, active = await (await Registry.open(nc)).listing()
         finally:
             await nc.close()
-        table = Table("", "version", "model", "created", "ndcg@k", "slots")
+        table = Table("", "version", "model", "created", "ndcg@k / auc", "slots")
         for card in cards:
             slots = [s for s, v in active.items() if v == card["version"]]
             metrics = card.get("metrics", {}).get(card.get("model"), {})
-            ndcg = next((v for m, v in metrics.items() if m.startswith("ndcg")), float("nan"))
+            ndcg = next((v for m, v in metrics.items() if m.startswith(("ndcg", "auc"))), None)
             table.add_row(
                 "*" if slots else "",
                 card["version"],
                 card.get("model", "?"),
                 card.get("created_at", "")[:19],
-                f"{ndcg:.4f}",
+                f"{ndcg:.4f}" if isinstance(ndcg, float) else "-",
                 ", ".join(slots),
             )
         out.print(table)

@@ -3,6 +3,7 @@ per slot in the `registry` bucket, and a `model_published` event on every change
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +51,6 @@ class Registry:
     async def activate(self, version: str, slot: str) -> dict[str, Any]:
         """Make `version` the active model of `slot` and announce it (also how to roll back)."""
         card = await self.card(version)
-        await self.kv.put(f"active.{slot}", version.encode())
         metrics = card.get("metrics", {}).get(card.get("model"), {})
         event = parse_event(
             {
@@ -62,10 +62,15 @@ class Registry:
                     "model_version": version,
                     "slot": slot,
                     "model": card.get("model", "?"),
-                    "metrics": {k: float(v) for k, v in metrics.items()},
+                    "metrics": {
+                        k: float(v)
+                        for k, v in metrics.items()
+                        if isinstance(v, int | float) and math.isfinite(v)
+                    },
                 },
             }
         )
+        await self.kv.put(f"active.{slot}", version.encode())
         await Publisher(self.nc).publish([Outgoing.event(event)])
         return card
 
