@@ -166,6 +166,23 @@ class Warehouse:
     def files(self) -> list[Path]:
         return sorted(self.root.glob("date=*/part-*.parquet"))
 
+    def erase(self, tokens: set[str]) -> int:
+        """Rewrite every file holding rows of these users without them (`nerve forget`);
+        returns how many rows were removed. The old file is replaced by rename, so no readable
+        copy stays in the warehouse directory."""
+        import pyarrow.compute as pc
+
+        removed = 0
+        for path in self.files():
+            tbl = pq.read_table(path)
+            keep = pc.invert(pc.is_in(tbl["user"], value_set=pa.array(sorted(tokens))))
+            kept = tbl.filter(keep)
+            if kept.num_rows == tbl.num_rows:
+                continue
+            removed += tbl.num_rows - kept.num_rows
+            _fsync_write(path, lambda p, kept=kept: pq.write_table(kept, p))
+        return removed
+
 
 class WarehouseService:
     """Tails ACTIVITY into the warehouse until `stop` is set."""

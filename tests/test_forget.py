@@ -19,8 +19,11 @@ from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore
 from engine.settings import BrokerSettings
 from engine.subjects import user_token
+from engine.warehouse import WarehouseService
 from tests.conftest import count, event, stored
 from tests.test_profiles_service import drain, history, service
+from tests.test_warehouse import run_until
+from training import load_history
 
 USER = "forget-me-7f3a@example.com"
 ANON = "anon-forget-91c2"
@@ -93,16 +96,25 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
         )
         await drain(nc, await service(nc))
         assert (await read_profile(await ProfileStore.open(nc), USER)) is not None
+        warehouse = own_broker.data_dir / "warehouse"
+        await run_until(
+            WarehouseService(js, warehouse, flush_seconds=0.1),
+            (await js.stream_info("ACTIVITY")).state.last_seq,
+        )
+        assert token in load_history("warehouse", data_dir=own_broker.data_dir)["user"].values
         store = own_broker.data_dir / "jetstream"
         needles = [USER.encode(), token.encode(), ANON.encode(), SECRET.encode()]
         await asyncio.sleep(1.5)  # let the server write its blocks
         assert files_containing(store, needles), "the search must see the data before erasure"
 
-        report = await forget(nc, token, pub)
+        report = await forget(nc, token, pub, warehouse)
 
         assert report.erased["ACTIVITY"] == 4 and report.erased["CRM"] == 1
         assert report.erased["RECOMMENDATIONS"] == 1 and report.erased["SIGNALS"] == 1
         assert report.erased["DEADLETTER"] == 1 and report.erased["profiles"] >= 1
+        assert report.erased["warehouse rows"] == 4  # as in ACTIVITY: the anonymous visit too
+        rows = load_history("warehouse", data_dir=own_broker.data_dir)
+        assert len(rows) == 50 and token not in rows["user"].values
         assert await read_profile(await ProfileStore.open(nc), USER) is None
         assert await read_profile(await ProfileStore.open(nc), ANON, anonymous=True) is None
         remaining = await stored(nc)
@@ -121,11 +133,11 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
         assert token not in rebuilt.profiles and user_token(None, ANON) not in rebuilt.profiles
     finally:
         await nc.close()
-    # On disk: nothing, also after the server has flushed and restarted.
+    # On disk (store and warehouse): nothing, also after the server has flushed and restarted.
     settings = own_broker.settings
     own_broker.stop()
-    assert files_containing(store, needles) == []
+    assert files_containing(own_broker.data_dir, needles) == []
     restarted = EmbeddedBroker(settings)
     restarted.start()
     restarted.stop()
-    assert files_containing(store, needles) == []
+    assert files_containing(own_broker.data_dir, needles) == []

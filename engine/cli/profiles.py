@@ -129,7 +129,9 @@ def forget(
     async def work(url: str) -> None:
         nc = await connect(url, "nerve-forget", timeout=settings.connect_timeout)
         try:
-            report = await erase(nc, _token(user, anonymous), Publisher(nc))
+            report = await erase(
+                nc, _token(user, anonymous), Publisher(nc), settings.data_dir / "warehouse"
+            )
         finally:
             await nc.close()
         parts = ", ".join(f"{k} {v}" for k, v in report.erased.items())

@@ -12,16 +12,17 @@ Running services are told on the core subject `nerve.control.forget` (not stored
 user from their caches. Then a `user_forgotten` event with counts only is appended to ACTIVITY,
 so the log shows that an erasure happened without saying whose.
 
-Copies outside the broker are not reached from here: Parquet files of the warehouse must be
-rewritten without the user's rows by the warehouse itself, and files given to `nerve import` are
-the operator's.
+The warehouse's Parquet files on this machine (`<data dir>/warehouse`) are rewritten without the
+user's rows. A warehouse kept elsewhere, and files given to `nerve import`, are not reached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ from engine.events import parse_event
 from engine.ids import uuid7
 from engine.profiles.store import ProfileStore
 from engine.subjects import decode_token, user_token
+from engine.warehouse import Warehouse
 
 FORGET_SUBJECT = "nerve.control.forget"
 
@@ -48,8 +50,11 @@ class Erasure:
         return sum(self.erased.values())
 
 
-async def forget(nc: Any, token: str, publisher: Publisher) -> Erasure:
-    """Erase everything stored about the user whose subject token is `token`."""
+async def forget(
+    nc: Any, token: str, publisher: Publisher, warehouse: Path | None = None
+) -> Erasure:
+    """Erase everything stored about the user whose subject token is `token`, including the
+    rows of the warehouse under `warehouse` when given (one on this machine's data dir)."""
     js = nc.jetstream()
     profiles = await ProfileStore.open(nc)
     stored = await profiles.read(token)
@@ -68,6 +73,8 @@ async def forget(nc: Any, token: str, publisher: Publisher) -> Erasure:
         add("SIGNALS", await erase_subject(js, "SIGNALS", f"signals.*.{t}"))
         add("profiles", await profiles.erase(t))
     add("DEADLETTER", await _erase_deadletters(js, tokens))
+    if warehouse is not None and warehouse.exists():
+        add("warehouse rows", await asyncio.to_thread(Warehouse(warehouse).erase, set(tokens)))
     await nc.publish(FORGET_SUBJECT, token.encode())  # again: a batch may have been in flight
     await nc.flush()
     event = parse_event(
