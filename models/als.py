@@ -38,7 +38,13 @@ class ALSConfig(ModelConfig):
     )
 
 
+DENSE_LIMIT = 20_000_000  # a x b entries below which one dense product beats gathering
+
+
 def _rowdot(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """a[rows[k]] . b[cols[k]] for every k: the model's predictions on the observed entries."""
+    if a.shape[0] * b.shape[0] <= DENSE_LIMIT:  # small catalogue: BLAS, then pick the entries
+        return np.asarray((a @ b.T)[rows, cols], dtype=np.float32)
     out = np.empty(len(rows), dtype=np.float32)
     for s in range(0, len(rows), CHUNK):
         e = s + CHUNK
@@ -51,14 +57,17 @@ def solve(
 ) -> np.ndarray:
     """Factors for every row of `conf` (values alpha * w on observed entries) given the other
     side's factors, by `steps` of conjugate gradient from `start`."""
-    conf = conf.tocoo()
-    rows, cols, cm1 = conf.row, conf.col, conf.data.astype(np.float32)
+    conf = sp.csr_matrix(conf)
+    conf.sum_duplicates()
+    indptr, cols, cm1 = conf.indptr, conf.indices, conf.data.astype(np.float32)
+    rows = np.repeat(np.arange(conf.shape[0]), np.diff(indptr))
     shape = conf.shape
     gram = other.T @ other + reg * np.eye(other.shape[1], dtype=np.float32)
-    target = sp.csr_matrix((1.0 + cm1, (rows, cols)), shape=shape) @ other  # Y' C_u p_u
+    target = sp.csr_matrix((1.0 + cm1, cols, indptr), shape=shape) @ other  # Y' C_u p_u
 
     def times_a(x: np.ndarray) -> np.ndarray:
-        t = sp.csr_matrix((cm1 * _rowdot(x, other, rows, cols), (rows, cols)), shape=shape)
+        # Same sparsity as `conf`, so the CSR arrays are reused: no sorting per product.
+        t = sp.csr_matrix((cm1 * _rowdot(x, other, rows, cols), cols, indptr), shape=shape)
         return np.asarray(x @ gram + t @ other, dtype=np.float32)
 
     x = start.astype(np.float32, copy=True)
