@@ -115,7 +115,7 @@ async def test_kill_9_while_writing_loses_and_duplicates_nothing(
         "run",
         "warehouse",
         "--flush-events",
-        "100",
+        "20",
     ]
     progress = []
     for _ in range(3):
