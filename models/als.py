@@ -15,7 +15,7 @@ the artifact is the item factors alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,12 +57,22 @@ def solve(
 ) -> np.ndarray:
     """Factors for every row of `conf` (values alpha * w on observed entries) given the other
     side's factors, by `steps` of conjugate gradient from `start`."""
+    gram = other.T @ other + reg * np.eye(other.shape[1], dtype=np.float32)
+    if conf.shape[0] * conf.shape[1] <= DENSE_LIMIT:
+        # A small catalogue: the users x items matrices fit in memory, and dense BLAS products
+        # beat sparse ones by far (scipy's sparse x dense product is single-threaded).
+        dense = np.asarray(sp.csr_matrix(conf).toarray(), dtype=np.float32)
+        dense_target = ((dense > 0) + dense) @ other  # Y' C_u p_u
+
+        def dense_a(x: np.ndarray) -> np.ndarray:
+            return np.asarray(x @ gram + (dense * (x @ other.T)) @ other, dtype=np.float32)
+
+        return _cg(dense_a, dense_target, start, steps)
     conf = sp.csr_matrix(conf)
     conf.sum_duplicates()
     indptr, cols, cm1 = conf.indptr, conf.indices, conf.data.astype(np.float32)
     rows = np.repeat(np.arange(conf.shape[0]), np.diff(indptr))
     shape = conf.shape
-    gram = other.T @ other + reg * np.eye(other.shape[1], dtype=np.float32)
     target = sp.csr_matrix((1.0 + cm1, cols, indptr), shape=shape) @ other  # Y' C_u p_u
 
     def times_a(x: np.ndarray) -> np.ndarray:
@@ -70,6 +80,13 @@ def solve(
         t = sp.csr_matrix((cm1 * _rowdot(x, other, rows, cols), cols, indptr), shape=shape)
         return np.asarray(x @ gram + t @ other, dtype=np.float32)
 
+    return _cg(times_a, target, start, steps)
+
+
+def _cg(
+    times_a: Callable[[np.ndarray], np.ndarray], target: np.ndarray, start: np.ndarray, steps: int
+) -> np.ndarray:
+    """`steps` of conjugate gradient on every row at once, from `start`."""
     x = start.astype(np.float32, copy=True)
     r = target - times_a(x)
     p = r.copy()
