@@ -87,10 +87,12 @@ def test_every_model_recovers_planted_preferences_better_than_popularity(
     for name, res in results.items():
         assert res["users"] > 300
         if name != "popular":
-            # ALS only edges past popularity on this 41-item catalogue (see the README).
-            margin = 1.0 if name == "als" else 1.2
+            # ALS gains least on a 41-item catalogue (see the README): 15 %, not 20 %.
+            margin = 1.15 if name == "als" else 1.2
             assert res["recall@10"] > margin * base, (name, results)
             assert res["ndcg@10"] > results["popular"]["ndcg@10"], (name, results)
 
 
-SMALL_FULL = {"als": {"factors": 8, "iterations": 15, "fold_in_steps": 8}}
+SMALL_FULL = {
+    "als": {"factors": 8, "iterations": 15, "alpha": 1.0, "regularization": 2.0, "fold_in_steps": 8}
+}
