@@ -5,7 +5,7 @@ from models.base import REGISTRY, ModelConfig, NotFitted, Recommender, Scored, m
 from models.data import DEFAULT_WEIGHTS, EventWeights, Interactions
 from models.ease import EASE
 from models.itemknn import ItemKNN
-from models.popularity import MostPopular
+from models.popularity import MostPopular, SegmentPopular
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -20,5 +20,6 @@ __all__ = [
     "NotFitted",
     "Recommender",
     "Scored",
+    "SegmentPopular",
     "make",
 ]

@@ -62,9 +62,12 @@ class Interactions:
         *,
         user: str = "user",
         items: Sequence[str] | None = None,
+        half_life_days: float | None = None,
     ) -> Interactions:
         """From a history DataFrame (`training.load_history`): columns `user`, `item_id`, `type`
-        and, for ratings, `value`. `items` fixes the columns (unknown items are dropped)."""
+        and, for ratings, `value`. `items` fixes the columns (unknown items are dropped). With
+        `half_life_days`, a weight halves for every half-life between its event and the newest
+        event (trending)."""
         weights = weights or EventWeights()
         df = frame[frame["item_id"].notna() & frame["type"].isin(list(weights.weights))]
         w = df["type"].map(weights.weights).astype("float64").to_numpy()
@@ -72,6 +75,9 @@ class Interactions:
         if rated.any():
             values = df["value"].fillna(weights.rating_scale).to_numpy(dtype="float64")
             w = np.where(rated, w * values / weights.rating_scale, w)
+        if half_life_days is not None and len(df):
+            age = (df["time"].max() - df["time"]).dt.total_seconds().to_numpy() / 86_400.0
+            w = w * np.power(0.5, age / half_life_days)
         return cls.from_triples(df[user].astype(str), df["item_id"].astype(str), w, columns=items)
 
     @classmethod

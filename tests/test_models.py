@@ -66,6 +66,32 @@ def test_empty_input_unknown_parameters_and_unfitted_use_are_refused(name: str) 
         make(name).recommend(["a"])
 
 
+def test_trending_weights_halve_with_each_half_life() -> None:
+    frame = pd.DataFrame(
+        {
+            "user": ["a", "b"],
+            "item_id": ["x", "y"],
+            "type": ["item_viewed", "item_viewed"],
+            "value": [None, None],
+            "time": pd.to_datetime(["2026-01-01", "2026-01-15"], utc=True),
+        }
+    )
+    m = Interactions.from_frame(frame, half_life_days=7).matrix.toarray()
+    assert m[0, 0] == pytest.approx(0.25) and m[1, 1] == pytest.approx(1.0)
+
+
+def test_segment_popularity_serves_the_nearest_segment() -> None:
+    users = [f"u{i}" for i in range(40)]
+    items = ["a" if i < 20 else "c" for i in range(40)]
+    extra = ["b" if i < 20 else "d" for i in range(40)]
+    data = Interactions.from_triples(
+        users + users[:10] + users[20:25], items + extra[:10] + extra[20:25]
+    )
+    model = make("popular-segment", segments=2).fit(data)
+    assert model.recommend({"a": 1.0}, k=1)[0].item == "b"
+    assert model.recommend({"c": 1.0}, k=1)[0].item == "d"
+
+
 def test_similar_items_come_from_co_occurrence() -> None:
     knn = ItemKNN(shrink=0).fit(tiny())
     assert knn.similar("c", 1)[0].item == "d"
@@ -87,8 +113,9 @@ def test_every_model_recovers_planted_preferences_better_than_popularity(
     for name, res in results.items():
         assert res["users"] > 300
         if name != "popular":
-            # ALS gains least on a 41-item catalogue (see the README): 15 %, not 20 %.
-            margin = 1.15 if name == "als" else 1.2
+            # ALS gains least on a 41-item catalogue (see the README): 15 %, not 20 %; the
+            # segment popularity is a baseline that only has to beat the plain one.
+            margin = {"als": 1.15, "popular-segment": 1.0}.get(name, 1.2)
             assert res["recall@10"] > margin * base, (name, results)
             assert res["ndcg@10"] > results["popular"]["ndcg@10"], (name, results)
 
