@@ -8,7 +8,8 @@ regression (scikit-learn) fitted on "did the user acquire it within the horizon"
 few positives keep their base rate. The artifact is the coefficient matrix and JSON, no pickle.
 
 Eligibility and suppression come before ranking: an offer the user holds, dismissed in the last
-`dismissed_days`, or declined to a CRM contact in the last `declined_days`, is never offered.
+`dismissed_days`, discussed with a CRM agent in the last `contacted_days` (whatever the outcome),
+or declined to a CRM contact in the last `declined_days`, is never offered.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class NBOConfig(BaseModel):
     min_positives: int = Field(default=5, ge=1, description="Below this, use the base rate")
     dismissed_days: float = Field(default=30, ge=0)
     declined_days: float = Field(default=90, ge=0)
+    contacted_days: float = Field(
+        default=7, ge=0, description="After any CRM contact about an offer, leave it to the CRM"
+    )
     seed: int = 0
 
 
@@ -145,12 +149,14 @@ class NextBestOffer:
             if dismissed and now_ms - dismissed < self.config.dismissed_days * DAY_MS:
                 continue
             contact = crm.get(offer)
-            if (
-                contact
-                and contact.get("outcome") == "declined"
-                and (now_ms - contact.get("time", 0) < self.config.declined_days * DAY_MS)
-            ):
-                continue
+            if contact:
+                since = now_ms - contact.get("time", 0)
+                if since < self.config.contacted_days * DAY_MS:
+                    continue
+                if contact.get("outcome") == "declined" and since < (
+                    self.config.declined_days * DAY_MS
+                ):
+                    continue
             out.append(j)
         return out
 

@@ -35,7 +35,7 @@ def test_held_dismissed_and_declined_offers_are_never_offered(result: NBOResult)
     profile["counts"] = {"simulator_used": 5, "item_viewed": 9}
     profile["categories"] = {"loans": 9}
     free = [s.item for s in model.rank(profile, NOW, k=len(model.offers))]
-    held, dismissed, declined = free[0], free[1], free[2]
+    held, dismissed, declined, contacted = free[0], free[1], free[2], free[3]
     profile["held"] = {held: {"since": NOW, "value": 1, "source": "item_purchased"}}
     profile["offers"] = {
         dismissed: {
@@ -54,14 +54,21 @@ def test_held_dismissed_and_declined_offers_are_never_offered(result: NBOResult)
             "time": NOW - 1,
             "seq": 1,
             "contacts": 1,
-        }
+        },
+        contacted: {
+            "outcome": "interested",
+            "channel": "email",
+            "time": NOW - 86_400_000,
+            "seq": 2,
+            "contacts": 1,
+        },
     }
     ranked = [s.item for s in model.rank(profile, NOW, k=len(model.offers))]
-    assert not {held, dismissed, declined} & set(ranked)
-    assert len(ranked) == len(free) - 3
+    assert not {held, dismissed, declined, contacted} & set(ranked)
+    assert len(ranked) == len(free) - 4
     long_ago = NOW + 400 * 86_400_000  # suppression windows have passed; holding has not
     later = {s.item for s in model.rank(profile, long_ago, k=len(model.offers))}
-    assert {dismissed, declined} <= later and held not in later
+    assert {dismissed, declined, contacted} <= later and held not in later
     scores = [s.score for s in model.rank(profile, NOW, k=5)]
     assert scores == sorted(scores, reverse=True)
 
