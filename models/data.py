@@ -48,9 +48,6 @@ class Interactions:
     def shape(self) -> tuple[int, int]:
         return self.matrix.shape
 
-    def item_index(self) -> dict[str, int]:
-        return {str(item): i for i, item in enumerate(self.items)}
-
     def user_index(self) -> dict[str, int]:
         return {str(user): i for i, user in enumerate(self.users)}
 

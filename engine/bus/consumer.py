@@ -122,6 +122,12 @@ class DurableConsumer:
 Batch = list[tuple[int, str, bytes]]
 
 
+def _stream_subject(info: Any) -> str:
+    """The subject that selects a whole stream: its one subject, else every subject."""
+    subjects = info.config.subjects or []
+    return str(subjects[0]) if len(subjects) == 1 else ">"
+
+
 async def scan(
     js: JetStreamContext,
     stream: str,
@@ -145,8 +151,8 @@ async def scan(
     if matching == 0:
         return 0
     last = info.state.last_seq
-    if subject is None and info.config.subjects and len(info.config.subjects) == 1:
-        subject = info.config.subjects[0]
+    if subject is None:
+        subject = _stream_subject(info)
     done = asyncio.get_running_loop().create_future()
     pending: Batch = []
     count = 0
@@ -175,7 +181,7 @@ async def scan(
         deliver_policy=DeliverPolicy.ALL, filter_subject=subject, ack_policy=AckPolicy.NONE
     )
     sub = await js.subscribe(
-        subject or ">",
+        subject,
         stream=stream,
         cb=on_msg,
         ordered_consumer=True,
@@ -215,9 +221,7 @@ async def tail(
     block runs. An ordered consumer: nothing to acknowledge, and a gap (a slow handler, a
     reconnect) makes nats-py restart it after the last message delivered, so none is lost."""
     if subject is None:
-        info = await js.stream_info(stream)
-        subjects = info.config.subjects or []
-        subject = subjects[0] if len(subjects) == 1 else ">"
+        subject = _stream_subject(await js.stream_info(stream))
 
     async def on_msg(msg: Msg) -> None:
         _, seq, _ = ack_info(msg.reply or "")

@@ -96,10 +96,6 @@ class Keyring:
         self._complete = True  # creating with compare-and-set still catches a concurrent writer
         return list(found)
 
-    async def tokens(self) -> list[str]:
-        """Every user that has a key."""
-        return [token_of_key(k) for k in await self.kv.keys()]
-
     async def destroy(self, token: str) -> int:
         """Securely erase the user's key; returns how many messages were erased."""
         self._cache.pop(token, None)

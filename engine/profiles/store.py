@@ -83,7 +83,7 @@ class ProfileStore:
 
     async def read_all(self) -> dict[str, dict[str, Any]]:
         """Every stored profile, by token."""
-        slots = await self.load(await self.keyring.tokens(), create_keys=False)
+        slots = await self.load(await self.keyring.preload(), create_keys=False)
         return {t: s.profile for t, s in slots.items() if s.profile is not None}
 
     async def erase(self, token: str) -> int:
