@@ -39,7 +39,7 @@ from engine import __version__
 from engine.bus import ConnectionState, Outgoing, Publisher, connect
 from engine.cloudevents import from_cloudevent
 from engine.errors import EventRejected, FieldError, PublishError
-from engine.events import CRM_TYPES, SYSTEM_TYPES, DeadLetter, Envelope, parse_event
+from engine.events import CRM_TYPES, OUTPUT_TYPES, SYSTEM_TYPES, DeadLetter, Envelope, parse_event
 from engine.ids import uuid7
 from engine.metrics import Metrics
 from engine.profiles.reading import read_profile
@@ -90,7 +90,7 @@ def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -
                 data.setdefault("id", uuid7())
                 event_id = data["id"]
             event = parse_event(data, now=now)
-            if event.type in CRM_TYPES or event.type in SYSTEM_TYPES:
+            if event.type in CRM_TYPES or event.type in SYSTEM_TYPES or event.type in OUTPUT_TYPES:
                 raise EventRejected(
                     [FieldError("type", f"{event.type} is not accepted from a site key")]
                 )

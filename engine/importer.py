@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.bus import KeyValueStore, Outgoing, Publisher
 from engine.errors import EventRejected, FieldError
-from engine.events import DeadLetter, parse_event
+from engine.events import OUTPUT_TYPES, DeadLetter, parse_event
 from engine.ids import derived_uuid7
 
 Format = Literal["jsonl", "interactions"]
@@ -273,6 +273,10 @@ async def import_file(
         try:
             data = reader.event(line.decode()) if reader else _jsonl_event(line)
             event = parse_event(data, now=now)
+            if event.type in OUTPUT_TYPES:
+                raise EventRejected(
+                    [FieldError("type", f"{event.type} is produced by Nerve itself")]
+                )
             events.append(Outgoing.event(event))
         except (EventRejected, UnicodeDecodeError) as exc:
             errors = (

@@ -21,10 +21,13 @@ from engine.importer import import_file
 from engine.profiles.erasure import FORGET_SUBJECT
 from engine.profiles.service import ProfileService
 from engine.profiles.store import ProfileStore
-from engine.settings import BrokerSettings, GatewaySettings
+from engine.recommender.core import Serving
+from engine.recommender.service import RecommenderService
+from engine.recommender.slots import load_slots
+from engine.settings import BrokerSettings, GatewaySettings, RecommenderOptions
 from engine.warehouse import WarehouseService
 
-SERVICES = ("gateway", "profiles", "warehouse")
+SERVICES = ("gateway", "profiles", "warehouse", "recommender")
 
 
 class _Server(uvicorn.Server):
@@ -45,6 +48,7 @@ async def run_services(
     console: Console | None = None,
     ack_wait: float = 30.0,
     flush_events: int = 50_000,
+    recommender: RecommenderOptions | None = None,
 ) -> int:
     """Run `names` until SIGINT/SIGTERM; returns the signal number that stopped them."""
     console = console or Console()
@@ -79,6 +83,22 @@ async def run_services(
             await nc.subscribe(FORGET_SUBJECT, cb=on_forget)
             tasks.append(asyncio.create_task(service.run(stop), name="profiles"))
             console.print("profiles: projecting ACTIVITY and CRM into the profiles bucket")
+        if "recommender" in names:
+            opts = recommender or RecommenderOptions()
+            slots, source = load_slots(opts.config, broker.data_dir)
+            reco = RecommenderService(
+                nc,
+                Serving(slots),
+                await ProfileStore.open(nc),
+                Publisher(nc),
+                replicas=opts.replicas,
+                replica=opts.replica,
+                ack_wait=ack_wait,
+            )
+            tasks.append(asyncio.create_task(reco.run(stop), name="recommender"))
+            console.print(
+                f"recommender: {reco.durable}, slots {', '.join(slots.slots)} (from {source})"
+            )
         if "warehouse" in names:
             root = broker.data_dir / "warehouse"
             warehouse = WarehouseService(js, root, flush_events=flush_events)

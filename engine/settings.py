@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
 
@@ -92,3 +92,18 @@ class GatewaySettings(BaseModel):
         default=(),
         description="Bearer tokens of internal callers (profiles API); none = API closed",
     )
+
+
+class RecommenderOptions(BaseModel):
+    """How the recommender runs: its slots file and which replica of how many it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    config: Path | None = Field(default=None, description="Slots TOML (else the data dir's)")
+    replicas: int = Field(default=1, ge=1, le=64)
+    replica: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _index(self) -> RecommenderOptions:
+        if self.replica >= self.replicas:
+            raise ValueError(f"replica {self.replica} of {self.replicas}: must be below it")
+        return self

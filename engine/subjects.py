@@ -61,6 +61,11 @@ def decode_token(token: str) -> tuple[str | None, str | None]:
     return _unescape(token), None
 
 
+def item_token(item_id: str) -> str:
+    """An item id made token-safe the same way (for `catalog.item.<item>`)."""
+    return _escape(item_id)
+
+
 def is_user_token(token: str) -> bool:
     """False for `SYSTEM_TOKEN` (and anything else `user_token` cannot produce)."""
     return token != SYSTEM_TOKEN

@@ -1,7 +1,15 @@
 """Recommendation and next-best-offer models: fit / recommend / save / load, no NATS inside."""
 
 from models.als import ImplicitALS
-from models.base import REGISTRY, ModelConfig, NotFitted, Recommender, Scored, make
+from models.base import (
+    REGISTRY,
+    ModelConfig,
+    NotFitted,
+    Recommender,
+    Scored,
+    load_model,
+    make,
+)
 from models.data import DEFAULT_WEIGHTS, EventWeights, Interactions
 from models.ease import EASE
 from models.itemknn import ItemKNN
@@ -21,5 +29,6 @@ __all__ = [
     "Recommender",
     "Scored",
     "SegmentPopular",
+    "load_model",
     "make",
 ]

@@ -15,7 +15,7 @@ the artifact is the item factors alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -146,6 +146,10 @@ class ImplicitALS(Recommender):
         ridge = c.regularization * np.eye(c.factors, dtype=np.float32)
         a = self._gram + (y.T * conf) @ y + ridge
         return np.asarray(np.linalg.solve(a, y.T @ (1.0 + conf)), dtype=np.float32)
+
+    def because(self, history: Mapping[str, float], items: Sequence[str]) -> dict[str, str]:
+        y = self.item_factors
+        return self._strongest(history, items, lambda h, i: y[h] @ y[i])
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors}

@@ -100,6 +100,11 @@ class Recommender(ABC):
         scores = np.asarray(self._score(sp.csr_matrix(rows, dtype=np.float32)), dtype=np.float32)
         return scores + TIE_BREAK * self.popularity[None, :]
 
+    def score_history(self, history: Mapping[str, float]) -> np.ndarray:
+        """The score of every item (in `self.items` order) for one history (item -> weight)."""
+        items = self._check()
+        return self.score_many(history_rows([history], items, self._index()))[0]
+
     def recommend(
         self,
         history: Mapping[str, float] | Sequence[str],
@@ -114,6 +119,34 @@ class Recommender(ABC):
         scores = self.score_many(history_rows([h], items, self._index()))[0]
         banned = set(exclude) | (set(h) if exclude_seen else set())
         return top_k(scores, items, k, banned)
+
+    def because(self, history: Mapping[str, float], items: Sequence[str]) -> dict[str, str]:
+        """For each of `items`, the history item that contributes most to its score (for a
+        reason such as "because you viewed X"); models that cannot tell return `{}`."""
+        return {}
+
+    def _strongest(
+        self, history: Mapping[str, float], items: Sequence[str], weight: Any
+    ) -> dict[str, str]:
+        """`because` for models whose score is a sum over the history: `weight(h, i)` is the
+        contribution of history column `h` to item column `i`."""
+        index = self._index()
+        hist = [(index[h], w) for h, w in history.items() if h in index]
+        out: dict[str, str] = {}
+        if not hist:
+            return out
+        for item in items:
+            col = index.get(item)
+            if col is None:
+                continue
+            best, best_h = 0.0, None
+            for h, w in hist:
+                c = float(weight(h, col)) * w
+                if c > best:
+                    best, best_h = c, h
+            if best_h is not None:
+                out[item] = str(self._check()[best_h])
+        return out
 
     def _index(self) -> dict[str, int]:
         """Item id -> column, built once (a request must not rebuild it)."""
@@ -170,6 +203,16 @@ def top_k(scores: np.ndarray, items: np.ndarray, k: int, banned: set[str]) -> li
         if len(out) == k:
             break
     return out
+
+
+def load_model(path: Path) -> Any:
+    """A saved model of any kind: a `Recommender`, or a `NextBestOffer` (name `nbo`)."""
+    meta = json.loads((path / "model.json").read_text())
+    if meta.get("name") == "nbo":
+        from models.nbo import NextBestOffer
+
+        return NextBestOffer.load(path)
+    return Recommender.load(path)
 
 
 def make(name: str, **params: Any) -> Recommender:

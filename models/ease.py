@@ -5,7 +5,7 @@ items.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -42,6 +42,12 @@ class EASE(Recommender):
         if self.config.binary:
             rows = (rows > 0).astype(np.float32)
         return np.asarray(rows @ self.weights)
+
+    def because(self, history: Mapping[str, float], items: Sequence[str]) -> dict[str, str]:
+        assert isinstance(self.config, EASEConfig)
+        if self.config.binary:
+            history = {h: 1.0 for h in history}
+        return self._strongest(history, items, lambda h, i: self.weights[h, i])
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights}

@@ -5,7 +5,7 @@ neighbours, with shrinkage for items seen by few users. Also what "similar items
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +42,10 @@ class ItemKNN(Recommender):
 
     def _score(self, rows: sp.csr_matrix) -> np.ndarray:
         return (rows @ self.similarity).toarray()
+
+    def because(self, history: Mapping[str, float], items: Sequence[str]) -> dict[str, str]:
+        sim = self.similarity
+        return self._strongest(history, items, lambda h, i: sim[h, i])
 
     def similar(self, item: str, k: int = 10) -> list[Scored]:
         """The items most like `item` (empty if unknown)."""

@@ -136,6 +136,29 @@ class NextBestOffer:
         z = (np.atleast_2d(x) - self.mean) / self.scale
         return 1.0 / (1.0 + np.exp(-(z @ self.coef.T + self.intercept)))
 
+    def expected_values(self, profile: Mapping[str, Any], now_ms: int) -> np.ndarray:
+        """Propensity x value of every offer (in `self.offers` order), before any rule."""
+        p = self.propensity(features(profile, self.names, now_ms))[0]
+        return p * np.asarray([self.values[o] for o in self.offers])
+
+    def drivers(
+        self, profile: Mapping[str, Any], now_ms: int, offers: Iterable[str]
+    ) -> dict[str, str]:
+        """For each offer, the feature that raises its propensity most for this profile (e.g.
+        `sim:loan`), if any raises it at all: the basis of a recommendation's reason."""
+        z = (features(profile, self.names, now_ms) - self.mean) / self.scale
+        index = {o: j for j, o in enumerate(self.offers)}
+        out = {}
+        for offer in offers:
+            j = index.get(offer)
+            if j is None:
+                continue
+            contrib = self.coef[j] * z
+            best = int(np.argmax(contrib)) if len(contrib) else -1
+            if best >= 0 and contrib[best] > 0:
+                out[offer] = self.names[best]
+        return out
+
     def eligible(self, profile: Mapping[str, Any], now_ms: int) -> list[int]:
         """Offer indexes that survive the rules: not held, not recently dismissed or declined."""
         held = profile.get("held", {})

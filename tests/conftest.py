@@ -111,6 +111,13 @@ EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
     "crm_contact_logged": {"channel": "phone", "outcome": "interested"},
     "user_forgotten": {"erasure_id": "e-1", "erased": {"ACTIVITY": 3}},
     "model_published": {"model_version": "ease-1", "slot": "home", "model": "ease"},
+    "recommendations_updated": {
+        "recommendation_id": "r-2",
+        "slot": "home",
+        "items": [{"item_id": "loan-personal", "position": 0, "score": 0.5, "reason": "popular"}],
+        "activity_seq": 12,
+        "crm_seq": 0,
+    },
 }
 
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -119,6 +120,75 @@ class DurableConsumer:
             self._sub = None
 
 
+class PushConsumer:
+    """A durable push consumer that hands each message to `on_message` as it arrives: the
+    low-latency path (NATS-NOTES: a callback sees a message ~0.3 ms after its publish, where
+    `fetch` adds a task and a timer per call).
+
+    Acknowledgement is cumulative (`AckPolicy.ALL`): `ack(d)` acknowledges `d` and everything
+    delivered before it, which is exact for one worker that finishes messages in delivery
+    order. What is not acknowledged within `ack_wait` comes again. A new consumer starts at the
+    next message stored (`deliver_new`) or at the first one.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        on_message: Callable[[Delivery], None],
+        *,
+        deliver_new: bool = True,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 20_000,
+        max_deliver: int = 5,
+    ) -> None:
+        self.js = js
+        self.stream = stream
+        self.durable = durable
+        self.on_message = on_message
+        self.config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            max_deliver=max_deliver,
+        )
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        info = await self.js.stream_info(self.stream)
+        stream = self.stream
+
+        async def on_msg(msg: Msg) -> None:
+            delivered, seq, _ = ack_info(msg.reply or "")
+            self.on_message(Delivery(stream, seq, msg.subject, msg.data, delivered, msg))
+
+        self._sub = await self.js.subscribe(
+            _stream_subject(info),
+            durable=self.durable,
+            stream=self.stream,
+            cb=on_msg,
+            manual_ack=True,
+            config=self.config,
+            flow_control=True,
+            idle_heartbeat=5.0,
+            pending_msgs_limit=200_000,
+            pending_bytes_limit=256 << 20,
+        )
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Acknowledge `delivery` and every message delivered before it."""
+        await delivery.msg.ack()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
 Batch = list[tuple[int, str, bytes]]
 
 
@@ -136,12 +206,14 @@ async def scan(
     subject: str | None = None,
     batch: int = 2000,
     idle_timeout: float = 5.0,
+    since: datetime | None = None,
 ) -> int:
     """Feed every message of `stream` (filtered by `subject`) to `handle` in batches of
     (sequence, subject, payload), in order; return how many were read.
 
-    Reads up to the last message that existed when it started. `handle` runs in the event
-    loop, between deliveries: keep it CPU-only.
+    Reads up to the last message that existed when it started (from the first stored at or
+    after `since`, if given). `handle` runs in the event loop, between deliveries: keep it
+    CPU-only.
     """
     try:
         info = await js.stream_info(stream, subjects_filter=subject)
@@ -178,7 +250,10 @@ async def scan(
                 done.set_result(None)
 
     config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL, filter_subject=subject, ack_policy=AckPolicy.NONE
+        deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+        opt_start_time=None if since is None else since.astimezone(UTC),
+        filter_subject=subject,
+        ack_policy=AckPolicy.NONE,
     )
     sub = await js.subscribe(
         subject,

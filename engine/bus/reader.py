@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -25,12 +26,23 @@ async def last_messages(
     return info.state.messages, found
 
 
+async def last_for_subject(
+    js: JetStreamContext, stream: str, subject: str
+) -> tuple[int, bytes] | None:
+    """(sequence, payload) of the newest message on `subject`, or None (direct get)."""
+    try:
+        msg = await js.get_msg(stream, subject=subject, direct=True)
+    except NotFoundError:
+        return None
+    return int(msg.seq or 0), msg.data or b""
+
+
 async def read_all(
-    js: JetStreamContext, stream: str, subject: str | None = None
+    js: JetStreamContext, stream: str, subject: str | None = None, since: datetime | None = None
 ) -> list[tuple[int, str, bytes]]:
     """Every message of `stream` (optionally filtered) as (sequence, subject, payload), in
     order, up to the last one that existed when it started. For tools and tests: it holds them
     all in memory."""
     found: list[tuple[int, str, bytes]] = []
-    await scan(js, stream, found.extend, subject=subject)
+    await scan(js, stream, found.extend, subject=subject, since=since)
     return found

@@ -28,6 +28,8 @@ class Properties(BaseModel):
     """Envelope fields this type cannot do without: `item_id`, `user_id`, `anonymous_id`."""
     system: ClassVar[bool] = False
     """About the system, not a user: no user id, stored under the system token."""
+    output: ClassVar[bool] = False
+    """Produced by Nerve itself (stored outside ACTIVITY); refused from producers."""
     summary: ClassVar[str] = ""
 
 
@@ -196,6 +198,33 @@ class ModelPublished(Properties):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class RecommendationsUpdated(Properties):
+    type_name = "recommendations_updated"
+    requires = frozenset()
+    output = True
+    summary = (
+        "A user's list for a slot changed (published by the recommender on reco.<user>.<slot>)."
+    )
+
+    class Entry(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        item_id: str = Id
+        position: int = Field(ge=0, le=1000)
+        score: float
+        reason: str = Field(max_length=300)
+
+    recommendation_id: str = Id
+    slot: str = Field(min_length=1, max_length=64)
+    items: list[Entry] = Field(max_length=100)
+    activity_seq: int = Field(ge=0, description="The highest ACTIVITY sequence it reflects")
+    crm_seq: int = Field(ge=0, description="The highest CRM sequence it reflects")
+    model_version: str | None = Field(default=None, max_length=128)
+    model: str | None = Field(default=None, max_length=64)
+    served_by: str | None = Field(default=None, max_length=64, description="Fallback slot used")
+    fallback: Literal["cold_start", "no_model", "no_consent"] | None = None
+    anchor: str | None = Field(default=None, max_length=128, description="Item it is similar to")
+
+
 CATALOG: tuple[type[Properties], ...] = (
     PageViewed,
     ItemViewed,
@@ -212,4 +241,5 @@ CATALOG: tuple[type[Properties], ...] = (
     CrmContactLogged,
     UserForgotten,
     ModelPublished,
+    RecommendationsUpdated,
 )

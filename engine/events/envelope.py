@@ -45,6 +45,9 @@ CRM_TYPES = frozenset({CrmContactLogged.type_name})
 SYSTEM_TYPES = frozenset(p.type_name for p in CATALOG if p.system)
 """Types about the system, not a user; the gateway does not accept them."""
 
+OUTPUT_TYPES = frozenset(p.type_name for p in CATALOG if p.output)
+"""Types Nerve produces itself (`recommendations_updated`); never accepted from producers."""
+
 PropertiesClass = type[Properties]
 UserId = Annotated[str, Field(min_length=1, max_length=128, pattern=_PRINTABLE)]
 

@@ -1,0 +1,382 @@
+"""The recommendation pipeline, without a broker: profile + active models + slot rules -> a
+ranked, explained list. The service, request/reply and `nerve explain` all call `Serving`.
+
+For a slot: pick the model (the active one of its registry slot), or fall back to the slot's
+`fallback` chain when it cannot personalise (no model, a cold start, no consent, nothing to be
+similar to); score every candidate; walk them best first, removing each that a rule forbids
+(and recording which rule), until `k` are kept; give each a short reason. Everything that
+matters for the result is an input (the profile, `now`, the model versions, the slot config,
+the catalogue), so a recommendation can be recomputed later from the log and the registry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.recommender.catalog import ItemCatalog
+from engine.recommender.slots import Eligibility, Slot, SlotsConfig
+from models.base import Recommender
+from models.data import DEFAULT_WEIGHTS
+from models.nbo import NextBestOffer
+
+DAY_MS = 86_400_000
+MAX_FALLBACKS = 5
+VERBS = {
+    "item_viewed": "looked at",
+    "simulator_used": "simulated",
+    "item_purchased": "have",
+    "item_added_to_cart": "put",
+    "recommendation_clicked": "clicked",
+    "item_rated": "rated",
+}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model serving a registry slot: its version and the fitted object."""
+
+    slot: str
+    version: str
+    name: str
+    model: Any  # models.Recommender or models.nbo.NextBestOffer
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """A computed list and everything needed to explain it."""
+
+    slot: str
+    items: list[Ranked]
+    model_version: str | None = None
+    model: str | None = None
+    served_by: str | None = None
+    fallback: str | None = None
+    anchor: str | None = None
+    removed: list[tuple[str, str]] = field(default_factory=list)
+    scored: int = 0
+
+    def signature(self) -> tuple[tuple[str, str], ...]:
+        """What the user would see: items in order with their reasons (scores may drift)."""
+        return tuple((r.item_id, r.reason) for r in self.items)
+
+    def properties(self, recommendation_id: str, activity_seq: int, crm_seq: int) -> dict[str, Any]:
+        """The `recommendations_updated` properties of this list."""
+        props: dict[str, Any] = {
+            "recommendation_id": recommendation_id,
+            "slot": self.slot,
+            "items": [
+                {"item_id": r.item_id, "position": i, "score": r.score, "reason": r.reason}
+                for i, r in enumerate(self.items)
+            ],
+            "activity_seq": activity_seq,
+            "crm_seq": crm_seq,
+        }
+        if self.model_version is not None:
+            props["model_version"] = self.model_version
+            props["model"] = self.model
+        if self.served_by is not None and self.served_by != self.slot:
+            props["served_by"] = self.served_by
+        if self.fallback is not None:
+            props["fallback"] = self.fallback
+        if self.anchor is not None:
+            props["anchor"] = self.anchor
+        return props
+
+
+def history_of(profile: Mapping[str, Any]) -> dict[str, float]:
+    """A profile's recent items and holdings as model input (item -> weight, as in training)."""
+    out: dict[str, float] = {}
+    for r in profile.get("recent_items", ()):
+        w = DEFAULT_WEIGHTS.get(r["type"], 0.0)
+        if w:
+            out[r["item_id"]] = out.get(r["item_id"], 0.0) + w
+    for item in profile.get("held", {}):
+        out[item] = max(out.get(item, 0.0), DEFAULT_WEIGHTS["item_purchased"])
+    return out
+
+
+def _lookup(profile: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    at: Any = profile
+    for part in path.split("."):
+        if not isinstance(at, Mapping) or part not in at:
+            return False, None
+        at = at[part]
+    return True, at
+
+
+def _satisfied(rule: Eligibility, profile: Mapping[str, Any]) -> bool:
+    found, value = _lookup(profile, rule.field)
+    if rule.op == "exists":
+        return found and value is not None
+    if rule.op == "missing":
+        return not found or value is None
+    if rule.op == "==":
+        return found and value == rule.value
+    if rule.op == "!=":
+        return not found or value != rule.value
+    if not found or not isinstance(value, int | float) or not isinstance(rule.value, int | float):
+        return False
+    return {
+        ">=": value >= rule.value,
+        ">": value > rule.value,
+        "<=": value <= rule.value,
+        "<": value < rule.value,
+    }[rule.op]
+
+
+class Serving:
+    """The state a recommendation is computed from, except the profile: slots, catalogue and
+    the loaded model of each registry slot. `models` is replaced whole on a reload (atomic for
+    every computation already running: each took its own reference)."""
+
+    def __init__(
+        self,
+        config: SlotsConfig,
+        catalog: ItemCatalog | None = None,
+        models: Mapping[str, Loaded] | None = None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog or ItemCatalog()
+        self.models: Mapping[str, Loaded] = dict(models or {})
+
+    def with_model(self, loaded: Loaded) -> None:
+        """Serve `loaded` for its registry slot from now on."""
+        self.models = {**self.models, loaded.slot: loaded}
+
+    def versions(self) -> dict[str, str]:
+        return {s: m.version for s, m in self.models.items()}
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def recommend(
+        self,
+        slot: str,
+        profile: Mapping[str, Any],
+        now_ms: int,
+        *,
+        context_item: str | None = None,
+        models: Mapping[str, Loaded] | None = None,
+    ) -> Outcome:
+        """The list for `slot`, computed at `now_ms` (raises KeyError for an unknown slot)."""
+        cfg = self.config.slots[slot]
+        models = self.models if models is None else models
+        history = history_of(profile)
+        consent = (profile.get("consent") or {}).get("personalization")
+        at, why = slot, None
+        for _ in range(MAX_FALLBACKS + 1):
+            source = self.config.slots[at]
+            loaded = models.get(self.config.model_slot(at))
+            anchor = None
+            if source.kind == "similar":
+                anchor = context_item or _last_item(profile)
+            problem = None
+            if loaded is None:
+                problem = "no_model"
+            elif consent is False and (source.min_history > 0 or source.kind == "similar"):
+                problem = "no_consent"
+            elif anchor is None if source.kind == "similar" else len(history) < source.min_history:
+                problem = "cold_start"
+            if problem is None and loaded is not None:
+                used_history = {} if consent is False else history
+                out = self._select(slot, cfg, loaded, source, profile, used_history, anchor, now_ms)
+                out.served_by, out.fallback = at, why
+                return out
+            why = why or problem
+            if source.fallback is None:
+                break
+            at = source.fallback
+        return Outcome(slot, [], served_by=None, fallback=why)
+
+    def _select(
+        self,
+        slot: str,
+        cfg: Slot,
+        loaded: Loaded,
+        source: Slot,
+        profile: Mapping[str, Any],
+        history: dict[str, float],
+        anchor: str | None,
+        now_ms: int,
+    ) -> Outcome:
+        model = loaded.model
+        if isinstance(model, NextBestOffer):
+            items = np.asarray(model.offers, dtype=object)
+            scores = model.expected_values(profile if history else {}, now_ms)
+        elif source.kind == "similar":
+            assert anchor is not None
+            items, scores = model.items, model.score_history({anchor: 1.0})
+        else:
+            items, scores = model.items, model.score_history(history)
+        out = Outcome(slot, [], loaded.version, loaded.name, anchor=anchor, scored=len(items))
+        kept: list[tuple[str, float]] = []
+        per_category: dict[str, int] = {}
+        for idx in _best_first(scores, cfg.k):
+            item, score = str(items[idx]), float(scores[idx])
+            if not math.isfinite(score):
+                continue
+            rule = self._forbids(cfg, item, profile, now_ms, anchor, per_category)
+            if rule is not None:
+                out.removed.append((item, rule))
+                continue
+            kept.append((item, score))
+            category = self._category(item)
+            if category is not None:
+                per_category[category] = per_category.get(category, 0) + 1
+            if len(kept) == cfg.k:
+                break
+        reasons = self._reasons(
+            loaded, source, [i for i, _ in kept], profile, history, anchor, now_ms
+        )
+        out.items = [Ranked(i, float(f"{s:.6g}"), reasons[i]) for i, s in kept]
+        return out
+
+    def _category(self, item: str) -> str | None:
+        entry = self.catalog.get(item)
+        return entry.category if entry is not None else None
+
+    def _forbids(
+        self,
+        cfg: Slot,
+        item: str,
+        profile: Mapping[str, Any],
+        now_ms: int,
+        anchor: str | None,
+        per_category: dict[str, int],
+    ) -> str | None:
+        """The rule that removes `item`, or None if it may be shown."""
+        entry = self.catalog.get(item)
+        if len(self.catalog):
+            if entry is None:
+                return "not in the catalogue"
+            if not entry.available:
+                return "unavailable"
+        f, rules = cfg.filter, cfg.rules
+        category = entry.category if entry is not None else None
+        if f.categories and category not in f.categories:
+            return "filter: category"
+        if category is not None and category in f.exclude_categories:
+            return "filter: excluded category"
+        for key, want in f.attributes.items():
+            have = entry.attributes.get(key) if entry is not None else None
+            if have not in (want if isinstance(want, list) else [want]):
+                return f"filter: attribute {key}"
+        if item == anchor:
+            return "the item itself"
+        if rules.exclude_held and item in profile.get("held", {}):
+            return "held"
+        if rules.exclude_seen and any(
+            r["item_id"] == item for r in profile.get("recent_items", ())
+        ):
+            return "seen"
+        stats = profile.get("offers", {}).get(item) or {}
+        dismissed = stats.get("last_dismissed")
+        if dismissed and now_ms - dismissed < rules.dismissed_days * DAY_MS:
+            return "dismissed"
+        contact = profile.get("crm", {}).get(item)
+        if contact:
+            since = now_ms - contact.get("time", 0)
+            if since < rules.contacted_days * DAY_MS:
+                return "crm contacted"
+            if contact.get("outcome") == "declined" and since < rules.declined_days * DAY_MS:
+                return "crm declined"
+        if rules.cap is not None:
+            window = now_ms - rules.cap.days * DAY_MS
+            shown = sum(1 for t in stats.get("shown_times", ()) if t > window)
+            if shown >= rules.cap.impressions:
+                return "frequency cap"
+        for rule in rules.eligibility:
+            applies = (not rule.items and not rule.categories) or item in rule.items
+            applies = applies or (category is not None and category in rule.categories)
+            if applies and not _satisfied(rule, profile):
+                return f"eligibility: {rule.name}"
+        cap = rules.max_per_category
+        if cap is not None and category is not None and per_category.get(category, 0) >= cap:
+            return "max per category"
+        return None
+
+    # -- reasons -----------------------------------------------------------------------------
+    def _reasons(
+        self,
+        loaded: Loaded,
+        source: Slot,
+        items: list[str],
+        profile: Mapping[str, Any],
+        history: dict[str, float],
+        anchor: str | None,
+        now_ms: int,
+    ) -> dict[str, str]:
+        model, name = loaded.model, self.catalog.name
+        if anchor is not None:
+            return {i: f"similar to {name(anchor)}" for i in items}
+        if isinstance(model, NextBestOffer):
+            drivers = model.drivers(profile, now_ms, items) if history else {}
+            return {i: self._offer_reason(i, drivers.get(i)) for i in items}
+        if loaded.name == "popular":
+            return {i: "popular right now" for i in items}
+        if loaded.name == "popular-segment":
+            return {i: "popular with people like you" for i in items}
+        assert isinstance(model, Recommender)
+        because = model.because(history, items) if history else {}
+        last_type = {r["item_id"]: r["type"] for r in reversed(profile.get("recent_items", ()))}
+        out = {}
+        for i in items:
+            h = because.get(i)
+            if h is None:
+                out[i] = "popular with visitors" if not history else "recommended for you"
+            else:
+                verb = "have" if h in profile.get("held", {}) else VERBS.get(last_type.get(h, ""))
+                out[i] = f"because you {verb or 'looked at'} {name(h)}"
+        return out
+
+    def _offer_reason(self, item: str, driver: str | None) -> str:
+        if driver is None:
+            return "popular with people like you"
+        kind, _, key = driver.partition(":")
+        name = self.catalog.name
+        if kind == "sim":
+            return f"because you simulated a {key.replace('_', ' ')}"
+        if kind == "simulated":
+            return (
+                "because you simulated it" if key == item else f"because you simulated {name(key)}"
+            )
+        if kind == "seen":
+            return (
+                "because you looked at it" if key == item else f"because you looked at {name(key)}"
+            )
+        if kind == "cat":
+            return f"because you looked at {key.replace('_', ' ')}"
+        if kind == "held":
+            return f"because you have {name(key)}"
+        return "popular with people like you"
+
+
+def _last_item(profile: Mapping[str, Any]) -> str | None:
+    recent = profile.get("recent_items") or ()
+    return str(recent[0]["item_id"]) if recent else None
+
+
+def _best_first(scores: np.ndarray, k: int) -> Any:
+    """Candidate indexes by decreasing score (ties by index): a partial sort of the best few
+    first, then the rest only if the rules removed that many."""
+    n = len(scores)
+    want = min(n, 4 * k + 64)
+    if want < n:
+        top = np.argpartition(-scores, want - 1)[:want]
+        top = top[np.lexsort((top, -scores[top]))]
+        yield from top.tolist()
+        rest = np.setdiff1d(np.arange(n), top, assume_unique=True)
+        rest = rest[np.lexsort((rest, -scores[rest]))]
+        yield from rest.tolist()
+    else:
+        yield from np.lexsort((np.arange(n), -scores)).tolist()
