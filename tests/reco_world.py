@@ -83,7 +83,9 @@ def training_profiles(users: int = 300, seed: int = 3) -> tuple[list[dict[str, A
         p = new_profile(name, name, None)
         seq = 0
 
-        def add(etype: str, item: str | None = None, **props: Any) -> None:
+        def add(
+            etype: str, item: str | None = None, p: Any = p, name: str = name, **props: Any
+        ) -> None:
             nonlocal seq
             seq += 1
             apply(p, _event(etype, name, seq, item, **props), "activity", seq)

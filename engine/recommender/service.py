@@ -184,6 +184,7 @@ class RecommenderService:
         cache_size: int = 100_000,
         ack_wait: float = 30.0,
         work_dir: Path | None = None,
+        durable: str | None = None,
     ) -> None:
         if not 0 <= replica < replicas:
             raise ValueError(f"replica {replica} of {replicas}: must be in 0..{replicas - 1}")
@@ -193,7 +194,7 @@ class RecommenderService:
         self.store = store
         self.publisher = publisher
         self.replicas, self.replica = replicas, replica
-        self.durable = f"recommender-{replica}-of-{replicas}"
+        self.durable = durable or f"recommender-{replica}-of-{replicas}"
         self.batch = batch
         self.cache: OrderedDict[str, UserState] = OrderedDict()
         self.cache_size = cache_size

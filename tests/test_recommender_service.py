@@ -1,0 +1,292 @@
+"""The recommender service against a real nats-server: scripted users, hot reload, replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+
+from engine.bus import Publisher
+from engine.bus.reader import read_all
+from engine.events import parse_event
+from engine.profiles.store import ProfileStore
+from engine.recommender.catalog import ItemCatalog
+from engine.recommender.core import Serving
+from engine.recommender.service import REQUEST_SUBJECT, RecommenderService, owner
+from engine.subjects import user_token
+from models import Interactions, make
+from tests.conftest import event
+from tests.reco_world import interactions, publish_model, publish_world, slots_config
+
+
+async def send(nc: NATS, *events: dict[str, Any]) -> None:
+    await Publisher(nc).publish_events([parse_event(e) for e in events])
+
+
+def act(user: str, etype: str, item: str | None = None, **props: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {"user_id": user, "properties": props}
+    if item is not None:
+        fields["item_id"] = item
+    return event(etype, **fields)
+
+
+@contextlib.asynccontextmanager
+async def running(nc: NATS, **kw: Any) -> AsyncIterator[RecommenderService]:
+    service = RecommenderService(
+        nc,
+        Serving(slots_config(), ItemCatalog()),
+        await ProfileStore.open(nc),
+        Publisher(nc),
+        **kw,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await asyncio.wait_for(service.ready.wait(), 10)
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def lists(nc: NATS, user: str, slot: str) -> list[dict[str, Any]]:
+    """Every stored recommendations_updated of (user, slot), oldest first."""
+    subject = f"reco.{user_token(user)}.{slot}"
+    return [
+        orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "RECOMMENDATIONS", subject)
+    ]
+
+
+async def until(nc: NATS, user: str, slot: str, check: Any, timeout: float = 10) -> dict[str, Any]:
+    """Wait for the newest list of (user, slot) to satisfy `check`; return it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await lists(nc, user, slot)
+        if found and check(found[-1]):
+            return found[-1]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{user}/{slot}: newest is {found[-1] if found else None}")
+        await asyncio.sleep(0.05)
+
+
+def items(message: dict[str, Any]) -> list[str]:
+    return [i["item_id"] for i in message["properties"]["items"]]
+
+
+@pytest.fixture
+async def world(fresh: NATS) -> dict[str, str]:
+    return await publish_world(fresh)
+
+
+async def test_scripted_user_from_cold_start_to_loan_offer(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    nc = fresh
+    async with running(nc):
+        await send(nc, act("ana", "page_viewed"))
+        await asyncio.sleep(0.5)
+        assert await lists(nc, "ana", "home") == []  # a page view alone recomputes nothing
+        await send(nc, act("ana", "item_viewed", "card-gold", category="cards"))
+        first = await until(nc, "ana", "home", lambda m: True)
+        assert parse_event(first).type == "recommendations_updated"  # a valid event
+        props = first["properties"]
+        assert props["model_version"] == world["home"] and props["activity_seq"] >= 2
+        assert items(first)[0] != "loan-personal"
+        await send(
+            nc,
+            act(
+                "ana",
+                "simulator_used",
+                "loan-personal",
+                simulator="loan",
+                amount=9000,
+                term_months=36,
+            ),
+        )
+        top = await until(nc, "ana", "home", lambda m: items(m)[0] == "loan-personal")
+        assert "simulated" in top["properties"]["items"][0]["reason"]
+        similar = await until(
+            nc, "ana", "similar", lambda m: m["properties"].get("anchor") == "loan-personal"
+        )
+        assert items(similar)[0] == "loan-car"
+        # buying it removes it from every slot
+        await send(nc, act("ana", "item_purchased", "loan-personal", value=9000))
+        for slot in ("home", "similar", "trending"):
+            await until(nc, "ana", slot, lambda m: "loan-personal" not in items(m))
+        # nothing is published twice in a row: every stored list differs from the one before
+        for slot in ("home", "similar", "trending"):
+            stored = await lists(nc, "ana", slot)
+            sigs = [[(i["item_id"], i["reason"]) for i in m["properties"]["items"]] for m in stored]
+            assert all(a != b for a, b in zip(sigs, sigs[1:], strict=False)), slot
+            seqs = [m["properties"]["activity_seq"] for m in stored]
+            assert seqs == sorted(seqs)
+
+
+async def test_request_reply_cold_user_and_errors(fresh: NATS, world: dict[str, str]) -> None:
+    nc = fresh
+    async with running(nc) as service:
+        reply = await nc.request(
+            REQUEST_SUBJECT,
+            orjson.dumps({"anonymous_id": "new-visitor", "slot": "home", "k": 2}),
+            5,
+        )
+        answer = orjson.loads(reply.data)
+        props = answer["properties"]
+        assert props["fallback"] == "cold_start" and props["served_by"] == "trending"
+        assert len(props["items"]) == 2 and props["model_version"] == world["trending"]
+        # it was stored, so its id can be explained and attributed
+        subject = f"reco.{user_token(anonymous_id='new-visitor')}.home"
+        found = await read_all(nc.jetstream(), "RECOMMENDATIONS", subject)
+        assert [orjson.loads(d)["id"] for _, _, d in found] == [answer["id"]]
+        # asking again returns the same stored list, not a new one
+        again = orjson.loads(
+            (
+                await nc.request(
+                    REQUEST_SUBJECT,
+                    orjson.dumps({"anonymous_id": "new-visitor", "slot": "home"}),
+                    5,
+                )
+            ).data
+        )
+        assert again["id"] == answer["id"] and len(again["properties"]["items"]) == 3
+        for body, field in [
+            ({"user_id": "x", "slot": "nowhere"}, "slot"),
+            ({"user_id": "x", "slot": "home", "k": 50}, "k"),
+            ({"slot": "home"}, "user_id"),
+            ({"user_id": "x", "slot": "home", "colour": 1}, "colour"),
+        ]:
+            err = orjson.loads((await nc.request(REQUEST_SUBJECT, orjson.dumps(body), 5)).data)
+            assert err["error"]["field"] == field, (body, err)
+        assert service.stats.requests >= 2
+
+
+async def test_frequency_cap_and_dismissal_through_the_log(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    nc = fresh
+    async with running(nc):
+        await send(
+            nc,
+            act(
+                "bo", "simulator_used", "loan-personal", simulator="loan", amount=1, term_months=12
+            ),
+        )
+        first = await until(nc, "bo", "home", lambda m: items(m)[0] == "loan-personal")
+        rid = first["properties"]["recommendation_id"]
+        shown = {
+            "recommendation_id": rid,
+            "slot": "home",
+            "items": [{"item_id": "loan-personal", "position": 0}],
+        }
+        await send(
+            nc,
+            act("bo", "recommendation_shown", **shown),
+            act("bo", "recommendation_shown", **shown),
+        )
+        await until(nc, "bo", "home", lambda m: "loan-personal" not in items(m))
+        await send(
+            nc,
+            act(
+                "cy", "simulator_used", "loan-personal", simulator="loan", amount=1, term_months=12
+            ),
+        )
+        await until(nc, "cy", "home", lambda m: items(m)[0] == "loan-personal")
+        await send(nc, act("cy", "offer_dismissed", "loan-personal", reason="not_interested"))
+        await until(nc, "cy", "home", lambda m: "loan-personal" not in items(m))
+
+
+async def test_hot_reload_without_a_failed_request(fresh: NATS, world: dict[str, str]) -> None:
+    nc = fresh
+    async with running(nc) as service:
+        failures: list[str] = []
+        versions: list[str] = []
+        stop = asyncio.Event()
+
+        async def hammer(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                body = {"anonymous_id": f"v{n}-{i % 20}", "slot": "trending"}
+                try:
+                    reply = orjson.loads(
+                        (await nc.request(REQUEST_SUBJECT, orjson.dumps(body), 2)).data
+                    )
+                    if "error" in reply:
+                        failures.append(str(reply["error"]))
+                    else:
+                        versions.append(reply["properties"]["model_version"])
+                except Exception as exc:
+                    failures.append(repr(exc))
+
+        tasks = [asyncio.create_task(hammer(n)) for n in range(4)]
+        await asyncio.sleep(0.5)
+        funds_first = Interactions.from_triples(
+            ["a", "a", "b", "c"], ["fund-bonds", "fund-world", "fund-bonds", "card-basic"]
+        )
+        new = await publish_model(nc, make("popular").fit(funds_first), "trending")
+        for _ in range(100):
+            if service.serving.models["trending"].version == new:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert failures == []
+        assert world["trending"] in versions and new in versions
+        switch = versions.index(new)
+        assert set(versions[switch:]) == {new}  # once switched, never back
+        assert service.stats.reloads >= 4
+
+
+async def test_two_replicas_split_users_without_duplicates_or_disorder(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    nc = fresh
+    users = [f"r-{i}" for i in range(12)]
+    assert {owner(user_token(u), 2) for u in users} == {0, 1}
+    async with running(nc, replicas=2, replica=0) as a, running(nc, replicas=2, replica=1) as b:
+        script = []
+        for round_ in range(4):
+            for u in users:
+                item = ["card-gold", "savings-plus", "loan-personal", "fund-world"][round_]
+                script.append(act(u, "item_viewed", item, category="x"))
+        await send(nc, *script)
+        for u in users:
+            await until(nc, u, "similar", lambda m: m["properties"].get("anchor") == "fund-world")
+        assert a.stats.published > 0 and b.stats.published > 0
+        assert a.stats.conflicts == 0 and b.stats.conflicts == 0
+    for u in users:
+        for slot in ("home", "similar", "trending"):
+            stored = await lists(nc, u, slot)
+            seqs = [m["properties"]["activity_seq"] for m in stored]
+            assert seqs == sorted(set(seqs)), (u, slot, seqs)  # strictly increasing: no disorder
+            sigs = [
+                tuple(items(m)) + tuple(i["reason"] for i in m["properties"]["items"])
+                for m in stored
+            ]
+            assert all(x != y for x, y in zip(sigs, sigs[1:], strict=False)), (u, slot)
+
+
+async def test_a_stale_view_loses_the_compare_and_set(fresh: NATS, world: dict[str, str]) -> None:
+    """Two services that both believe they own every user (a bad deployment): the per-subject
+    compare-and-set still keeps each subject free of repeats and in order."""
+    nc = fresh
+    async with running(nc, durable="left") as a, running(nc, durable="right") as b:
+        for item in ["card-gold", "savings-plus", "loan-personal"]:
+            await send(nc, act("dee", "item_viewed", item, category="x"))
+            await until(
+                nc, "dee", "similar", lambda m, item=item: m["properties"].get("anchor") == item
+            )
+            await asyncio.sleep(0.3)
+    assert a.stats.conflicts + b.stats.conflicts > 0
+    stored = await lists(nc, "dee", "similar")
+    assert [m["properties"]["anchor"] for m in stored] == [
+        "card-gold",
+        "savings-plus",
+        "loan-personal",
+    ]
