@@ -24,11 +24,12 @@ retry should send their own ids: a retried event with a gateway-assigned id is a
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -37,16 +38,21 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 
 from engine import __version__
 from engine.bus import ConnectionState, Outgoing, Publisher, connect
+from engine.bus.reader import last_for_subject
 from engine.cloudevents import from_cloudevent
 from engine.errors import EventRejected, FieldError, PublishError
 from engine.events import CRM_TYPES, OUTPUT_TYPES, SYSTEM_TYPES, DeadLetter, Envelope, parse_event
-from engine.ids import uuid7
+from engine.ids import uuid7, uuid7_time_ms
 from engine.metrics import Metrics
 from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore
+from engine.recommender.service import PUBLISHED_SUBJECT, REQUEST_SUBJECT, reco_subject
+from engine.recommender.stats import click_through
 from engine.settings import GatewaySettings, SiteKey
+from engine.subjects import user_token
 
 SITE_KEY_HEADER = "X-Nerve-Site-Key"
+SLOT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 JSON_TYPES = ("application/json", "text/plain", "")
 CE_TYPES = ("application/cloudevents+json", "application/cloudevents-batch+json")
 
@@ -123,6 +129,12 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
         nc = await connect(nats_url, "nerve-gateway", timeout=connect_timeout, state=state)
         app.state.publisher = Publisher(nc, ack_timeout=settings.ack_timeout_s)
         app.state.profiles = await ProfileStore.open(nc)
+        app.state.nc = nc
+
+        async def on_model(_msg: Any) -> None:
+            app.state.model_switched = time.time()
+
+        await nc.subscribe(PUBLISHED_SUBJECT, cb=on_model)
         try:
             yield
         finally:
@@ -136,6 +148,7 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
     )
     app.state.metrics = metrics
     app.state.connection = state
+    app.state.model_switched = time.time()  # lists stored before this gateway started: ask
 
     def answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         metrics.inc("http_requests_total", status=str(status))
@@ -233,6 +246,18 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
         },
     )
     async def get_profile(user_id: str, request: Request, anonymous: bool = False) -> Any:
+        refused = internal(request)
+        if refused is not None:
+            return refused
+        # A fresh key cache per request: a key erased by `nerve forget` is never served again.
+        store: ProfileStore = request.app.state.profiles.fresh()
+        found = await read_profile(store, user_id, anonymous=anonymous)
+        if found is None:
+            return JSONResponse({"detail": f"no profile for {user_id!r}"}, status_code=404)
+        return JSONResponse(found.model_dump(mode="json"))
+
+    def internal(request: Request) -> JSONResponse | None:
+        """None when the request carries an internal bearer token, else the refusal."""
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
             return JSONResponse(
@@ -242,12 +267,114 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
             hmac.compare_digest(auth[7:].strip(), t) for t in settings.internal_tokens
         ):
             return JSONResponse({"detail": "not an internal token"}, status_code=403)
-        # A fresh key cache per request: a key erased by `nerve forget` is never served again.
-        store: ProfileStore = request.app.state.profiles.fresh()
-        found = await read_profile(store, user_id, anonymous=anonymous)
-        if found is None:
-            return JSONResponse({"detail": f"no profile for {user_id!r}"}, status_code=404)
-        return JSONResponse(found.model_dump(mode="json"))
+        return None
+
+    def site_or_internal(request: Request) -> JSONResponse | None:
+        """None for a known site key from an allowed origin, or an internal token."""
+        if request.headers.get("authorization"):
+            return internal(request)
+        key = request.headers.get(SITE_KEY_HEADER) or request.query_params.get("site_key")
+        if not key:
+            return JSONResponse({"detail": f"missing {SITE_KEY_HEADER} or site_key"}, 401)
+        site = keys.get(key)
+        if site is None:
+            return JSONResponse({"detail": "unknown site key"}, status_code=403)
+        origin = request.headers.get("origin")
+        if origin and "*" not in site.origins and origin not in site.origins:
+            return JSONResponse({"detail": f"origin {origin} is not allowed"}, status_code=403)
+        return None
+
+    @app.get(
+        "/v1/recommendations/{user_id}",
+        summary="A user's recommendations for a slot",
+        description="The latest stored list when it is fresh (younger than the gateway's "
+        "`fresh_s` and than the last model switch), else computed by the recommender "
+        "(`reco.request`). The body is the `recommendations_updated` event. Site key or "
+        "internal bearer token.",
+        responses={
+            404: {"description": "Unknown slot"},
+            422: {"description": "Bad parameter (field and reason)"},
+            503: {"description": "The recommender did not answer and nothing is stored"},
+        },
+    )
+    async def get_recommendations(
+        user_id: str,
+        request: Request,
+        slot: str = "home",
+        k: int | None = None,
+        anonymous: bool = False,
+        item: str | None = None,
+    ) -> Any:
+        refused = site_or_internal(request)
+        if refused is not None:
+            return refused
+        if not SLOT.match(slot):
+            return JSONResponse({"errors": [{"field": "slot", "reason": "not a slot name"}]}, 422)
+        if k is not None and not 1 <= k <= 100:
+            return JSONResponse({"errors": [{"field": "k", "reason": "between 1 and 100"}]}, 422)
+        if not user_id or len(user_id) > 128:
+            return JSONResponse({"errors": [{"field": "user_id", "reason": "1-128 chars"}]}, 422)
+        token = user_token(None, user_id) if anonymous else user_token(user_id, None)
+        nc = request.app.state.nc
+        stored = None
+        if item is None:
+            found = await last_for_subject(
+                nc.jetstream(), "RECOMMENDATIONS", reco_subject(token, slot)
+            )
+            if found is not None:
+                stored = orjson.loads(found[1])
+                made = uuid7_time_ms(stored["id"]) / 1000
+                fresh = made > request.app.state.model_switched and time.time() - made < (
+                    settings.fresh_s
+                )
+                if fresh and (k is None or k <= len(stored["properties"]["items"])):
+                    metrics.inc("recommendations_total", source="stored")
+                    return recommendation(stored, k, "stored")
+        body: dict[str, Any] = {"slot": slot, "anonymous_id" if anonymous else "user_id": user_id}
+        if k is not None:
+            body["k"] = k
+        if item is not None:
+            body["context"] = {"item_id": item}
+        try:
+            reply = await nc.request(
+                REQUEST_SUBJECT, orjson.dumps(body), timeout=settings.request_timeout_s
+            )
+        except Exception:
+            if stored is not None:
+                metrics.inc("recommendations_total", source="stale")
+                return recommendation(stored, k, "stale")
+            metrics.inc("recommendations_total", source="unavailable")
+            return JSONResponse({"detail": "the recommender did not answer"}, status_code=503)
+        data = orjson.loads(reply.data)
+        if "error" in data:
+            e = data["error"]
+            return JSONResponse(
+                {"errors": [{"field": e["field"], "reason": e["reason"]}]},
+                status_code=e.get("status", 422),
+            )
+        metrics.inc("recommendations_total", source="computed")
+        return recommendation(data, None, "computed")
+
+    def recommendation(event: dict[str, Any], k: int | None, source: str) -> Response:
+        if k is not None:
+            props = event["properties"]
+            event = {**event, "properties": {**props, "items": props["items"][:k]}}
+        return Response(
+            orjson.dumps(event), media_type="application/json", headers={"X-Nerve-Source": source}
+        )
+
+    @app.get("/v1/stats", summary="Click-through rate per slot and model version (internal)")
+    async def get_stats(request: Request, hours: float = 24.0) -> Any:
+        refused = internal(request)
+        if refused is not None:
+            return refused
+        if not 0 < hours <= 24 * 366:
+            return JSONResponse(
+                {"errors": [{"field": "hours", "reason": "0 < hours <= 8784"}]}, 422
+            )
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        rows = await click_through(request.app.state.nc.jetstream(), since)
+        return JSONResponse({"since": since.isoformat(), "rows": [r.to_dict() for r in rows]})
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

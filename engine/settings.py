@@ -92,6 +92,13 @@ class GatewaySettings(BaseModel):
         default=(),
         description="Bearer tokens of internal callers (profiles API); none = API closed",
     )
+    fresh_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A stored list younger than this (and than the last model switch) is served "
+        "without asking the recommender",
+    )
+    request_timeout_s: float = Field(default=2.0, gt=0, description="Wait for reco.request")
 
 
 class RecommenderOptions(BaseModel):

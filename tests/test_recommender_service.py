@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from engine.recommender.service import REQUEST_SUBJECT, RecommenderService, owne
 from engine.subjects import user_token
 from models import Interactions, make
 from tests.conftest import event
-from tests.reco_world import interactions, publish_model, publish_world, slots_config
+from tests.reco_world import publish_model, publish_world, slots_config
 
 
 async def send(nc: NATS, *events: dict[str, Any]) -> None:
@@ -122,7 +123,7 @@ async def test_scripted_user_from_cold_start_to_loan_offer(
         for slot in ("home", "similar", "trending"):
             stored = await lists(nc, "ana", slot)
             sigs = [[(i["item_id"], i["reason"]) for i in m["properties"]["items"]] for m in stored]
-            assert all(a != b for a, b in zip(sigs, sigs[1:], strict=False)), slot
+            assert all(a != b for a, b in itertools.pairwise(sigs)), slot
             seqs = [m["properties"]["activity_seq"] for m in stored]
             assert seqs == sorted(seqs)
 
@@ -225,10 +226,7 @@ async def test_hot_reload_without_a_failed_request(fresh: NATS, world: dict[str,
 
         tasks = [asyncio.create_task(hammer(n)) for n in range(4)]
         await asyncio.sleep(0.5)
-        funds_first = Interactions.from_triples(
-            ["a", "a", "b", "c"], ["fund-bonds", "fund-world", "fund-bonds", "card-basic"]
-        )
-        new = await publish_model(nc, make("popular").fit(funds_first), "trending")
+        new = await publish_model(nc, make("popular").fit(interactions_funds()), "trending")
         for _ in range(100):
             if service.serving.models["trending"].version == new:
                 break
@@ -269,7 +267,7 @@ async def test_two_replicas_split_users_without_duplicates_or_disorder(
                 tuple(items(m)) + tuple(i["reason"] for i in m["properties"]["items"])
                 for m in stored
             ]
-            assert all(x != y for x, y in zip(sigs, sigs[1:], strict=False)), (u, slot)
+            assert all(x != y for x, y in itertools.pairwise(sigs)), (u, slot)
 
 
 async def test_a_stale_view_loses_the_compare_and_set(fresh: NATS, world: dict[str, str]) -> None:
@@ -290,3 +288,122 @@ async def test_a_stale_view_loses_the_compare_and_set(fresh: NATS, world: dict[s
         "savings-plus",
         "loan-personal",
     ]
+
+
+async def test_gateway_serves_stored_then_asks_and_refuses_bad_input(
+    fresh: NATS, nats_url: str, world: dict[str, str]
+) -> None:
+    import httpx
+
+    from engine.gateway import SITE_KEY_HEADER, create_app
+    from engine.settings import GatewaySettings, SiteKey
+
+    nc = fresh
+    app = create_app(
+        GatewaySettings(site_keys=(SiteKey(key="site-key-1"),), internal_tokens=("secret",)), nats_url, 5
+    )
+    headers = {SITE_KEY_HEADER: "site-key-1"}
+    async with running(nc), app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            r = await http.get("/v1/recommendations/eve?slot=home", headers=headers)
+            assert r.status_code == 200 and r.headers["x-nerve-source"] == "computed"
+            first = r.json()
+            assert first["properties"]["fallback"] == "cold_start"
+            r = await http.get("/v1/recommendations/eve?slot=home&k=2", headers=headers)
+            assert r.headers["x-nerve-source"] == "stored" and r.json()["id"] == first["id"]
+            assert len(r.json()["properties"]["items"]) == 2
+            # the user acts: the recommender stores a new list, the gateway serves it
+            await send(
+                nc,
+                act(
+                    "eve",
+                    "simulator_used",
+                    "loan-personal",
+                    simulator="loan",
+                    amount=1,
+                    term_months=12,
+                ),
+            )
+            await until(nc, "eve", "home", lambda m: items(m)[0] == "loan-personal")
+            r = await http.get("/v1/recommendations/eve", headers=headers)
+            assert r.json()["properties"]["items"][0]["item_id"] == "loan-personal"
+            # a new model: stored lists are no longer fresh, so the gateway asks
+            await publish_model(nc, make("popular").fit(interactions_funds()), "trending")
+            await asyncio.sleep(0.3)
+            r = await http.get("/v1/recommendations/zed?slot=trending", headers=headers)
+            assert r.headers["x-nerve-source"] == "computed"
+            assert [
+                (
+                    await http.get("/v1/recommendations/eve?slot=nowhere", headers=headers)
+                ).status_code,
+                (
+                    await http.get("/v1/recommendations/eve?slot=home&k=9", headers=headers)
+                ).status_code,
+                (await http.get("/v1/recommendations/eve?slot=a.b", headers=headers)).status_code,
+                (await http.get("/v1/recommendations/eve")).status_code,
+                (
+                    await http.get("/v1/recommendations/eve", headers={SITE_KEY_HEADER: "x"})
+                ).status_code,
+            ] == [404, 422, 422, 401, 403]
+            r = await http.get("/v1/recommendations/eve?slot=home&k=9", headers=headers)
+            assert r.json()["errors"][0]["field"] == "k"
+            # impressions and clicks -> CTR per slot and model version
+            rid = first["properties"]["recommendation_id"]
+            shown = {
+                "recommendation_id": rid,
+                "slot": "home",
+                "items": [{"item_id": "card-gold", "position": 0}],
+            }
+            await send(
+                nc,
+                act("eve", "recommendation_shown", **shown),
+                act("eve", "recommendation_shown", **shown),
+                act(
+                    "eve",
+                    "recommendation_clicked",
+                    "card-gold",
+                    recommendation_id=rid,
+                    slot="home",
+                    position=0,
+                ),
+            )
+            assert (await http.get("/v1/stats", headers=headers)).status_code == 401
+            r = await http.get("/v1/stats?hours=1", headers={"Authorization": "Bearer secret"})
+            rows = {(x["slot"], x["model_version"]): x for x in r.json()["rows"]}
+            row = rows[("home", world["trending"])]
+            assert (row["impressions"], row["clicks"], row["ctr"]) == (2, 1, 0.5)
+
+
+def interactions_funds() -> Interactions:
+    return Interactions.from_triples(
+        ["a", "a", "b", "c"], ["fund-bonds", "fund-world", "fund-bonds", "card-basic"]
+    )
+
+
+async def test_explain_reconstructs_a_recommendation(fresh: NATS, world: dict[str, str]) -> None:
+    from engine.recommender.explain import NotFound, explain
+
+    nc = fresh
+    async with running(nc):
+        await send(
+            nc,
+            act("fay", "item_viewed", "card-gold", category="cards"),
+            act("fay", "item_purchased", "card-gold", value=200),
+            act(
+                "fay", "simulator_used", "loan-personal", simulator="loan", amount=1, term_months=12
+            ),
+        )
+        message = await until(nc, "fay", "home", lambda m: items(m)[0] == "loan-personal")
+        await send(nc, act("fay", "item_viewed", "savings-plus", category="savings"))  # after it
+        await asyncio.sleep(0.3)
+    rid = message["id"]
+    for user in ("fay", None):
+        ex = await explain(nc, rid, slots_config(), user=user)
+        assert ex.matches, ex.notes
+        assert ex.stored["id"] == rid
+        assert [e["type"] for e in ex.events] == ["item_viewed", "item_purchased", "simulator_used"]
+        assert ex.card is not None and ex.card["version"] == world["home"]
+        assert ex.outcome is not None and ("card-gold", "held") in ex.outcome.removed
+    with pytest.raises(NotFound):
+        await explain(nc, "0190d6c4-0000-7000-8000-000000000000", slots_config(), user="fay")

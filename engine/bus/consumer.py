@@ -215,11 +215,15 @@ async def scan(
     after `since`, if given). `handle` runs in the event loop, between deliveries: keep it
     CPU-only.
     """
+    wide = subject is not None and ("*" in subject or ">" in subject)
     try:
-        info = await js.stream_info(stream, subjects_filter=subject)
+        # a wildcard filter may match a million subjects: count it on the consumer instead
+        info = await js.stream_info(stream, subjects_filter=None if wide else subject)
     except NotFoundError:
         return 0
-    matching = sum((info.state.subjects or {}).values()) if subject else info.state.messages
+    matching = (
+        sum((info.state.subjects or {}).values()) if subject and not wide else info.state.messages
+    )
     if matching == 0:
         return 0
     last = info.state.last_seq
@@ -265,6 +269,13 @@ async def scan(
         pending_bytes_limit=1 << 30,
     )
     try:
+        if wide or since is not None:
+            state = await sub.consumer_info()
+            nothing = not state.num_pending and not (
+                state.delivered and state.delivered.consumer_seq
+            )
+            if nothing and not done.done():
+                done.set_result(None)
         while not done.done():
             before = count
             with contextlib.suppress(TimeoutError):

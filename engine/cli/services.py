@@ -18,7 +18,7 @@ from engine.cli.app import (
     out,
 )
 from engine.errors import ConfigError
-from engine.settings import GatewaySettings, SiteKey
+from engine.settings import GatewaySettings, RecommenderOptions, SiteKey
 
 Host = Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)]
 Port = Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)]
@@ -67,6 +67,31 @@ AckWait = Annotated[
 ]
 
 
+SlotsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="NERVE_SLOTS",
+        show_envvar=True,
+        help="Recommender: slots TOML (default: <data dir>/slots.toml, else the shipped one).",
+    ),
+]
+Replicas = Annotated[
+    int,
+    typer.Option(min=1, max=64, help="Recommender: how many replicas share the users."),
+]
+Replica = Annotated[
+    int, typer.Option(min=0, help="Recommender: which replica this is (0 .. replicas-1).")
+]
+
+
+def _reco(config: Path | None, replicas: int, replica: int) -> RecommenderOptions:
+    try:
+        return RecommenderOptions(config=config, replicas=replicas, replica=replica)
+    except ValueError as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
 def _gateway(
     host: str, port: int, site_keys: str, internal_tokens: str, rate_limit: float, burst: int
 ) -> GatewaySettings:
@@ -97,9 +122,14 @@ def up(
         Path | None,
         typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
     ] = None,
+    config: SlotsFile = None,
+    replicas: Replicas = 1,
+    replica: Replica = 0,
 ) -> None:
-    """Run the engine: provision, then every service (gateway, profiles, warehouse) until Ctrl-C."""
+    """Run the engine: provision, then every service (gateway, profiles, warehouse,
+    recommender) until Ctrl-C."""
     gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
+    reco = _reco(config, replicas, replica)
     settings = _settings()
 
     async def work(url: str) -> int:
@@ -113,6 +143,7 @@ def up(
             import_path=import_file,
             console=out,
             ack_wait=ack_wait,
+            recommender=reco,
         )
 
     _exit_on_signal(_with_broker(settings, work))
@@ -128,7 +159,10 @@ def demo(
     host: Host = "127.0.0.1",
     port: Port = 8080,
 ) -> None:
-    """The demo: generate a history once, import it, and serve the gateway until Ctrl-C."""
+    """The demo: generate a history once, import it with its catalogue, train and publish a
+    model per slot (once), and run every service until Ctrl-C."""
+    import importlib.metadata
+
     from engine.runner import SERVICES, run_services
     from engine.synth import generate as run
 
@@ -143,10 +177,32 @@ def demo(
         out.print(f"generated {summary.events:,} events of {users:,} users -> {history}")
     gateway = GatewaySettings(host=host, port=port, site_keys=(SiteKey(key=DEMO_SITE_KEY),))
 
+    async def prepare(url: str) -> None:
+        from engine.bus import JetStreamKV, Publisher, connect, provision
+        from engine.importer import import_file
+        from engine.recommender.catalog import load_lines
+
+        nc = await connect(url, "nerve-demo", timeout=settings.connect_timeout)
+        try:
+            await provision(nc.jetstream())
+            summary = await import_file(
+                history, Publisher(nc), await JetStreamKV.open(nc, "imports")
+            )
+            state = "already imported" if summary.already_complete else "imported"
+            out.print(f"{history.name}: {state}, {summary.accepted:,} events in the log")
+            items, _ = await load_lines(
+                history.with_name(history.stem + ".catalog.jsonl"), Publisher(nc)
+            )
+            out.print(f"catalogue: {items} items")
+        finally:
+            await nc.close()
+
+    _with_broker(settings, prepare)
+    for entry in importlib.metadata.entry_points(group="nerve.demo"):
+        entry.load()(settings)  # training: a model per slot, unless one is active
+
     async def work(url: str) -> int:
-        return await run_services(
-            url, SERVICES, settings, gateway=gateway, import_path=history, console=out
-        )
+        return await run_services(url, SERVICES, settings, gateway=gateway, console=out)
 
     out.print(
         "Try:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
@@ -161,7 +217,7 @@ def demo(
 
 @app.command()
 def run(
-    service: Annotated[str, typer.Argument(help="profiles | warehouse | gateway")],
+    service: Annotated[str, typer.Argument(help="profiles | warehouse | gateway | recommender")],
     host: Host = "127.0.0.1",
     port: Port = 8080,
     site_keys: SiteKeys = "",
@@ -173,8 +229,13 @@ def run(
         int,
         typer.Option(min=1, help="Warehouse: events per Parquet chunk (or every 5 s)."),
     ] = 50_000,
+    config: SlotsFile = None,
+    replicas: Replicas = 1,
+    replica: Replica = 0,
 ) -> None:
-    """Run one service until Ctrl-C; start several profiles services to run replicas."""
+    """Run one service until Ctrl-C. Replicas: start several profiles services (they share
+    the work), or N recommenders with --replicas N --replica 0..N-1 (they split the users)."""
+    reco = _reco(config, replicas, replica)
     from engine.runner import SERVICES, run_services
 
     if service not in SERVICES:
@@ -193,6 +254,7 @@ def run(
             console=out,
             ack_wait=ack_wait,
             flush_events=flush_events,
+            recommender=reco,
         )
 
     _exit_on_signal(_with_broker(settings, work))

@@ -8,6 +8,7 @@ followed live. An empty catalogue means "no catalogue": every item the model kno
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -78,3 +79,34 @@ class ItemCatalog:
     def to_json(self, item_id: str) -> dict[str, Any] | None:
         item = self.items.get(item_id)
         return orjson.loads(item.model_dump_json(exclude_none=True)) if item else None
+
+
+async def load_lines(path: Path, publisher: Any) -> tuple[int, list[str]]:
+    """Publish every item of a JSON Lines file to CATALOG (msg id: a hash of the line, so a
+    re-load stores nothing new); refused lines go to DEADLETTER. Returns (accepted, reasons)."""
+    from datetime import UTC, datetime
+
+    from engine.bus import Outgoing
+    from engine.events import DeadLetter
+    from engine.ids import derived_uuid7
+
+    now = datetime.now(UTC)
+    good: list[Any] = []
+    dead: list[Any] = []
+    refused: list[str] = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            item = parse_item(raw)
+        except ValueError as exc:
+            refused.append(f"line {number}: {exc}")
+            record = DeadLetter.build(
+                "catalog", raw, [FieldError("", str(exc))], now, f"{path.name}:{number}"
+            )
+            dead.append(Outgoing.deadletter(record))
+            continue
+        msg_id = derived_uuid7(0, "catalog", raw.decode(errors="replace"))
+        good.append(Outgoing(item_subject(item.item_id), item.model_dump_json().encode(), msg_id))
+    await publisher.publish(good + dead)
+    return len(good), refused
