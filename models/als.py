@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from models.base import ModelConfig, Recommender
+from models.base import TIE_BREAK, ModelConfig, Recommender
 from models.data import Interactions
 
 CHUNK = 200_000  # observed entries per chunk when evaluating the sparse term
@@ -149,7 +149,26 @@ class ImplicitALS(Recommender):
 
     def because(self, history: Mapping[str, float], items: Sequence[str]) -> dict[str, str]:
         y = self.item_factors
-        return self._strongest(history, items, lambda h, i: y[h] @ y[i])
+        return self._strongest(history, items, lambda h, i: y[h] @ y[i].T)
+
+    def score_history(self, history: Mapping[str, float]) -> np.ndarray:
+        """`_fold_in` without building a sparse row: the serving path, one user at a time."""
+        c = self.config
+        assert isinstance(c, ALSConfig) and self.popularity is not None
+        index = self._index()
+        pairs = [(index[h], w) for h, w in history.items() if h in index]
+        if self._gram is None:
+            self._gram = self.item_factors.T @ self.item_factors
+        x = np.zeros(c.factors, dtype=np.float32)
+        if pairs:
+            cols = np.fromiter((p for p, _ in pairs), dtype=np.int64, count=len(pairs))
+            conf = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
+            conf *= np.float32(c.alpha)
+            y = self.item_factors[cols]
+            ridge = c.regularization * np.eye(c.factors, dtype=np.float32)
+            a = self._gram + (y.T * conf) @ y + ridge
+            x = np.linalg.solve(a, y.T @ (1.0 + conf)).astype(np.float32)
+        return self.item_factors @ x + TIE_BREAK * self.popularity
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors}

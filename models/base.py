@@ -126,27 +126,26 @@ class Recommender(ABC):
         return {}
 
     def _strongest(
-        self, history: Mapping[str, float], items: Sequence[str], weight: Any
+        self, history: Mapping[str, float], items: Sequence[str], block: Any
     ) -> dict[str, str]:
-        """`because` for models whose score is a sum over the history: `weight(h, i)` is the
-        contribution of history column `h` to item column `i`."""
+        """`because` for models whose score is a sum over the history: `block(h, i)` is the
+        array of contributions of history columns `h` (rows) to item columns `i` (columns)."""
         index = self._index()
         hist = [(index[h], w) for h, w in history.items() if h in index]
-        out: dict[str, str] = {}
-        if not hist:
-            return out
-        for item in items:
-            col = index.get(item)
-            if col is None:
-                continue
-            best, best_h = 0.0, None
-            for h, w in hist:
-                c = float(weight(h, col)) * w
-                if c > best:
-                    best, best_h = c, h
-            if best_h is not None:
-                out[item] = str(self._check()[best_h])
-        return out
+        wanted = [(item, index[item]) for item in items if item in index]
+        if not hist or not wanted:
+            return {}
+        h = np.fromiter((c for c, _ in hist), dtype=np.int64, count=len(hist))
+        w = np.fromiter((x for _, x in hist), dtype=np.float64, count=len(hist))
+        i = np.fromiter((c for _, c in wanted), dtype=np.int64, count=len(wanted))
+        contrib = np.asarray(block(h, i), dtype=np.float64) * w[:, None]
+        best = contrib.argmax(axis=0)
+        names = self._check()
+        return {
+            item: str(names[h[best[j]]])
+            for j, (item, _) in enumerate(wanted)
+            if contrib[best[j], j] > 0
+        }
 
     def _index(self) -> dict[str, int]:
         """Item id -> column, built once (a request must not rebuild it)."""

@@ -47,7 +47,7 @@ class EASE(Recommender):
         assert isinstance(self.config, EASEConfig)
         if self.config.binary:
             history = {h: 1.0 for h in history}
-        return self._strongest(history, items, lambda h, i: self.weights[h, i])
+        return self._strongest(history, items, lambda h, i: self.weights[np.ix_(h, i)])
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights}

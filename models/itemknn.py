@@ -45,7 +45,7 @@ class ItemKNN(Recommender):
 
     def because(self, history: Mapping[str, float], items: Sequence[str]) -> dict[str, str]:
         sim = self.similarity
-        return self._strongest(history, items, lambda h, i: sim[h, i])
+        return self._strongest(history, items, lambda h, i: sim[h][:, i].toarray())
 
     def similar(self, item: str, k: int = 10) -> list[Scored]:
         """The items most like `item` (empty if unknown)."""

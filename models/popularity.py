@@ -36,15 +36,26 @@ class MostPopular(Recommender):
         m = data.matrix if self.config.count == "weight" else (data.matrix > 0)
         totals = np.asarray(m.sum(axis=0), dtype=np.float64).ravel()
         self.scores = (totals / max(totals.max(), 1e-12)).astype(np.float32)
+        self._served = None
 
     def _score(self, rows: sp.csr_matrix) -> np.ndarray:
         return np.broadcast_to(self.scores, (rows.shape[0], len(self.scores))).copy()
+
+    def score_history(self, history: Mapping[str, float]) -> np.ndarray:
+        """The same scores for every history: computed once (read-only)."""
+        served = getattr(self, "_served", None)
+        if served is None:
+            served = self.score_many(sp.csr_matrix((1, len(self.scores)), dtype=np.float32))[0]
+            served.setflags(write=False)
+            self._served = served
+        return served
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"scores": self.scores}
 
     def _restore(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.scores = arrays["scores"]
+        self._served = None
 
 
 class SegmentConfig(ModelConfig):

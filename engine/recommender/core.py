@@ -150,6 +150,7 @@ class Serving:
         self.config = config
         self.catalog = catalog or ItemCatalog()
         self.models: Mapping[str, Loaded] = dict(models or {})
+        self._orders: dict[int, tuple[np.ndarray, list[int]]] = {}
 
     def with_model(self, loaded: Loaded) -> None:
         """Serve `loaded` for its registry slot from now on."""
@@ -221,7 +222,7 @@ class Serving:
         out = Outcome(slot, [], loaded.version, loaded.name, anchor=anchor, scored=len(items))
         kept: list[tuple[str, float]] = []
         per_category: dict[str, int] = {}
-        for idx in _best_first(scores, cfg.k):
+        for idx in self._order(scores, cfg.k):
             item, score = str(items[idx]), float(scores[idx])
             if not math.isfinite(score):
                 continue
@@ -240,6 +241,17 @@ class Serving:
         )
         out.items = [Ranked(i, float(f"{s:.6g}"), reasons[i]) for i, s in kept]
         return out
+
+    def _order(self, scores: np.ndarray, k: int) -> Any:
+        """Candidates best first; for a model whose scores never change (read-only arrays,
+        e.g. popularity) the full order is computed once."""
+        if scores.flags.writeable:
+            return _best_first(scores, k)
+        hit = self._orders.get(id(scores))
+        if hit is None or hit[0] is not scores:
+            hit = (scores, np.lexsort((np.arange(len(scores)), -scores)).tolist())
+            self._orders[id(scores)] = hit
+        return hit[1]
 
     def _category(self, item: str) -> str | None:
         entry = self.catalog.get(item)

@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Recommender benchmark: freshness, throughput and request latency of a running `nerve up`.
+
+Set-up (in a temporary data dir): an embedded nats-server; a catalogue of --items items (10,000)
+in 50 categories; an ALS model (16 factors) trained on synthetic co-views of those items and
+published for the `home` and `similar` slots, and a popularity model for `trending`; then
+`nerve --nats-url URL up` in its own process (gateway, profiles, warehouse, recommender), with a
+slots file that gives home 10 items (frequency cap, at most 3 per category), similar 10 and
+trending 10. This process is the load generator and the clock.
+
+  (a) freshness   events published at a fixed rate (200, 1,000, then higher until the service
+                  falls behind); each is an `item_viewed` of a new item by one of --users users,
+                  so each changes that user's `similar` list. Freshness = time from the publish
+                  to the arrival (core subscription on reco.>) of the first
+                  recommendations_updated that reflects the event (activity_seq >= its
+                  sequence). Every rate step reports p50 / p99 / max and how many events got
+                  their update.
+  (b) throughput  a burst of --burst events published at once: events/s from the first publish
+                  to the last update, beside raw nats-py (an ordered push consumer with a
+                  callback that only counts) reading the same events in this run.
+  (c) requests    reco.request with 32 requests in flight (closed loop), and
+                  GET /v1/recommendations at a fixed 500 requests/s (open loop, 64 clients):
+                  p50 / p99 latency.
+
+Goals (2 cores): freshness p99 < 50 ms at 1,000 events/s; reco.request p99 < 5 ms; HTTP p99 <
+20 ms at 500 requests/s. The load generator shares the two cores with the server and `nerve up`.
+
+  python bench/freshness.py               # ~4 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.broker import EmbeddedBroker  # noqa: E402
+from engine.bus import Outgoing, Publisher, connect, provision  # noqa: E402
+from engine.bus.registry import Registry  # noqa: E402
+from engine.ids import uuid7  # noqa: E402
+from engine.recommender.catalog import Item, item_subject  # noqa: E402
+from engine.settings import BrokerSettings  # noqa: E402
+from models import Interactions, make  # noqa: E402
+from models.base import pack  # noqa: E402
+
+SLOTS = """
+[slots.home]
+model = "home"
+k = 10
+fallback = "trending"
+[slots.home.rules]
+cap = { impressions = 5, days = 7 }
+max_per_category = 3
+
+[slots.similar]
+kind = "similar"
+model = "home"
+k = 10
+fallback = "trending"
+
+[slots.trending]
+k = 10
+min_history = 0
+"""
+SITE_KEY = "bench-site-key"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def item_id(i: int) -> str:
+    return f"item-{i:05d}"
+
+
+async def setup(nc: Any, items: int, tmp: Path) -> None:
+    await provision(nc.jetstream())
+    rng = np.random.default_rng(7)
+    await Publisher(nc).publish(
+        [
+            Outgoing(
+                item_subject(item_id(i)),
+                Item(item_id=item_id(i), name=f"Item {i}", category=f"c{i % 50}")
+                .model_dump_json()
+                .encode(),
+                uuid7(),
+            )
+            for i in range(items)
+        ]
+    )
+    users, cols = [], []
+    for u in range(20_000):
+        cluster = rng.integers(0, items // 200)
+        for j in rng.integers(0, 200, size=8):
+            users.append(f"t{u}")
+            cols.append(item_id(int(cluster * 200 + j)))
+    data = Interactions.from_triples(users, cols, columns=[item_id(i) for i in range(items)])
+    started = time.perf_counter()
+    als = make("als", factors=16, iterations=5).fit(data)
+    print(
+        f"ALS fitted on {data.matrix.nnz:,} interactions x {items:,} items in {time.perf_counter() - started:.1f}s"
+    )
+    registry = await Registry.open(nc)
+    for slot, model in (("home", als), ("trending", make("popular").fit(data))):
+        version = f"{model.name}-bench-{uuid7()[-8:]}"
+        artifact = pack(model.save(tmp / version))
+        card = {"version": version, "model": model.name, "created_at": time.strftime("%FT%TZ")}
+        await registry.publish(version, card, artifact, slot)
+
+
+class Watcher:
+    """Follows reco.> and records when each user's lists reflect which ACTIVITY sequence."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, list[tuple[int, float]]] = {}  # user -> [(seq, t0)]
+        self.latencies: list[float] = []
+        self.updates = 0
+        self.last_at = 0.0
+
+    def expect(self, user: str, seq: int, t0: float) -> None:
+        self.waiting.setdefault(user, []).append((seq, t0))
+
+    async def on_msg(self, msg: Any) -> None:
+        now = time.perf_counter()
+        self.updates += 1
+        self.last_at = now
+        event = orjson.loads(msg.data)
+        user = event.get("user_id")
+        seq = event["properties"]["activity_seq"]
+        pending = self.waiting.get(user)
+        if not pending:
+            return
+        keep = []
+        for s, t0 in pending:
+            if s <= seq:
+                self.latencies.append(now - t0)
+            else:
+                keep.append((s, t0))
+        self.waiting[user] = keep
+
+    def outstanding(self) -> int:
+        return sum(len(v) for v in self.waiting.values())
+
+
+async def paced(
+    nc: Any,
+    watcher: Watcher | None,
+    rate: float,
+    seconds: float,
+    users: int,
+    items: int,
+    counter: list[int],
+) -> tuple[int, float]:
+    """Publish item_viewed events at `rate` for `seconds`; returns (sent, achieved rate)."""
+    pipeline = Publisher(nc).pipeline
+    rng = np.random.default_rng(int(rate))
+    n = int(rate * seconds)
+    started = time.perf_counter()
+    futures = []
+    for i in range(n):
+        due = started + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        user = f"user-{int(rng.integers(0, users))}"
+        counter[0] += 1
+        event = {
+            "id": uuid7(),
+            "type": "item_viewed",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "user_id": user,
+            "item_id": item_id(counter[0] % items),
+            "properties": {},
+        }
+        t0 = time.perf_counter()
+        fut = await pipeline.publish(
+            f"activity.{user}.item_viewed", orjson.dumps(event), {"Nats-Msg-Id": event["id"]}
+        )
+        futures.append((fut, user, t0))
+    elapsed = time.perf_counter() - started
+    for fut, user, t0 in futures:
+        ack = await fut
+        if watcher is not None:
+            watcher.expect(user, ack.seq, t0)
+    return n, n / elapsed
+
+
+async def settle(watcher: Watcher, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while watcher.outstanding() and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def freshness(nc: Any, args: argparse.Namespace, counter: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    rates = [200, 1000] + [r for r in (2000, 3000, 4000, 6000) if r <= args.max_rate]
+    for rate in rates:
+        watcher = Watcher()
+        sub = await nc.subscribe("reco.*.similar", cb=watcher.on_msg)
+        sent, achieved = await paced(
+            nc, watcher, rate, args.seconds, args.users, args.items, counter
+        )
+        await settle(watcher, 10)
+        await sub.unsubscribe()
+        lat = [x * 1000 for x in watcher.latencies]
+        row = {
+            "rate": rate,
+            "achieved": round(achieved),
+            "sent": sent,
+            "updated": len(lat),
+            "p50_ms": round(pct(lat, 50), 2),
+            "p99_ms": round(pct(lat, 99), 2),
+            "max_ms": round(max(lat), 1) if lat else None,
+        }
+        rows.append(row)
+        print(
+            f"  {rate:>6,}/s  sent {sent:,} (at {achieved:,.0f}/s)  updated {len(lat):,}  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  max {row['max_ms']} ms",
+            flush=True,
+        )
+        if len(lat) < sent * 0.99 or row["p99_ms"] > 1000:
+            break  # fell behind: this rate is not sustainable
+        await asyncio.sleep(1)
+    return rows
+
+
+async def throughput(nc: Any, args: argparse.Namespace, counter: list[int]) -> dict[str, Any]:
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    js = nc.jetstream()
+    first_seq = (await js.stream_info("ACTIVITY")).state.last_seq + 1
+    watcher = Watcher()
+    sub = await nc.subscribe("reco.*.similar", cb=watcher.on_msg)
+    started = time.perf_counter()
+    await paced(nc, watcher, 1e9, args.burst / 1e9, args.users, args.items, counter)
+    await settle(watcher, 120)
+    await sub.unsubscribe()
+    service_rate = args.burst / (watcher.last_at - started)
+    # raw: read the same events with a callback that only counts
+    seen = 0
+    done = asyncio.Event()
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen >= args.burst:
+            done.set()
+
+    t0 = time.perf_counter()
+    raw_sub = await js.subscribe(
+        "activity.>",
+        stream="ACTIVITY",
+        cb=on_msg,
+        ordered_consumer=True,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=first_seq,
+            ack_policy=AckPolicy.NONE,
+        ),
+    )
+    await asyncio.wait_for(done.wait(), 60)
+    raw_rate = args.burst / (time.perf_counter() - t0)
+    await raw_sub.unsubscribe()
+    out = {
+        "events": args.burst,
+        "service_per_s": round(service_rate),
+        "raw_per_s": round(raw_rate),
+        "ratio": round(service_rate / raw_rate, 3),
+        "missing": watcher.outstanding(),
+    }
+    print(
+        f"  burst of {args.burst:,}: service {service_rate:,.0f}/s, raw consume {raw_rate:,.0f}/s, ratio {out['ratio']}"
+    )
+    return out
+
+
+async def requests(nc: Any, args: argparse.Namespace, port: int) -> dict[str, Any]:
+    import httpx
+
+    rng = np.random.default_rng(1)
+    lat: list[float] = []
+    stop = time.perf_counter() + args.seconds
+    errors = 0
+
+    async def loop() -> None:
+        nonlocal errors
+        while time.perf_counter() < stop:
+            body = orjson.dumps(
+                {"user_id": f"user-{int(rng.integers(0, args.users))}", "slot": "home"}
+            )
+            t0 = time.perf_counter()
+            reply = await nc.request("reco.request", body, timeout=5)
+            lat.append((time.perf_counter() - t0) * 1000)
+            if b'"error"' in reply.data[:20]:
+                errors += 1
+
+    await asyncio.gather(*(loop() for _ in range(32)))
+    rr = {
+        "requests": len(lat),
+        "per_s": round(len(lat) / args.seconds),
+        "p50_ms": round(pct(lat, 50), 2),
+        "p99_ms": round(pct(lat, 99), 2),
+        "errors": errors,
+    }
+    print(
+        f"  reco.request, 32 in flight: {rr['per_s']:,}/s  p50 {rr['p50_ms']} ms  p99 {rr['p99_ms']} ms  errors {errors}"
+    )
+
+    http_lat: list[float] = []
+    statuses: dict[int, int] = {}
+    sources: dict[str, int] = {}
+    rate = args.http_rate
+    n = int(rate * args.seconds)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=10
+    ) as http:
+        started = time.perf_counter()
+
+        async def one(i: int) -> None:
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t0 = time.perf_counter()
+            r = await http.get(
+                f"/v1/recommendations/user-{i % args.users}?slot=home",
+                headers={"X-Nerve-Site-Key": SITE_KEY},
+            )
+            http_lat.append((time.perf_counter() - t0) * 1000)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            src = r.headers.get("x-nerve-source", "?")
+            sources[src] = sources.get(src, 0) + 1
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        achieved = n / (time.perf_counter() - started)
+    hr = {
+        "rate": rate,
+        "achieved": round(achieved),
+        "p50_ms": round(pct(http_lat, 50), 2),
+        "p99_ms": round(pct(http_lat, 99), 2),
+        "statuses": statuses,
+        "sources": sources,
+    }
+    print(
+        f"  HTTP at {rate}/s (achieved {achieved:,.0f}/s): p50 {hr['p50_ms']} ms  p99 {hr['p99_ms']} ms  {statuses} {sources}"
+    )
+    return {"reco_request": rr, "http": hr}
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="nerve-fresh-"))
+    broker = EmbeddedBroker(BrokerSettings(data_dir=tmp / "broker"))
+    broker.start()
+    proc = None
+    try:
+        assert broker.url
+        nc = await connect(broker.url, "bench", timeout=10)
+        await setup(nc, args.items, tmp)
+        slots = tmp / "slots.toml"
+        slots.write_text(SLOTS)
+        port = 18000 + os.getpid() % 1000
+        nerve = [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "--nats-url",
+            broker.url,
+            "--data-dir",
+            str(tmp / "data"),
+            "up",
+            "--site-keys",
+            SITE_KEY,
+            "--config",
+            str(slots),
+            "--port",
+            str(port),
+        ]
+        if Path(sys.executable).with_name("nerve").exists():
+            nerve = [str(Path(sys.executable).with_name("nerve")), *nerve[3:]]
+        proc = subprocess.Popen(nerve, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        for _ in range(200):  # until the recommender answers with the model
+            try:
+                r = await nc.request(
+                    "reco.request", b'{"user_id":"probe","slot":"trending"}', timeout=0.5
+                )
+                if b"model_version" in r.data:
+                    break
+            except Exception:
+                await asyncio.sleep(0.2)
+        else:
+            raise SystemExit("the recommender never answered")
+        counter = [0]
+        print(f"warm-up: {args.users:,} users, each seen once")
+        await paced(nc, None, 1000, args.users / 1000, args.users, args.items, counter)
+        await asyncio.sleep(3)
+        print("(a) freshness")
+        fresh = await freshness(nc, args, counter)
+        print("(b) throughput")
+        tput = await throughput(nc, args, counter)
+        print("(c) request latency")
+        req = await requests(nc, args, port)
+        print(json.dumps({"freshness": fresh, "throughput": tput, **req}))
+        await nc.close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                _, errs = proc.communicate(timeout=20)
+                if proc.returncode not in (0, 143, -15):
+                    print(errs.decode()[-2000:])
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--users", type=int, default=5_000)
+    p.add_argument("--seconds", type=float, default=10.0, help="Per rate step and request test")
+    p.add_argument("--max-rate", type=int, default=6000)
+    p.add_argument("--burst", type=int, default=20_000)
+    p.add_argument("--http-rate", type=int, default=500)
+    asyncio.run(main(p.parse_args()))
