@@ -1,7 +1,8 @@
 """The recommender service: from a user's event to an updated, explained list in milliseconds.
 
 **Input.** Durable push consumers on ACTIVITY and CRM (a callback per message, the fast path
-in NATS-NOTES) fill one queue; one worker takes everything queued (up to `batch`), groups it by
+in NATS-NOTES) fill one queue; one worker takes everything queued (up to `batch`, 100: a batch
+is published only once it is all computed, so its size bounds the latency it adds), groups it by
 user and folds each user's events into that user's working profile with the profiles
 projection itself (`engine.profiles.profile.apply`, exact dedupe by stream sequence). A user's
 working profile starts as the stored profile (`profiles` bucket) the first time the service
@@ -180,7 +181,7 @@ class RecommenderService:
         *,
         replicas: int = 1,
         replica: int = 0,
-        batch: int = 500,
+        batch: int = 100,
         cache_size: int = 100_000,
         ack_wait: float = 30.0,
         work_dir: Path | None = None,
@@ -277,13 +278,19 @@ class RecommenderService:
                 continue
             n = min(len(self.queue), self.batch)
             deliveries = [self.queue.popleft() for _ in range(n)]
-            try:
-                await self.process(deliveries)
-            except Exception:
-                # Not acknowledged: the server delivers them again after ack_wait.
-                log.exception("a batch of %d failed; it will be redelivered", n)
-                await asyncio.sleep(0.5)
-                continue
+            delay = 0.2
+            while True:
+                try:
+                    await self.process(deliveries)
+                    break
+                except Exception:
+                    # Retry the same batch: acknowledgements are cumulative, so moving on to
+                    # the next batch would acknowledge this one. Effects are idempotent.
+                    log.exception("a batch of %d failed; retrying in %.1fs", n, delay)
+                    if stop.is_set():
+                        return  # unacknowledged: delivered again after a restart
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
             last: dict[str, Delivery] = {}
             for d in deliveries:
                 last[d.stream] = d
