@@ -300,7 +300,9 @@ async def test_gateway_serves_stored_then_asks_and_refuses_bad_input(
 
     nc = fresh
     app = create_app(
-        GatewaySettings(site_keys=(SiteKey(key="site-key-1"),), internal_tokens=("secret",)), nats_url, 5
+        GatewaySettings(site_keys=(SiteKey(key="site-key-1"),), internal_tokens=("secret",)),
+        nats_url,
+        5,
     )
     headers = {SITE_KEY_HEADER: "site-key-1"}
     async with running(nc), app.router.lifespan_context(app):
