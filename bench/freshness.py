@@ -389,7 +389,8 @@ async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nerve-fresh-"))
     broker = EmbeddedBroker(BrokerSettings(data_dir=tmp / "broker"))
     broker.start()
-    proc = None
+    procs: list[subprocess.Popen[bytes]] = []
+    log_path = tmp / "nerve.log"
     try:
         assert broker.url
         nc = await connect(broker.url, "bench", timeout=10)
@@ -415,9 +416,19 @@ async def main(args: argparse.Namespace) -> None:
         ]
         if Path(sys.executable).with_name("nerve").exists():
             nerve = [str(Path(sys.executable).with_name("nerve")), *nerve[3:]]
-        log_path = tmp / "nerve.log"
-        proc = subprocess.Popen(
-            nerve, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), cwd=ROOT
+        if args.split:  # the recommender in a process of its own
+            reco = [*nerve[: nerve.index("up")], "run", "recommender", "--config", str(slots)]
+            nerve += ["--services", "gateway,profiles,warehouse"]
+            procs.append(
+                subprocess.Popen(
+                    reco,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_path.with_suffix(".reco").open("wb"),
+                    cwd=ROOT,
+                )
+            )
+        procs.append(
+            subprocess.Popen(nerve, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), cwd=ROOT)
         )
         for _ in range(200):  # until the recommender answers with the model
             try:
@@ -443,15 +454,19 @@ async def main(args: argparse.Namespace) -> None:
         print(json.dumps({"freshness": fresh, "throughput": tput, **req}))
         await nc.close()
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
+        for proc in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            errors = [x for x in log_path.read_text().splitlines() if "rror" in x or "failed" in x]
+        for log in (log_path, log_path.with_suffix(".reco")):
+            if not log.exists():
+                continue
+            errors = [x for x in log.read_text().splitlines() if "rror" in x or "failed" in x]
             if errors:
-                print(f"nerve up logged {len(errors)} error lines; the first ones:")
+                print(f"{log.name}: {len(errors)} error lines; the first ones:")
                 print("\n".join(errors[:10]))
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -467,4 +482,9 @@ if __name__ == "__main__":
     p.add_argument("--max-rate", type=int, default=6000)
     p.add_argument("--burst", type=int, default=20_000)
     p.add_argument("--http-rate", type=int, default=500)
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="Run the recommender in its own process (nerve run recommender) beside nerve up",
+    )
     asyncio.run(main(p.parse_args()))

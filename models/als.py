@@ -165,8 +165,9 @@ class ImplicitALS(Recommender):
             conf = np.fromiter((w for _, w in pairs), dtype=np.float32, count=len(pairs))
             conf *= np.float32(c.alpha)
             y = self.item_factors[cols]
-            ridge = c.regularization * np.eye(c.factors, dtype=np.float32)
-            a = self._gram + (y.T * conf) @ y + ridge
+            a = (y.T * conf) @ y
+            a += self._gram
+            a.flat[:: c.factors + 1] += c.regularization
             x = np.linalg.solve(a, y.T @ (1.0 + conf)).astype(np.float32)
         return self.item_factors @ x + TIE_BREAK * self.popularity
 

@@ -125,19 +125,33 @@ def up(
     config: SlotsFile = None,
     replicas: Replicas = 1,
     replica: Replica = 0,
+    services: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated services to run in this process (e.g. all but the "
+            "recommender, run with `nerve run recommender` in another process for a core of "
+            "its own)."
+        ),
+    ] = "gateway,profiles,warehouse,recommender",
 ) -> None:
     """Run the engine: provision, then every service (gateway, profiles, warehouse,
-    recommender) until Ctrl-C."""
+    recommender) in this process, each an asyncio task, until Ctrl-C."""
+    from engine.runner import SERVICES
+
+    names = tuple(n.strip() for n in services.split(",") if n.strip())
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown or not names:
+        raise ConfigError(f"--services: unknown {unknown or 'none'}; from {', '.join(SERVICES)}")
     gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
     reco = _reco(config, replicas, replica)
     settings = _settings()
 
     async def work(url: str) -> int:
-        from engine.runner import SERVICES, run_services
+        from engine.runner import run_services
 
         return await run_services(
             url,
-            SERVICES,
+            names,
             settings,
             gateway=gateway,
             import_path=import_file,

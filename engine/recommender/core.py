@@ -222,11 +222,12 @@ class Serving:
         out = Outcome(slot, [], loaded.version, loaded.name, anchor=anchor, scored=len(items))
         kept: list[tuple[str, float]] = []
         per_category: dict[str, int] = {}
+        facts = _Facts(profile, cfg, now_ms)
         for idx in self._order(scores, cfg.k):
             item, score = str(items[idx]), float(scores[idx])
             if not math.isfinite(score):
                 continue
-            rule = self._forbids(cfg, item, profile, now_ms, anchor, per_category)
+            rule = self._forbids(cfg, item, facts, anchor, per_category)
             if rule is not None:
                 out.removed.append((item, rule))
                 continue
@@ -239,7 +240,7 @@ class Serving:
         reasons = self._reasons(
             loaded, source, [i for i, _ in kept], profile, history, anchor, now_ms
         )
-        out.items = [Ranked(i, float(f"{s:.6g}"), reasons[i]) for i, s in kept]
+        out.items = [Ranked(i, round(s, 6), reasons[i]) for i, s in kept]
         return out
 
     def _order(self, scores: np.ndarray, k: int) -> Any:
@@ -261,14 +262,13 @@ class Serving:
         self,
         cfg: Slot,
         item: str,
-        profile: Mapping[str, Any],
-        now_ms: int,
+        facts: _Facts,
         anchor: str | None,
         per_category: dict[str, int],
     ) -> str | None:
         """The rule that removes `item`, or None if it may be shown."""
-        entry = self.catalog.get(item)
-        if len(self.catalog):
+        entry = self.catalog.items.get(item)
+        if self.catalog.items:
             if entry is None:
                 return "not in the catalogue"
             if not entry.available:
@@ -285,32 +285,31 @@ class Serving:
                 return f"filter: attribute {key}"
         if item == anchor:
             return "the item itself"
-        if rules.exclude_held and item in profile.get("held", {}):
+        if rules.exclude_held and item in facts.held:
             return "held"
-        if rules.exclude_seen and any(
-            r["item_id"] == item for r in profile.get("recent_items", ())
-        ):
+        if rules.exclude_seen and item in facts.seen:
             return "seen"
-        stats = profile.get("offers", {}).get(item) or {}
-        dismissed = stats.get("last_dismissed")
-        if dismissed and now_ms - dismissed < rules.dismissed_days * DAY_MS:
-            return "dismissed"
-        contact = profile.get("crm", {}).get(item)
+        stats = facts.offers.get(item)
+        if stats:
+            dismissed = stats.get("last_dismissed")
+            if dismissed and facts.now_ms - dismissed < rules.dismissed_days * DAY_MS:
+                return "dismissed"
+        contact = facts.crm.get(item)
         if contact:
-            since = now_ms - contact.get("time", 0)
+            since = facts.now_ms - contact.get("time", 0)
             if since < rules.contacted_days * DAY_MS:
                 return "crm contacted"
             if contact.get("outcome") == "declined" and since < rules.declined_days * DAY_MS:
                 return "crm declined"
-        if rules.cap is not None:
-            window = now_ms - rules.cap.days * DAY_MS
+        if rules.cap is not None and stats:
+            window = facts.now_ms - rules.cap.days * DAY_MS
             shown = sum(1 for t in stats.get("shown_times", ()) if t > window)
             if shown >= rules.cap.impressions:
                 return "frequency cap"
         for rule in rules.eligibility:
             applies = (not rule.items and not rule.categories) or item in rule.items
             applies = applies or (category is not None and category in rule.categories)
-            if applies and not _satisfied(rule, profile):
+            if applies and not _satisfied(rule, facts.profile):
                 return f"eligibility: {rule.name}"
         cap = rules.max_per_category
         if cap is not None and category is not None and per_category.get(category, 0) >= cap:
@@ -373,22 +372,49 @@ class Serving:
         return "popular with people like you"
 
 
+class _Facts:
+    """What the rules read from a profile, looked up once per list rather than per candidate."""
+
+    __slots__ = ("crm", "held", "now_ms", "offers", "profile", "seen")
+
+    def __init__(self, profile: Mapping[str, Any], cfg: Slot, now_ms: int) -> None:
+        self.profile = profile
+        self.now_ms = now_ms
+        self.held = profile.get("held") or {}
+        self.offers = profile.get("offers") or {}
+        self.crm = profile.get("crm") or {}
+        self.seen = (
+            {r["item_id"] for r in profile.get("recent_items", ())}
+            if cfg.rules.exclude_seen
+            else set()
+        )
+
+
 def _last_item(profile: Mapping[str, Any]) -> str | None:
     recent = profile.get("recent_items") or ()
     return str(recent[0]["item_id"]) if recent else None
 
 
 def _best_first(scores: np.ndarray, k: int) -> Any:
-    """Candidate indexes by decreasing score (ties by index): a partial sort of the best few
-    first, then the rest only if the rules removed that many."""
+    """Candidate indexes by decreasing score (ties by index).
+
+    The best few first: a threshold estimated from every 16th score selects about twice the
+    candidates a list of `k` needs (every item at or above it, so the order stays exact), and
+    the rest is ordered only if the rules removed that many. An exact partition backs up a
+    threshold that selected too few. ~10x cheaper than a partition of the whole catalogue."""
     n = len(scores)
     want = min(n, 4 * k + 64)
-    if want < n:
-        top = np.argpartition(-scores, want - 1)[:want]
-        top = top[np.lexsort((top, -scores[top]))]
-        yield from top.tolist()
-        rest = np.setdiff1d(np.arange(n), top, assume_unique=True)
-        rest = rest[np.lexsort((rest, -scores[rest]))]
-        yield from rest.tolist()
-    else:
+    if n <= 2000:
         yield from np.lexsort((np.arange(n), -scores)).tolist()
+        return
+    sample = scores[::16]
+    rank = max(1, 2 * want // 16)
+    threshold = np.partition(sample, len(sample) - rank)[len(sample) - rank]
+    top = np.flatnonzero(scores >= threshold) if np.isfinite(threshold) else np.empty(0, int)
+    if len(top) < want:
+        top = np.argpartition(-scores, want - 1)[:want]
+    top = top[np.lexsort((top, -scores[top]))]
+    yield from top.tolist()
+    rest = np.setdiff1d(np.arange(n), top, assume_unique=True)
+    rest = rest[np.lexsort((rest, -scores[rest]))]
+    yield from rest.tolist()
