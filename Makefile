@@ -23,6 +23,7 @@ lint: $(DEPS)
 	$(BIN)/mypy
 
 test: $(DEPS) lint
+	@test -x /usr/bin/chromium || echo "make test: /usr/bin/chromium not found, so the browser tests will fail; install Debian's chromium (apt-get install chromium)"
 	$(BIN)/python -m pytest
 
 bench: $(DEPS)

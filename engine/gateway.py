@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 
 from engine import __version__
 from engine.bus import ConnectionState, Outgoing, Publisher, connect
+from engine.bus.consumer import scan, tail
 from engine.bus.reader import last_for_subject
 from engine.cloudevents import from_cloudevent
 from engine.errors import EventRejected, FieldError, PublishError
@@ -46,10 +47,12 @@ from engine.ids import uuid7, uuid7_time_ms
 from engine.metrics import Metrics
 from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore
+from engine.recommender.catalog import ItemCatalog
 from engine.recommender.service import PUBLISHED_SUBJECT, REQUEST_SUBJECT, reco_subject
 from engine.recommender.stats import click_through
 from engine.settings import GatewaySettings, SiteKey
 from engine.subjects import user_token
+from engine.web import WIDGETS, enrich, install
 
 SITE_KEY_HEADER = "X-Nerve-Site-Key"
 SLOT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -135,8 +138,18 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
             app.state.model_switched = time.time()
 
         await nc.subscribe(PUBLISHED_SUBJECT, cb=on_model)
+        catalog = app.state.catalog = ItemCatalog()
+        last: list[int] = [0]
+
+        def on_items(batch: list[tuple[int, str, bytes]]) -> None:
+            catalog.update(batch)
+            if batch:
+                last[0] = batch[-1][0]
+
+        await scan(nc.jetstream(), "CATALOG", on_items)
         try:
-            yield
+            async with tail(nc.jetstream(), "CATALOG", last[0] + 1, catalog.update):
+                yield
         finally:
             await nc.drain()
 
@@ -359,6 +372,7 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
         if k is not None:
             props = event["properties"]
             event = {**event, "properties": {**props, "items": props["items"][:k]}}
+        event = enrich(event, app.state.catalog)
         return Response(
             orjson.dumps(event), media_type="application/json", headers={"X-Nerve-Source": source}
         )
@@ -376,9 +390,16 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
         rows = await click_through(request.app.state.nc.jetstream(), since)
         return JSONResponse({"since": since.isoformat(), "rows": [r.to_dict() for r in rows]})
 
+    install(
+        app,
+        keys,
+        site_or_internal,
+        lambda user, anonymous: user_token(None, user) if anonymous else user_token(user, None),
+    )
+
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")  # the demo site takes this place with the widget
+        return RedirectResponse("/demo/" if (WIDGETS / "demo").is_dir() else "/docs")
 
     @app.get("/healthz", summary="Liveness and broker connection")
     async def healthz() -> Any:

@@ -49,6 +49,7 @@ async def run_services(
     ack_wait: float = 30.0,
     flush_events: int = 50_000,
     recommender: RecommenderOptions | None = None,
+    visitors: int = 0,
 ) -> int:
     """Run `names` until SIGINT/SIGTERM; returns the signal number that stopped them."""
     console = console or Console()
@@ -104,6 +105,13 @@ async def run_services(
             warehouse = WarehouseService(js, root, flush_events=flush_events)
             tasks.append(asyncio.create_task(warehouse.run(stop), name="warehouse"))
             console.print(f"warehouse: appending ACTIVITY to Parquet under {root}")
+        if visitors:
+            from engine.synth import visitors as trickle
+
+            tasks.append(
+                asyncio.create_task(trickle(Publisher(nc), visitors, stop), name="visitors")  # type: ignore[arg-type]
+            )
+            console.print(f"visitors: a trickle of synthetic visitors among {visitors:,} users")
         server = None
         if "gateway" in names:
             assert gateway is not None

@@ -412,3 +412,56 @@ def _iso(ms: int) -> str:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
+
+
+async def visitors(publisher: Any, users: int, stop: Any, rate: float = 4.0, seed: int = 7) -> int:
+    """Publish a live trickle of synthetic visitors (page and product views, a few loan
+    simulations) at about `rate` events/s until `stop` is set: what `nerve demo` runs so
+    that the log and the lists keep moving. Returns how many events it published."""
+    import asyncio
+
+    from engine.events import parse_event
+    from engine.ids import uuid7
+
+    rnd = random.Random(seed)
+    sent = 0
+    while not stop.is_set():
+        user = f"u{rnd.randrange(users):07d}"
+        prod = rnd.choice(CATALOGUE)
+        now = datetime.now(UTC).isoformat()
+        batch = [
+            {
+                "id": uuid7(),
+                "type": "page_viewed",
+                "time": now,
+                "user_id": user,
+                "source": "demo",
+                "properties": {"page_type": "category"},
+            },
+            {
+                "id": uuid7(),
+                "type": "item_viewed",
+                "time": now,
+                "user_id": user,
+                "source": "demo",
+                "item_id": prod.item_id,
+                "properties": {"category": prod.category},
+            },
+        ]
+        if prod.category in CREDIT and rnd.random() < 0.3:
+            props = _simulation(prod, SEGMENTS[0], rnd)
+            batch.append(
+                {
+                    "id": uuid7(),
+                    "type": "simulator_used",
+                    "time": now,
+                    "user_id": user,
+                    "source": "demo",
+                    "item_id": prod.item_id,
+                    "properties": props,
+                }
+            )
+        await publisher.publish_events([parse_event(e) for e in batch])
+        sent += len(batch)
+        await asyncio.sleep(len(batch) / rate)
+    return sent

@@ -27,13 +27,51 @@ from models.base import pack
 from models.nbo import NextBestOffer, feature_names, features
 
 ITEMS = [
-    Item(item_id="loan-personal", name="Personal loan", category="loans", value=900),
-    Item(item_id="loan-car", name="Car loan", category="loans", value=700),
-    Item(item_id="savings-plus", name="Savings Plus", category="savings", value=300),
-    Item(item_id="card-gold", name="Gold card", category="cards", value=200),
-    Item(item_id="card-basic", name="Basic card", category="cards", value=50),
-    Item(item_id="fund-world", name="World fund", category="funds", value=400),
-    Item(item_id="fund-bonds", name="Bond fund", category="funds", value=250),
+    Item(
+        item_id="loan-personal",
+        name="Personal loan",
+        category="loans",
+        value=900,
+        url="/demo/loans/loan-personal",
+    ),
+    Item(
+        item_id="loan-car", name="Car loan", category="loans", value=700, url="/demo/loans/loan-car"
+    ),
+    Item(
+        item_id="savings-plus",
+        name="Savings Plus",
+        category="savings",
+        value=300,
+        url="/demo/savings/savings-plus",
+    ),
+    Item(
+        item_id="card-gold",
+        name="Gold card",
+        category="cards",
+        value=200,
+        url="/demo/cards/card-gold",
+    ),
+    Item(
+        item_id="card-basic",
+        name="Basic card",
+        category="cards",
+        value=50,
+        url="/demo/cards/card-basic",
+    ),
+    Item(
+        item_id="fund-world",
+        name="World fund",
+        category="funds",
+        value=400,
+        url="/demo/funds/fund-world",
+    ),
+    Item(
+        item_id="fund-bonds",
+        name="Bond fund",
+        category="funds",
+        value=250,
+        url="/demo/funds/fund-bonds",
+    ),
 ]
 OFFERS = [i.item_id for i in ITEMS]
 VALUES = {i.item_id: float(i.value or 0) for i in ITEMS}

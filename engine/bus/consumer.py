@@ -172,8 +172,9 @@ class PushConsumer:
             cb=on_msg,
             manual_ack=True,
             config=self.config,
-            flow_control=True,
-            idle_heartbeat=5.0,
+            # No flow control: with it, deliveries here stalled for seconds at a time until
+            # the next idle heartbeat answered a stalled flow-control request. The server
+            # still stops at max_ack_pending unacknowledged messages.
             pending_msgs_limit=200_000,
             pending_bytes_limit=256 << 20,
         )

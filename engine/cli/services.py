@@ -216,10 +216,17 @@ def demo(
         entry.load()(settings)  # training: a model per slot, unless one is active
 
     async def work(url: str) -> int:
-        return await run_services(url, SERVICES, settings, gateway=gateway, console=out)
+        return await run_services(
+            url, SERVICES, settings, gateway=gateway, console=out, visitors=users
+        )
 
     out.print(
-        "Try:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
+        f"Open http://{host}:{port}/demo/ : accept the banner, run the loan simulator twice "
+        "and watch the home page's offers.",
+        highlight=False,
+    )
+    out.print(
+        "Or:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
         '-H \'Content-Type: application/json\' -d \'{{"type":"page_viewed","time":'
         '"{t}","anonymous_id":"visitor-1"}}\''.format(
             h=host, p=port, k=DEMO_SITE_KEY, t=datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,58 @@
+// The demo bank's own page code: navigation, the consent banner, product listings. It talks
+// to Nerve only through the public widget API (window.Nerve).
+(function () {
+  var nav = document.createElement("header");
+  nav.innerHTML =
+    '<a class="brand" href="/demo/">Nerve Bank</a>' +
+    '<nav aria-label="Main"><a href="/demo/loans.html">Loans</a> · <a href="/demo/funds.html">Funds</a> · ' +
+    '<a href="/demo/cards.html">Cards</a> · <a href="/demo/account.html">Account</a></nav>';
+  document.body.insertBefore(nav, document.body.firstChild);
+
+  function banner() {
+    var choice = localStorage.getItem("nerve_consent");
+    if (choice !== null) return;
+    var box = document.createElement("div");
+    box.id = "consent";
+    box.setAttribute("role", "dialog");
+    box.setAttribute("aria-label", "Cookie consent");
+    var msg = document.createElement("span");
+    msg.textContent = "We use your activity on this site to suggest products. OK?";
+    var yes = document.createElement("button");
+    yes.textContent = "Accept";
+    yes.id = "consent-accept";
+    var no = document.createElement("button");
+    no.textContent = "Decline";
+    no.className = "secondary";
+    no.id = "consent-decline";
+    yes.onclick = function () { Nerve.consent(true); box.remove(); };
+    no.onclick = function () { Nerve.consent(false); box.remove(); };
+    box.append(msg, yes, no);
+    document.body.appendChild(box);
+  }
+
+  function listings() {
+    var lists = document.querySelectorAll("[data-category-list]");
+    if (!lists.length) return;
+    fetch("/demo/catalog.json").then(function (r) { return r.json(); }).then(function (items) {
+      lists.forEach(function (ul) {
+        var cats = ul.dataset.categoryList.split(",");
+        items.filter(function (i) { return cats.indexOf(i.category) >= 0; }).forEach(function (i) {
+          var li = document.createElement("li");
+          li.className = "card";
+          var a = document.createElement("a");
+          a.href = "/demo/" + i.category + "/" + encodeURIComponent(i.item_id);
+          a.textContent = i.name;
+          var p = document.createElement("p");
+          p.textContent = i.category;
+          li.append(a, p);
+          ul.appendChild(li);
+        });
+      });
+    });
+  }
+
+  window.addEventListener("load", function () {
+    if (window.Nerve && window.Nerve.consent) banner();
+    listings();
+  });
+})();
