@@ -211,4 +211,4 @@ async def test_health_metrics_and_openapi(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/events" in spec["paths"]
     assert (await client.get("/docs")).status_code == 200
-    assert (await client.get("/")).headers["location"] == "/docs"
+    assert (await client.get("/")).headers["location"] == "/demo/"  # the demo site
