@@ -316,6 +316,7 @@
       this.box.textContent = "";
       this.box.appendChild(section);
       this.watch(ul, props, items);
+      if (window.performance && performance.mark) performance.mark("nerve:rendered:" + this.slotName);
       this.dispatchEvent(new CustomEvent("nerve:rendered", { detail: { recommendation_id: props.recommendation_id, items: items.length } }));
     }
     watch(ul, props, items) {

@@ -36,6 +36,15 @@ VERBS = {
 }
 
 
+COUNT_REASONS = {
+    "simulator_used": "because you ran a simulation",
+    "item_viewed": "because of what you looked at",
+    "search_performed": "because of what you searched for",
+    "item_added_to_cart": "because of what you applied for",
+    "item_purchased": "because of what you have",
+}
+
+
 @dataclass(frozen=True)
 class Loaded:
     """A model serving a registry slot: its version and the fitted object."""
@@ -369,6 +378,8 @@ class Serving:
             return f"because you looked at {key.replace('_', ' ')}"
         if kind == "held":
             return f"because you have {name(key)}"
+        if kind == "count" and key in COUNT_REASONS:
+            return COUNT_REASONS[key]
         return "popular with people like you"
 
 
