@@ -224,7 +224,10 @@ class WarehouseService:
     async def flush(self, pending: Batch) -> None:
         chunk = pending[:]
         pending.clear()
+        # decoding and writing both run off the event loop, which other services share
+        self.written += await asyncio.to_thread(self._write, chunk)
+
+    def _write(self, chunk: Batch) -> int:
         rows = [r for seq, subject, data in chunk if (r := row(seq, subject, data))]
-        first, last = chunk[0][0], chunk[-1][0]
-        await asyncio.to_thread(self.warehouse.append, rows, first, last)
-        self.written += len(rows)
+        self.warehouse.append(rows, chunk[0][0], chunk[-1][0])
+        return len(rows)

@@ -212,3 +212,44 @@ async def test_health_metrics_and_openapi(client: httpx.AsyncClient) -> None:
     assert "/v1/events" in spec["paths"]
     assert (await client.get("/docs")).status_code == 200
     assert (await client.get("/")).headers["location"] == "/demo/"  # the demo site
+
+
+async def test_cors_per_site_key_and_the_demo_files(fresh: NATS, nats_url: str) -> None:
+    keys = (SiteKey(key="shop-key-1", origins=("https://shop.example",)),)
+    app = make_app(nats_url, site_keys=keys)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            pre = {"Access-Control-Request-Method": "GET"}
+            ok = await c.options(
+                "/v1/recommendations/u1?site_key=shop-key-1",
+                headers={**pre, "Origin": "https://shop.example"},
+            )
+            assert ok.status_code == 204
+            assert ok.headers["access-control-allow-origin"] == "https://shop.example"
+            bad = await c.options(
+                "/v1/recommendations/u1?site_key=shop-key-1",
+                headers={**pre, "Origin": "https://evil.example"},
+            )
+            assert bad.status_code == 403 and "access-control-allow-origin" not in bad.headers
+            post = await c.post(
+                "/v1/events?site_key=shop-key-1",
+                content=orjson.dumps([event()]),
+                headers={"Origin": "https://shop.example", "Content-Type": "text/plain"},
+            )
+            assert post.status_code == 202
+            assert post.headers["access-control-allow-origin"] == "https://shop.example"
+            refused = await c.post(
+                "/v1/events?site_key=shop-key-1",
+                content=orjson.dumps([event()]),
+                headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+            )
+            assert refused.status_code == 403
+            assert "access-control-allow-origin" not in refused.headers
+            page = await c.get("/demo/")
+            assert page.status_code == 200 and "<nerve-recommendations" in page.text
+            item = await c.get("/demo/loans/loan-personal")
+            assert item.status_code == 200 and 'id="product"' in item.text
+            assert (await c.get("/demo/../pyproject.toml")).status_code == 404
+            assert (await c.get("/demo/%2e%2e/pyproject.toml")).status_code == 404
+            assert (await c.get("/demo/nothing.html")).status_code == 404

@@ -28,7 +28,8 @@ SiteKeys = Annotated[
         "--site-keys",
         envvar="NERVE_SITE_KEYS",
         show_envvar=True,
-        help="Comma-separated public site keys accepted by POST /v1/events.",
+        help="Comma-separated public site keys, each optionally with its allowed origins: "
+        "KEY@https://shop.example|https://www.shop.example (default: any origin).",
     ),
 ]
 InternalTokens = Annotated[
@@ -97,7 +98,12 @@ def _gateway(
 ) -> GatewaySettings:
     try:
         keys = tuple(
-            SiteKey(key=k.strip(), rate_per_s=rate_limit, burst=burst)
+            SiteKey(
+                key=k.strip().partition("@")[0],
+                origins=tuple(o for o in k.strip().partition("@")[2].split("|") if o) or ("*",),
+                rate_per_s=rate_limit,
+                burst=burst,
+            )
             for k in site_keys.split(",")
             if k.strip()
         )
