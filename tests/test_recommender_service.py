@@ -409,3 +409,29 @@ async def test_explain_reconstructs_a_recommendation(fresh: NATS, world: dict[st
         assert ex.outcome is not None and ("card-gold", "held") in ex.outcome.removed
     with pytest.raises(NotFound):
         await explain(nc, "0190d6c4-0000-7000-8000-000000000000", slots_config(), user="fay")
+
+
+async def test_recomputes_when_the_stored_profile_is_ahead(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    """The profiles service may store an event before the recommender sees it: the recommender
+    then loads a profile that already holds the event, and must still publish the new list."""
+    from engine.profiles.service import ProfileService
+
+    nc = fresh
+    async with running(nc):
+        pass  # the durable consumer exists; the next events wait for it
+    await send(
+        nc,
+        act("gus", "simulator_used", "loan-personal", simulator="loan", amount=1, term_months=12),
+    )
+    profiles = ProfileService(nc.jetstream(), Publisher(nc), await ProfileStore.open(nc))
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiles.run(stop))
+    while profiles.stats.applied < 1:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    async with running(nc):
+        top = await until(nc, "gus", "home", lambda m: True)
+    assert items(top)[0] == "loan-personal"

@@ -290,3 +290,33 @@ async def test_text_is_escaped(gateway: str, browser: Any, nats_url: str) -> Non
         "#trending", "el => [...el.shadowRoot.querySelectorAll('.title')].map(t => t.textContent)"
     )
     assert "<img src=x onerror=alert(1)>" in titles and dialogs == []
+
+
+async def test_accessible_markup_and_keyboard(gateway: str, browser: Any) -> None:
+    page = await browser.new_page()
+    await page.goto(gateway + "/demo/")
+    await accept(page)
+    await wait_items(page, "#home-offers", lambda xs: True)
+    labelled = await page.eval_on_selector(
+        "#home-offers",
+        """el => {
+            const s = el.shadowRoot.querySelector('section');
+            const h = el.shadowRoot.getElementById(s.getAttribute('aria-labelledby'));
+            const links = [...el.shadowRoot.querySelectorAll('li a')].map(a => a.textContent);
+            const buttons = [...el.shadowRoot.querySelectorAll('button')]
+                .map(b => b.getAttribute('aria-label'));
+            return [h && h.tagName, h && h.textContent, links.length, buttons];
+        }""",
+    )
+    assert labelled[0] == "H2" and labelled[1] == "Offers for you" and labelled[2] == 3
+    assert all(b and b.startswith("Not interested in ") for b in labelled[3])
+    for _ in range(30):  # the cards are reachable with the keyboard
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate(
+            "(() => { const w = document.activeElement;"
+            " return w && w.id === 'home-offers' && w.shadowRoot.activeElement"
+            " ? w.shadowRoot.activeElement.tagName : null })()"
+        )
+        if focused == "A":
+            break
+    assert focused == "A"

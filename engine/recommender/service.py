@@ -329,7 +329,9 @@ class RecommenderService:
                 try:
                     if apply(state.profile, event, short, seq):
                         settle_floor(state.profile, short, seq)
-                        relevant = relevant or event.get("type") not in QUIET_TYPES
+                    # Recompute even if the profile already held the event (loaded from the
+                    # bucket after the profiles service applied it): the stored lists may not.
+                    relevant = relevant or event.get("type") not in QUIET_TYPES
                 except CannotApply as exc:
                     refused.append((d, str(exc)))
             if relevant:
