@@ -25,9 +25,10 @@ from engine.recommender.core import Serving
 from engine.recommender.service import RecommenderService
 from engine.recommender.slots import load_slots
 from engine.settings import BrokerSettings, GatewaySettings, RecommenderOptions
+from engine.signals import SignalsService
 from engine.warehouse import WarehouseService
 
-SERVICES = ("gateway", "profiles", "warehouse", "recommender")
+SERVICES = ("gateway", "profiles", "warehouse", "recommender", "signals")
 
 
 class _Server(uvicorn.Server):
@@ -100,6 +101,19 @@ async def run_services(
             console.print(
                 f"recommender: {reco.durable}, slots {', '.join(slots.slots)} (from {source})"
             )
+        if "signals" in names:
+            opts = recommender or RecommenderOptions()
+            slots, source = load_slots(opts.config, broker.data_dir)
+            detector = SignalsService(
+                nc,
+                slots.signals,
+                await ProfileStore.open(nc),
+                Publisher(nc),
+                replicas=opts.replicas,
+                replica=opts.replica,
+            )
+            tasks.append(asyncio.create_task(detector.run(stop), name="signals"))
+            console.print(f"signals: topics {', '.join(sorted(slots.signals)) or 'none'}")
         if "warehouse" in names:
             root = broker.data_dir / "warehouse"
             warehouse = WarehouseService(js, root, flush_events=flush_events)

@@ -111,6 +111,22 @@ EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
     "crm_contact_logged": {"channel": "phone", "outcome": "interested"},
     "user_forgotten": {"erasure_id": "e-1", "erased": {"ACTIVITY": 3}},
     "model_published": {"model_version": "ease-1", "slot": "home", "model": "ease"},
+    "interest_signal": {
+        "topic": "loan",
+        "score": 1.5,
+        "rule": "simulator_used >= 2",
+        "evidence": [
+            {
+                "event_id": "e-1",
+                "stream": "ACTIVITY",
+                "seq": 3,
+                "type": "simulator_used",
+                "time": "2026-11-01T00:00:00Z",
+            }
+        ],
+        "decided_at": "2026-11-01T00:00:00Z",
+        "window_days": 7,
+    },
     "recommendations_updated": {
         "recommendation_id": "r-2",
         "slot": "home",

@@ -303,10 +303,12 @@ async def tail(
     handle: Callable[[Batch], None],
     *,
     subject: str | None = None,
+    since: datetime | None = None,
 ) -> AsyncIterator[None]:
-    """Feed `handle` every message of `stream` from `start_seq` on, as it arrives, while the
-    block runs. An ordered consumer: nothing to acknowledge, and a gap (a slow handler, a
-    reconnect) makes nats-py restart it after the last message delivered, so none is lost."""
+    """Feed `handle` every message of `stream` from `start_seq` on (or from the first stored at
+    or after `since`), as it arrives, while the block runs. An ordered consumer: nothing to
+    acknowledge, and a gap (a slow handler, a reconnect) makes nats-py restart it after the
+    last message delivered, so none is lost."""
     if subject is None:
         subject = _stream_subject(await js.stream_info(stream))
 
@@ -315,8 +317,11 @@ async def tail(
         handle([(seq, msg.subject, msg.data)])
 
     config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=max(1, start_seq),
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE
+        if since is None
+        else DeliverPolicy.BY_START_TIME,
+        opt_start_seq=max(1, start_seq) if since is None else None,
+        opt_start_time=since.astimezone(UTC) if since is not None else None,
         ack_policy=AckPolicy.NONE,
     )
     sub = await js.subscribe(

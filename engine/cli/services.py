@@ -138,7 +138,7 @@ def up(
             "recommender, run with `nerve run recommender` in another process for a core of "
             "its own)."
         ),
-    ] = "gateway,profiles,warehouse,recommender",
+    ] = "gateway,profiles,warehouse,recommender,signals",
 ) -> None:
     """Run the engine: provision, then every service (gateway, profiles, warehouse,
     recommender) in this process, each an asyncio task, until Ctrl-C."""
@@ -244,7 +244,9 @@ def demo(
 
 @app.command()
 def run(
-    service: Annotated[str, typer.Argument(help="profiles | warehouse | gateway | recommender")],
+    service: Annotated[
+        str, typer.Argument(help="profiles | warehouse | gateway | recommender | signals")
+    ],
     host: Host = "127.0.0.1",
     port: Port = 8080,
     site_keys: SiteKeys = "",

@@ -225,6 +225,33 @@ class RecommendationsUpdated(Properties):
     anchor: str | None = Field(default=None, max_length=128, description="Item it is similar to")
 
 
+class InterestSignal(Properties):
+    type_name = "interest_signal"
+    requires = frozenset({"user_id"})
+    output = True
+    summary = (
+        "A customer shows interest in a topic (published by signals on signals.<topic>.<user>)."
+    )
+
+    class Evidence(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        event_id: str = Id
+        stream: Literal["ACTIVITY", "CRM"]
+        seq: int = Field(ge=1)
+        type: str = Field(max_length=64)
+        time: str = Field(max_length=40)
+        item_id: str | None = Field(default=None, max_length=128)
+
+    topic: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    score: float = Field(ge=0)
+    rule: str = Field(max_length=500, description="The conditions that held")
+    evidence: list[Evidence] = Field(min_length=1, max_length=100)
+    decided_at: str = Field(max_length=40, description="Time of the deciding event")
+    window_days: float = Field(gt=0)
+    consent: dict[str, bool] = Field(default_factory=dict)
+    offer: str | None = Field(default=None, max_length=128, description="The item it is about")
+
+
 CATALOG: tuple[type[Properties], ...] = (
     PageViewed,
     ItemViewed,
@@ -242,4 +269,5 @@ CATALOG: tuple[type[Properties], ...] = (
     UserForgotten,
     ModelPublished,
     RecommendationsUpdated,
+    InterestSignal,
 )

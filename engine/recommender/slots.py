@@ -1,9 +1,11 @@
-"""Slots: where recommendations are shown, and how each is filled.
+"""Slots (where recommendations are shown, and how each is filled) and interest signals.
 
 A slot names the model that serves it (the active model of a registry slot, `nerve train
 --publish --slot S` / `nerve models activate`), how many items it shows, which candidates it
 may show (categories, item attributes), the business rules that remove candidates, and the slot
 whose list a visitor gets when this one cannot personalise (cold start, no model, no consent).
+
+The same file defines `signals`: interest topics for CRM services (see `engine.signals`).
 
 The configuration is TOML: `--config FILE`, else `<data dir>/slots.toml`, else the default that
 ships beside this module (`default_slots.toml`, commented). Unknown keys are refused.
@@ -86,13 +88,50 @@ class Slot(_Strict):
     rules: Rules = Field(default_factory=Rules)
 
 
+class Condition(_Strict):
+    """Events of one kind inside the window: `type`, optionally restricted to item `category`,
+    `simulator`, `items`, and a `min_value` of the event's `value` or `amount`; the condition
+    holds when at least `min_count` (and at most `max_count`) such events fall in the window."""
+
+    type: str = Field(min_length=1)
+    category: list[str] = Field(default_factory=list)
+    simulator: list[str] = Field(default_factory=list)
+    items: list[str] = Field(default_factory=list)
+    min_value: float | None = None
+    min_count: int = Field(default=1, ge=1)
+    max_count: int | None = Field(default=None, ge=0)
+
+
+class Propensity(_Strict):
+    """Also require the next-best-offer model (the active model of `slot`) to give at least
+    `min` to one of `offers` for this user."""
+
+    slot: str = Field(default="home", pattern=SLOT_NAME)
+    offers: list[str] = Field(min_length=1)
+    min: float = Field(ge=0, le=1)
+
+
+class SignalDef(_Strict):
+    """An interest topic: every condition must hold inside `window_days` (event time)."""
+
+    window_days: float = Field(default=7, gt=0)
+    cooldown_days: float = Field(default=14, ge=0, description="One signal per user and topic")
+    min_score: float = Field(default=1.0, ge=0)
+    conditions: list[Condition] = Field(min_length=1)
+    propensity: Propensity | None = None
+
+
 class SlotsConfig(_Strict):
     slots: dict[str, Slot]
+    signals: dict[str, SignalDef] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self) -> SlotsConfig:
         import re
 
+        for topic in self.signals:
+            if not re.match(SLOT_NAME, topic):
+                raise ValueError(f"signal topic {topic!r}: letters, digits, _ and - only")
         for name, slot in self.slots.items():
             if not re.match(SLOT_NAME, name):
                 raise ValueError(f"slot name {name!r}: letters, digits, _ and - only")

@@ -1,0 +1,187 @@
+"""The client for services that are not Nerve (a CRM, a marketing tool): receive interest
+signals, publish CRM events. Needs only a NATS URL; nothing else of the engine runs in-process.
+
+```python
+from engine.client import CrmContact, NerveClient
+
+async with await NerveClient.connect("nats://127.0.0.1:4222") as nerve:
+    async for signal in nerve.interest_signals(topic="loan", durable="my-crm"):
+        print(signal.user_id, signal.topic, signal.score, [e.event_id for e in signal.evidence])
+        contact = CrmContact(user_id=signal.user_id, offer=signal.offer or "loan-personal",
+                             channel="phone", outcome="interested", signal_id=signal.id)
+        await nerve.publish(contact)
+```
+
+`interest_signals` reads a durable consumer on SIGNALS (`durable` names it; one name per
+consuming application, shared by its replicas): a signal is acknowledged when the body of the
+`async for` has finished with it and the next one is asked for. A signal whose loop was left
+(`break`, an exception) is handed back by `close()` at once; after a crash it comes again
+after a minute. A restart resumes with the first signal not yet finished, so handling should be
+idempotent by `signal.id`. A message that is not a
+valid signal is terminated (never redelivered) and logged. `publish` validates the event with
+the same models the engine uses and stores it in the CRM stream with its id as `Nats-Msg-Id`
+(a retry is stored once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal
+
+import nats
+import orjson
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.events import parse_event
+from engine.ids import uuid7
+
+log = logging.getLogger("nerve.client")
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    event_id: str
+    stream: str
+    seq: int
+    type: str
+    time: str
+    item_id: str | None = None
+
+
+class InterestSignal(BaseModel):
+    """An interest signal as a CRM sees it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    id: str = Field(description="The signal id (quote it back as signal_id)")
+    time: datetime
+    user_id: str
+    topic: str
+    score: float
+    rule: str
+    offer: str | None = None
+    decided_at: datetime
+    evidence: list[Evidence]
+    consent: dict[str, bool] = Field(default_factory=dict)
+
+    @classmethod
+    def from_event(cls, raw: bytes) -> InterestSignal:
+        event = orjson.loads(raw)
+        if event.get("type") != "interest_signal":
+            raise ValueError(f"not an interest_signal: {event.get('type')!r}")
+        props = event["properties"]
+        return cls(id=event["id"], time=event["time"], user_id=event["user_id"], **props)
+
+
+class CrmContact(BaseModel):
+    """What a salesperson logged: `crm_contact_logged` about `offer` (an item id)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    user_id: str = Field(min_length=1, max_length=128)
+    offer: str = Field(min_length=1, max_length=128)
+    channel: Literal["phone", "email", "branch", "chat", "video", "letter"]
+    outcome: Literal["interested", "declined", "converted", "no_answer", "callback"]
+    agent_id: str | None = Field(default=None, max_length=128)
+    signal_id: str | None = Field(default=None, max_length=128)
+    time: datetime | None = None
+    id: str | None = Field(default=None, description="Event id; a new UUIDv7 if not given")
+
+    def to_event(self) -> dict[str, Any]:
+        props: dict[str, Any] = {"channel": self.channel, "outcome": self.outcome}
+        if self.agent_id:
+            props["agent_id"] = self.agent_id
+        if self.signal_id:
+            props["signal_id"] = self.signal_id
+        return {
+            "id": self.id or uuid7(),
+            "type": "crm_contact_logged",
+            "time": (self.time or datetime.now(UTC)).isoformat(),
+            "user_id": self.user_id,
+            "item_id": self.offer,
+            "source": "crm",
+            "properties": props,
+        }
+
+
+class NerveClient:
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self._in_hand: dict[int, Any] = {}
+
+    @classmethod
+    async def connect(cls, url: str, name: str = "nerve-client") -> NerveClient:
+        nc = await nats.connect(
+            url, name=name, max_reconnect_attempts=-1, connect_timeout=5, error_cb=_log_error
+        )
+        return cls(nc)
+
+    async def __aenter__(self) -> NerveClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Hand back the signals being handled (a loop left with `break`), then disconnect."""
+        for msg in list(self._in_hand.values()):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self._in_hand.clear()
+        await self.nc.drain()
+
+    async def interest_signals(
+        self, topic: str | None = None, *, durable: str, batch: int = 20, new_only: bool = False
+    ) -> AsyncIterator[InterestSignal]:
+        """Signals (of `topic`, or all), from where `durable` stopped; see the module doc."""
+        subject = f"signals.{topic}.*" if topic else "signals.>"
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL,
+            filter_subject=subject,
+            ack_wait=60,
+            max_deliver=10,
+        )
+        await self.js.add_consumer("SIGNALS", config)
+        sub = await self.js.pull_subscribe_bind(durable, "SIGNALS")
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=1.0)
+                except TimeoutError:
+                    continue
+                for msg in msgs:  # fetched, not yet finished: handed back by close()
+                    self._in_hand[id(msg)] = msg
+                for msg in msgs:
+                    try:
+                        signal = InterestSignal.from_event(msg.data)
+                    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+                        log.error("dropping a malformed signal on %s: %s", msg.subject, exc)
+                        self._in_hand.pop(id(msg), None)
+                        await msg.term()
+                        continue
+                    yield signal
+                    self._in_hand.pop(id(msg), None)
+                    await msg.ack()
+        finally:
+            await sub.unsubscribe()
+
+    async def publish(self, event: CrmContact | dict[str, Any]) -> str:
+        """Validate and store a CRM event (crm_contact_logged); returns its id."""
+        data = event.to_event() if isinstance(event, CrmContact) else dict(event)
+        parsed = parse_event(data)  # raises EventRejected naming each bad field
+        await self.js.publish(
+            parsed.subject, parsed.to_json(), headers={"Nats-Msg-Id": parsed.id}, timeout=5
+        )
+        return parsed.id
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("NATS: %s", exc)
