@@ -137,7 +137,7 @@ class NerveClient:
         await self.nc.drain()
 
     async def interest_signals(
-        self, topic: str | None = None, *, durable: str, batch: int = 20, new_only: bool = False
+        self, topic: str | None = None, *, durable: str, new_only: bool = False
     ) -> AsyncIterator[InterestSignal]:
         """Signals (of `topic`, or all), from where `durable` stopped; see the module doc."""
         subject = f"signals.{topic}.*" if topic else "signals.>"
@@ -154,7 +154,9 @@ class NerveClient:
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(batch, timeout=1.0)
+                    # One at a time: nats-py's fetch(n) holds a lone message until n arrive or
+                    # the timeout passes, and signals are rare enough not to need batches.
+                    msgs = await sub.fetch(1, timeout=5.0)
                 except TimeoutError:
                     continue
                 for msg in msgs:  # fetched, not yet finished: handed back by close()
@@ -171,7 +173,8 @@ class NerveClient:
                     self._in_hand.pop(id(msg), None)
                     await msg.ack()
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # the connection may be closing already
+                await sub.unsubscribe()
 
     async def publish(self, event: CrmContact | dict[str, Any]) -> str:
         """Validate and store a CRM event (crm_contact_logged); returns its id."""

@@ -214,3 +214,28 @@ async def test_client_resumes_and_a_declined_contact_changes_the_offers(
         await client.close()
         after = await until(nc, "eli", "home", lambda m: "loan-personal" not in items(m))
         assert after["properties"]["crm_seq"] >= 1
+
+
+async def test_reference_crm_stores_leads_and_logs_outcomes_once(
+    fresh: NATS, nats_url: str, tmp_path: Any
+) -> None:
+    from engine.crm_demo import leads, run
+
+    nc = fresh
+    async with signals(nc):
+        await send(nc, consent("gil"), view("gil"), simulate("gil"), simulate("gil"))
+        await wait_until(lambda: _count(nc, 1))
+    db = tmp_path / "crm.sqlite"
+    lines: list[str] = []
+    assert await asyncio.wait_for(run(nats_url, db, "crm-ref", lines.append, limit=1), 10) == 1
+    [lead] = leads(db)
+    assert lead[1] == "gil" and lead[2] == "loan" and lead[3] == "loan-personal"
+    assert lead[6] in ("interested", "declined", "converted") and "gil" in lines[0]
+    contacts = [orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "CRM")]
+    assert [(c["user_id"], c["properties"]["outcome"]) for c in contacts] == [("gil", lead[6])]
+    [signal] = await stored_signals(nc)
+    assert contacts[0]["properties"]["signal_id"] == signal["id"]
+    # the same signal again (another consumer name): nothing new is logged
+    await asyncio.wait_for(run(nats_url, db, "crm-ref-2", lines.append, limit=1), 10)
+    assert len(leads(db)) == 1
+    assert len(await read_all(nc.jetstream(), "CRM")) == 1

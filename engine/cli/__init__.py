@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import typer
 
-from engine.cli import log, profiles, reco, services  # noqa: F401  (they register their commands)
+from engine.cli import crm, log, profiles, reco, services  # noqa: F401  (they register their commands)
 from engine.cli.app import app, err
 from engine.errors import ConfigError, NerveError
 
