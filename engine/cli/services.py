@@ -174,8 +174,8 @@ DEMO_SITE_KEY = "demo-site-key"
 
 @app.command()
 def demo(
-    users: Annotated[int, typer.Option(min=1, help="Users in the generated history.")] = 2000,
-    days: Annotated[int, typer.Option(min=1, help="Days of generated history.")] = 30,
+    users: Annotated[int, typer.Option(min=1, help="Users in the generated history.")] = 3000,
+    days: Annotated[int, typer.Option(min=1, help="Days of generated history.")] = 60,
     host: Host = "127.0.0.1",
     port: Port = 8080,
 ) -> None:
