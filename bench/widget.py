@@ -112,6 +112,7 @@ async def main(args: argparse.Namespace) -> None:
             if time.time() > deadline or proc.poll() is not None:
                 raise SystemExit("nerve demo did not start:\n" + (tmp / "demo.log").read_text())
             await asyncio.sleep(0.5)
+        await asyncio.sleep(args.settle)  # the services catch up with the imported history
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             await first_render(browser, base)  # warm the server's caches once
@@ -151,4 +152,7 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--tries", type=int, default=20)
+    p.add_argument(
+        "--settle", type=float, default=20.0, help="Seconds to let the services catch up first"
+    )
     asyncio.run(main(p.parse_args()))

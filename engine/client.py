@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal
@@ -138,7 +138,7 @@ class NerveClient:
 
     async def interest_signals(
         self, topic: str | None = None, *, durable: str, new_only: bool = False
-    ) -> AsyncIterator[InterestSignal]:
+    ) -> AsyncGenerator[InterestSignal, None]:
         """Signals (of `topic`, or all), from where `durable` stopped; see the module doc."""
         subject = f"signals.{topic}.*" if topic else "signals.>"
         config = ConsumerConfig(

@@ -234,6 +234,9 @@
           clearTimeout(self.skeletonTimer);
           if (!self.current) self.fallback();
           self.dispatchEvent(new CustomEvent("nerve:error", { detail: { slot: self.slotName, error: String(err) } }));
+          // try again later (the circuit breaker in fetchList stops after 3 failures in a row)
+          self.retries = (self.retries || 0) + 1;
+          if (self.retries < 3) setTimeout(function () { if (!self.current) self.load(); }, 2000 * self.retries);
         }
       );
     }
