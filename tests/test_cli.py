@@ -205,3 +205,29 @@ def test_train_publish_list_and_roll_back_from_the_command_line(tmp_path: Path) 
     assert reports and "<svg" in reports[0].read_text()
     bad = nerve("train", "--model", "ease", "--params", "{nope", data_dir=tmp_path)
     assert bad.returncode == 2 and "--params" in bad.stderr
+
+
+def test_catalog_explain_recommend_and_crm_demo_give_one_clear_line(tmp_path: Path) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        '{"item_id": "loan-1", "name": "Loan", "category": "loans"}\n'
+        '{"item_id": "", "name": "no id"}\n'
+        '{"item_id": "card-1", "colour": "red"}\n'
+    )
+    loaded = nerve("catalog", "load", str(items), data_dir=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "1 items upserted into CATALOG, 2 refused" in loaded.stdout
+    assert "line 2: item_id" in loaded.stdout and "line 3: colour" in loaded.stdout
+    missing = nerve("explain", "0190d6c4-0000-7000-8000-000000000000", data_dir=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().startswith("nerve: error: no recommendation")
+    nobody = nerve("recommend", "u1", "--timeout", "0.5", data_dir=tmp_path)
+    assert nobody.returncode == 1 and "is `nerve up` or `nerve run recommender` running?" in (
+        nobody.stderr
+    )
+    bad_slots = tmp_path / "slots.toml"
+    bad_slots.write_text("[slots.home]\nk = 'many'\n")
+    refused = nerve("run", "recommender", "--config", str(bad_slots), data_dir=tmp_path)
+    assert refused.returncode == 2 and "slots.home.k" in refused.stderr
+    leads = nerve("crm-demo", "leads", data_dir=tmp_path)
+    assert leads.returncode == 0 and "no leads yet" in leads.stdout
