@@ -416,6 +416,8 @@ async def main(args: argparse.Namespace) -> None:
         ]
         if Path(sys.executable).with_name("nerve").exists():
             nerve = [str(Path(sys.executable).with_name("nerve")), *nerve[3:]]
+        if args.services:
+            nerve += ["--services", args.services]
         if args.split:  # the recommender in a process of its own
             reco = [*nerve[: nerve.index("up")], "run", "recommender", "--config", str(slots)]
             nerve += ["--services", "gateway,profiles,warehouse"]
@@ -482,6 +484,7 @@ if __name__ == "__main__":
     p.add_argument("--max-rate", type=int, default=6000)
     p.add_argument("--burst", type=int, default=20_000)
     p.add_argument("--http-rate", type=int, default=500)
+    p.add_argument("--services", help="Pass --services to nerve up (which run in its process)")
     p.add_argument(
         "--split",
         action="store_true",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Generator
 from pathlib import Path
@@ -37,6 +38,16 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def _quiet_gc() -> None:
+    """Fewer, cheaper garbage collections: the services hold hundreds of thousands of small,
+    acyclic dicts (profiles, lists) that reference counting frees, and a full collection walking
+    them all stalled the shared event loop for 100-250 ms (the freshness p99). What exists at
+    start-up is frozen out of collections, and the young generation is collected 70x less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def run_services(
@@ -144,6 +155,7 @@ async def run_services(
                 base = f"http://{gateway.host}:{gateway.port}"
                 console.print(f"gateway: {base}/  API docs {base}/docs  health {base}/healthz")
         console.print(f"NATS {url}. Ctrl-C stops.")
+        _quiet_gc()
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
