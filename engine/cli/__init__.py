@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import typer
 
 from engine.cli import crm, log, profiles, reco, services  # noqa: F401  (they register their commands)
-from engine.cli.app import app, err
+from engine.cli.app import _fast_loop, app, err
 from engine.errors import ConfigError, NerveError
 
 __all__ = ["app", "main"]
@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(128 + signum)  # unwinds like Ctrl-C: services and broker stop in order
 
     signal.signal(signal.SIGTERM, terminate)
+    _fast_loop()
     try:
         code = app(args=argv, standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):

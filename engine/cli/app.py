@@ -128,6 +128,20 @@ def _with_broker(settings: BrokerSettings, work: Callable[[str], Coroutine[Any, 
         return asyncio.run(work(url))
 
 
+def _fast_loop() -> None:
+    """Run on uvloop when it is installed (NERVE_UVLOOP=0 to keep asyncio's own loop):
+    NATS-NOTES measured 1.3-1.5x on task-heavy paths such as request/reply."""
+    import os
+
+    if os.environ.get("NERVE_UVLOOP", "1") == "0":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def _progress(unit: str = "bytes") -> Progress:
     columns: list[Any] = [TextColumn("[progress.description]{task.description}"), BarColumn()]
     if unit == "bytes":
