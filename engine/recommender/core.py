@@ -11,6 +11,7 @@ the catalogue), so a recommendation can be recomputed later from the log and the
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from models.nbo import NextBestOffer
 
 DAY_MS = 86_400_000
 MAX_FALLBACKS = 5
+NEIGHBOUR_CACHE = 20_000
+"""(model version, anchor) entries of the similar-items cache (~2 KiB each)."""
 VERBS = {
     "item_viewed": "looked at",
     "simulator_used": "simulated",
@@ -160,6 +163,7 @@ class Serving:
         self.catalog = catalog or ItemCatalog()
         self.models: Mapping[str, Loaded] = dict(models or {})
         self._orders: dict[int, tuple[np.ndarray, list[int]]] = {}
+        self._neighbours: dict[tuple[str, str, int], tuple[list[int], list[float]]] = {}
 
     def with_model(self, loaded: Loaded) -> None:
         """Serve `loaded` for its registry slot from now on."""
@@ -220,20 +224,24 @@ class Serving:
         now_ms: int,
     ) -> Outcome:
         model = loaded.model
+        candidates: Any
         if isinstance(model, NextBestOffer):
             items = np.asarray(model.offers, dtype=object)
             scores = model.expected_values(profile if history else {}, now_ms)
+            candidates = self._ranked(scores, cfg.k)
         elif source.kind == "similar":
             assert anchor is not None
-            items, scores = model.items, model.score_history({anchor: 1.0})
+            items = model.items
+            candidates = self._similar(loaded, anchor, cfg.k)
         else:
             items, scores = model.items, model.score_history(history)
+            candidates = self._ranked(scores, cfg.k)
         out = Outcome(slot, [], loaded.version, loaded.name, anchor=anchor, scored=len(items))
         kept: list[tuple[str, float]] = []
         per_category: dict[str, int] = {}
         facts = _Facts(profile, cfg, now_ms)
-        for idx in self._order(scores, cfg.k):
-            item, score = str(items[idx]), float(scores[idx])
+        for idx, score in candidates:
+            item = str(items[idx])
             if not math.isfinite(score):
                 continue
             rule = self._forbids(cfg, item, facts, anchor, per_category)
@@ -251,6 +259,33 @@ class Serving:
         )
         out.items = [Ranked(i, round(s, 6), reasons[i]) for i, s in kept]
         return out
+
+    def _ranked(self, scores: np.ndarray, k: int) -> Any:
+        """(index, score) of the candidates, best first."""
+        for idx in self._order(scores, k):
+            yield idx, float(scores[idx])
+
+    def _similar(self, loaded: Loaded, anchor: str, k: int) -> Any:
+        """(index, score) of the items like `anchor`, best first. They are the same for every
+        user, so the best few are kept per (model version, anchor): a popular item's
+        neighbours are scored once, not on every view."""
+        key = (loaded.version, anchor, k)
+        hit = self._neighbours.get(key)
+        if hit is None:
+            scores = loaded.model.score_history({anchor: 1.0})
+            want = min(len(scores), 4 * k + 64)
+            order = list(itertools.islice(_best_first(scores, k), want))
+            hit = (order, [float(scores[i]) for i in order])
+            self._neighbours[key] = hit
+            while len(self._neighbours) > NEIGHBOUR_CACHE:
+                self._neighbours.pop(next(iter(self._neighbours)))
+        yield from zip(*hit, strict=True)
+        if len(hit[0]) < len(loaded.model.items):  # the rules removed that many: the rest
+            scores = loaded.model.score_history({anchor: 1.0})
+            done = set(hit[0])
+            for idx in _best_first(scores, k):
+                if idx not in done:
+                    yield idx, float(scores[idx])
 
     def _order(self, scores: np.ndarray, k: int) -> Any:
         """Candidates best first; for a model whose scores never change (read-only arrays,
