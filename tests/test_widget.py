@@ -320,3 +320,18 @@ async def test_accessible_markup_and_keyboard(gateway: str, browser: Any) -> Non
         if focused == "A":
             break
     assert focused == "A"
+
+
+async def test_the_only_global_is_nerve(gateway: str, browser: Any) -> None:
+    page = await browser.new_page()
+    await page.goto(gateway + "/demo/funds.html")
+    await page.wait_for_function("!!(window.Nerve && window.Nerve.track)")
+    added = await page.evaluate(
+        """() => {
+            const frame = document.createElement('iframe');
+            document.body.appendChild(frame);
+            const fresh = new Set(Object.getOwnPropertyNames(frame.contentWindow));
+            return Object.getOwnPropertyNames(window).filter(k => !fresh.has(k) && isNaN(k));
+        }"""
+    )
+    assert added == ["Nerve"]
