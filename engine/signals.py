@@ -34,13 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -364,7 +362,7 @@ class SignalsService:
 
     async def _propensity(self, token: str, d: SignalDef) -> tuple[float, str | None]:
         """The highest propensity among the topic's offers, from the active NBO model."""
-        from models.base import load_model, unpack
+        from models.base import load_packed
         from models.nbo import NextBestOffer, features
 
         assert d.propensity is not None
@@ -376,8 +374,7 @@ class SignalsService:
         cached = self._models.get(d.propensity.slot)
         if cached is None or cached[0] != version:
             artifact = await registry.artifact(version)
-            with tempfile.TemporaryDirectory() as tmp:
-                model = await asyncio.to_thread(load_model, unpack(artifact, Path(tmp)))
+            model = await asyncio.to_thread(load_packed, artifact)
             cached = self._models[d.propensity.slot] = (version, model)
         model = cached[1]
         if not isinstance(model, NextBestOffer):

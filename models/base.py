@@ -214,6 +214,14 @@ def load_model(path: Path) -> Any:
     return Recommender.load(path)
 
 
+def load_packed(data: bytes, work_dir: Path | None = None) -> Any:
+    """A model of any kind from an archive made by `pack` (what the registry stores)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        return load_model(unpack(data, Path(tmp)))
+
+
 def make(name: str, **params: Any) -> Recommender:
     """A model by its registered name, with parameters (refused if unknown)."""
     if name not in REGISTRY:

@@ -165,3 +165,12 @@ def _token(user: str, anonymous: bool) -> str:
 
 User = Annotated[str, typer.Argument(help="The user id (or anonymous id with --anonymous).")]
 Anonymous = Annotated[bool, typer.Option("--anonymous", help="USER is an anonymous id.")]
+SlotsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="NERVE_SLOTS",
+        show_envvar=True,
+        help="Slots and signals TOML (default: <data dir>/slots.toml, else the shipped one).",
+    ),
+]

@@ -10,18 +10,17 @@ import orjson
 import typer
 from rich.table import Table
 
-from engine.cli.app import Anonymous, User, _progress, _settings, _with_broker, app, out
+from engine.cli.app import (
+    Anonymous,
+    SlotsFile,
+    User,
+    _progress,
+    _settings,
+    _with_broker,
+    app,
+    out,
+)
 from engine.errors import ConfigError, NerveError
-
-SlotsFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar="NERVE_SLOTS",
-        show_envvar=True,
-        help="Slots TOML (default: <data dir>/slots.toml, else the default that ships).",
-    ),
-]
 
 
 @app.command()

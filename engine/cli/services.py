@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from engine.cli.app import (
+    SlotsFile,
     _exit_on_signal,
     _first_error,
     _progress,
@@ -68,15 +69,6 @@ AckWait = Annotated[
 ]
 
 
-SlotsFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar="NERVE_SLOTS",
-        show_envvar=True,
-        help="Recommender: slots TOML (default: <data dir>/slots.toml, else the shipped one).",
-    ),
-]
 Replicas = Annotated[
     int,
     typer.Option(min=1, max=64, help="Recommender: how many replicas share the users."),

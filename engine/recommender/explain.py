@@ -15,11 +15,9 @@ registry (nothing is kept on the side for it).
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,7 +32,7 @@ from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Loaded, Outcome, Serving
 from engine.recommender.slots import SlotsConfig
 from engine.subjects import user_token
-from models.base import load_model, unpack
+from models.base import load_packed
 
 
 class NotFound(NerveError):
@@ -133,8 +131,7 @@ async def explain(
         registry = await Registry.open(nc)
         out.card = await registry.card(version)
         artifact = await registry.artifact(version)
-        with tempfile.TemporaryDirectory() as tmp:
-            model = load_model(unpack(artifact, Path(tmp)))
+        model = load_packed(artifact)
         registry_slot = config.model_slot(served_by) if served_by in config.slots else served_by
         models[registry_slot] = Loaded(registry_slot, version, model.name, model)
     catalog = ItemCatalog()

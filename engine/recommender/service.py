@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 import zlib
 from collections import OrderedDict, deque
@@ -68,7 +67,7 @@ from engine.profiles.service import blank, token_of
 from engine.profiles.store import ProfileStore
 from engine.recommender.core import Loaded, Outcome, Serving
 from engine.subjects import SYSTEM_TOKEN, decode_token, is_user_token, user_token
-from models.base import load_model, unpack
+from models.base import load_packed
 
 log = logging.getLogger("nerve.recommender")
 REQUEST_SUBJECT = "reco.request"
@@ -138,7 +137,6 @@ class Stats:
     deadlettered: int = 0
     batches: int = 0
     reloads: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 def _signature(event: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -341,8 +339,6 @@ class RecommenderService:
             await self._recompute(changed, now_ms)
         if refused:
             await self._deadletter(refused)
-        if deliveries:
-            self.stats.latencies.append(time.time() - _first_time(deliveries))
 
     async def _recompute(self, states: list[UserState], now_ms: int) -> None:
         ordered = sorted(states, key=lambda s: s.token)
@@ -523,8 +519,7 @@ class RecommenderService:
                     log.error("could not load the model of slot %s: %s", slot, exc)
 
     def _load(self, slot: str, version: str, artifact: bytes) -> Loaded:
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-            model = load_model(unpack(artifact, Path(tmp)))
+        model = load_packed(artifact, self.work_dir)
         return Loaded(slot, version, model.name, model)
 
     async def _deadletter(self, refused: list[tuple[Delivery, str]]) -> None:
@@ -537,12 +532,3 @@ class RecommenderService:
         ]
         await self.publisher.deadletter(records)
         self.stats.deadlettered += len(records)
-
-
-def _first_time(deliveries: list[Delivery]) -> float:
-    """Wall-clock time the oldest message of a batch was stored (from its reply subject)."""
-    parts = (deliveries[0].msg.reply or "").split(".")
-    try:
-        return int(parts[-2]) / 1e9
-    except (ValueError, IndexError):
-        return time.time()
