@@ -12,7 +12,7 @@ sequence: per user and topic it keeps the matching events of each condition insi
 min(count / min_count, 2).
 
 **The service** (`nerve run signals`, part of `nerve up`) rebuilds that state on every start by
-reading ACTIVITY and CRM from the start of the longest window (`engine.bus.consumer.follow`:
+reading ACTIVITY and CRM from the start of the longest window (`engine.bus.consumer.tail`:
 ephemeral consumers that acknowledge nothing, since the state is derived), then follows them
 live. A firing becomes an `interest_signal`
 on `signals.<topic>.<user>` only if:
@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 
 from engine.bus import Publisher
-from engine.bus.consumer import Batch, follow
+from engine.bus.consumer import Batch, tail
 from engine.bus.kv import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from engine.bus.pipeline import Refused
 from engine.bus.reader import last_for_subject
@@ -258,7 +258,7 @@ class SignalsService:
         async with contextlib.AsyncExitStack() as stack:
             for stream in ("ACTIVITY", "CRM"):
                 await stack.enter_async_context(
-                    follow(self.js, stream, feeder(stream), since=since)
+                    tail(self.js, stream, 0, feeder(stream), since=since)
                 )
             self.ready.set()
             while not stop.is_set():

@@ -255,10 +255,7 @@ async def scan(
                 done.set_result(None)
 
     config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
-        opt_start_time=None if since is None else since.astimezone(UTC),
-        filter_subject=subject,
-        ack_policy=AckPolicy.NONE,
+        **(_start_at(1, since)), filter_subject=subject, ack_policy=AckPolicy.NONE
     )
     sub = await js.subscribe(
         subject,
@@ -295,6 +292,21 @@ async def scan(
     return count
 
 
+def _consumer_seq(reply: str) -> int:
+    t = reply.split(".")
+    return int(t[8]) if len(t) >= 12 else int(t[6])
+
+
+def _start_at(start_seq: int, since: datetime | None) -> dict[str, Any]:
+    """Consumer settings that start at a stream sequence, or at a time when `since` is given."""
+    if since is not None:
+        return {
+            "deliver_policy": DeliverPolicy.BY_START_TIME,
+            "opt_start_time": since.astimezone(UTC),
+        }
+    return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": max(1, start_seq)}
+
+
 @contextlib.asynccontextmanager
 async def tail(
     js: JetStreamContext,
@@ -304,62 +316,17 @@ async def tail(
     *,
     subject: str | None = None,
     since: datetime | None = None,
+    check_every: float = 30.0,
 ) -> AsyncIterator[None]:
     """Feed `handle` every message of `stream` from `start_seq` on (or from the first stored at
-    or after `since`), as it arrives, while the block runs. An ordered consumer: nothing to
-    acknowledge, and a gap (a slow handler, a reconnect) makes nats-py restart it after the
-    last message delivered, so none is lost."""
-    if subject is None:
-        subject = _stream_subject(await js.stream_info(stream))
+    or after `since`), as it arrives, while the block runs; nothing is acknowledged.
 
-    async def on_msg(msg: Msg) -> None:
-        _, seq, _ = ack_info(msg.reply or "")
-        handle([(seq, msg.subject, msg.data)])
-
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE
-        if since is None
-        else DeliverPolicy.BY_START_TIME,
-        opt_start_seq=max(1, start_seq) if since is None else None,
-        opt_start_time=since.astimezone(UTC) if since is not None else None,
-        ack_policy=AckPolicy.NONE,
-    )
-    sub = await js.subscribe(
-        subject,
-        stream=stream,
-        cb=on_msg,
-        ordered_consumer=True,
-        config=config,
-        pending_msgs_limit=200_000,
-        pending_bytes_limit=256 << 20,
-    )
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-
-
-def _consumer_seq(reply: str) -> int:
-    t = reply.split(".")
-    return int(t[8]) if len(t) >= 12 else int(t[6])
-
-
-@contextlib.asynccontextmanager
-async def follow(
-    js: JetStreamContext,
-    stream: str,
-    handle: Callable[[Batch], None],
-    *,
-    since: datetime | None = None,
-    start_seq: int = 1,
-    subject: str | None = None,
-) -> AsyncIterator[None]:
-    """Like `tail`, without flow control: for a low-latency reader. (With nats-py 2.16 the
-    flow-control replies of an ordered consumer went missing here under load, stalling it until
-    its next idle heartbeat, 5 s later.) An ephemeral push consumer that acknowledges nothing;
-    a gap in its consumer sequence (a slow client's dropped messages, a lost consumer) recreates
-    it after the last stream sequence handled, so none is lost or handled twice."""
+    An ephemeral push consumer without flow control: with nats-py 2.16 an ordered consumer's
+    flow-control replies went missing here under load, stalling delivery until its next idle
+    heartbeat, 5 s later. Order is checked instead: a gap in the consumer sequence (a slow
+    client's dropped messages), or a consumer the server no longer has (checked every
+    `check_every` seconds, e.g. after a long disconnection), recreates it after the last stream
+    sequence handled, so nothing is lost or handled twice."""
     if subject is None:
         subject = _stream_subject(await js.stream_info(stream))
     state = {"last": 0, "cseq": 0}
@@ -377,11 +344,9 @@ async def follow(
         state["cseq"], state["last"] = cseq, seq
         handle([(seq, msg.subject, msg.data)])
 
-    async def start(from_seq: int | None, at: datetime | None) -> None:
+    async def start(from_seq: int, at: datetime | None) -> None:
         config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME if at else DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=None if at else max(1, from_seq or 1),
-            opt_start_time=at.astimezone(UTC) if at else None,
+            **_start_at(from_seq, at),
             ack_policy=AckPolicy.NONE,
             max_deliver=1,
             inactive_threshold=60.0,
@@ -403,13 +368,25 @@ async def follow(
 
     async def mend() -> None:
         while True:
-            await gap.wait()
+            try:
+                await asyncio.wait_for(gap.wait(), check_every)
+            except TimeoutError:
+                try:
+                    await subs[-1].consumer_info()
+                    continue
+                except Exception:  # gone (or the server is away: try again then)
+                    gap.set()
             with contextlib.suppress(Exception):
                 await subs.pop().unsubscribe()
-            gap.clear()
-            await start(
-                state["last"] + 1 if state["last"] else start_seq, None if state["last"] else since
-            )
+            gap.clear()  # before subscribing: the new consumer's first messages may come at once
+            try:
+                if state["last"]:
+                    await start(state["last"] + 1, None)
+                else:
+                    await start(start_seq, since)
+            except Exception:  # still unreachable: try again after a pause
+                gap.set()
+                await asyncio.sleep(1.0)
 
     await start(start_seq, since)
     mender = asyncio.create_task(mend())
