@@ -24,6 +24,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from engine.errors import FieldError
+from engine.events import DeadLetter
+
 
 def ack_info(reply: str) -> tuple[int, int, int]:
     """(times delivered, stream sequence, messages pending) from a JetStream reply subject."""
@@ -191,6 +194,15 @@ class PushConsumer:
 
 
 Batch = list[tuple[int, str, bytes]]
+
+
+def refusals(source: str, refused: list[tuple[Delivery, str]]) -> list[DeadLetter]:
+    """Dead-letter records for deliveries a service refused, each with its reason and origin."""
+    now = datetime.now(UTC)
+    return [
+        DeadLetter.build(source, d.data, [FieldError("", reason)], now, f"{d.stream}#{d.seq}")
+        for d, reason in refused
+    ]
 
 
 def _stream_subject(info: Any) -> str:

@@ -25,15 +25,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from engine.bus import Publisher
-from engine.bus.consumer import Delivery, DurableConsumer
-from engine.errors import FieldError
-from engine.events import DeadLetter
+from engine.bus.consumer import Delivery, DurableConsumer, refusals
 from engine.profiles.profile import CannotApply, apply, new_profile, settle_floor
 from engine.profiles.store import ProfileStore, Slot
 from engine.subjects import decode_token, is_user_token
@@ -287,13 +284,7 @@ class ProfileService:
     async def _deadletter(
         self, consumer: DurableConsumer, refused: list[tuple[Delivery, str]]
     ) -> None:
-        now = datetime.now(UTC)
-        records = [
-            DeadLetter.build(
-                "profiles", d.data, [FieldError("", reason)], now, f"{d.stream}#{d.seq}"
-            )
-            for d, reason in refused
-        ]
+        records = refusals("profiles", refused)
         await self.publisher.deadletter(records)
         self.stats.deadlettered += len(records)
         for d, _ in refused:

@@ -53,13 +53,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.bus import Publisher
-from engine.bus.consumer import Delivery, PushConsumer, scan, tail
+from engine.bus.consumer import Delivery, PushConsumer, refusals, scan, tail
 from engine.bus.kv import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from engine.bus.pipeline import Ack, Refused
 from engine.bus.reader import last_for_subject
 from engine.bus.registry import Registry
-from engine.errors import FieldError
-from engine.events import DeadLetter
 from engine.ids import uuid7
 from engine.profiles.erasure import FORGET_SUBJECT
 from engine.profiles.profile import CannotApply, apply, settle_floor
@@ -523,12 +521,6 @@ class RecommenderService:
         return Loaded(slot, version, model.name, model)
 
     async def _deadletter(self, refused: list[tuple[Delivery, str]]) -> None:
-        now = datetime.now(UTC)
-        records = [
-            DeadLetter.build(
-                "recommender", d.data, [FieldError("", reason)], now, f"{d.stream}#{d.seq}"
-            )
-            for d, reason in refused
-        ]
+        records = refusals("recommender", refused)
         await self.publisher.deadletter(records)
         self.stats.deadlettered += len(records)
