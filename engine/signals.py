@@ -45,7 +45,7 @@ import orjson
 
 from engine.bus import Publisher
 from engine.bus.consumer import Batch, tail
-from engine.bus.kv import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from engine.bus.pipeline import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from engine.bus.pipeline import Refused
 from engine.bus.reader import last_for_subject
 from engine.bus.registry import Registry

@@ -1,4 +1,18 @@
-"""Subject names and the token-safe encoding of user ids.
+"""Every stream name, subject and filter of Nerve, and the token-safe encoding of user ids.
+
+Streams and what they capture (provisioned by `engine.bus.provision`):
+
+| stream          | subjects                     |
+|-----------------|------------------------------|
+| ACTIVITY        | `activity.<user>.<type>`     |
+| CRM             | `crm.<user>.<type>`          |
+| CATALOG         | `catalog.item.<item>`        |
+| RECOMMENDATIONS | `reco.<user>.<slot>`         |
+| SIGNALS         | `signals.<topic>.<user>`     |
+| DEADLETTER      | `dlq.<source>`               |
+
+Core (not stored) subjects: `reco.request` (the recommender answers), `nerve.control.forget`
+(a user was erased: drop caches).
 
 A NATS subject token may not contain `.`, `*`, `>` or whitespace, and Nerve also keeps it to a
 portable alphabet. `user_token` maps any user id to such a token, reversibly:
@@ -20,10 +34,22 @@ import re
 _SAFE = re.compile(r"[A-Za-z0-9_-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _ESCAPE = re.compile(r"~([0-9A-F]{2})")
+ACTIVITY = "ACTIVITY"
+CRM = "CRM"
+CATALOG = "CATALOG"
+RECOMMENDATIONS = "RECOMMENDATIONS"
+SIGNALS = "SIGNALS"
+DEADLETTER = "DEADLETTER"
+SHORT = {ACTIVITY: "activity", CRM: "crm"}
+"""The user streams by the short name a profile's positions use."""
+
+REQUEST_SUBJECT = "reco.request"
+FORGET_SUBJECT = "nerve.control.forget"
 ANON_PREFIX = "~~"
 SYSTEM_TOKEN = "~system"
 """The token of events about the system rather than a user (`user_forgotten`). `user_token`
 never produces it: `~` there is always followed by two hex digits or by another `~`."""
+PUBLISHED_SUBJECT = f"activity.{SYSTEM_TOKEN}.model_published"
 
 
 def _escape(value: str) -> str:
@@ -86,6 +112,60 @@ def deadletter_subject(source: str) -> str:
     return f"dlq.{_escape(source)}"
 
 
-def user_filter(token: str, stream_prefix: str = "activity") -> str:
-    """The subject filter that selects every event of one user in a stream."""
-    return f"{stream_prefix}.{token}.>"
+def reco_subject(token: str, slot: str) -> str:
+    """`reco.<user>.<slot>`: where a user's lists for a slot are kept."""
+    return f"reco.{token}.{slot}"
+
+
+def reco_filter(token: str) -> str:
+    """Every slot's lists of one user (the live stream of a browser)."""
+    return f"reco.{token}.*"
+
+
+def signal_subject(topic: str, token: str) -> str:
+    """`signals.<topic>.<user>`: where a user's interest signals on a topic are kept."""
+    return f"signals.{topic}.{token}"
+
+
+def catalog_subject(item_id: str) -> str:
+    """`catalog.item.<item>`: the latest upsert of an item."""
+    return f"catalog.item.{item_token(item_id)}"
+
+
+def user_filters(token: str) -> dict[str, str]:
+    """Per stream, the filter that selects every message about one user (erasure)."""
+    return {
+        ACTIVITY: f"activity.{token}.>",
+        CRM: f"crm.{token}.>",
+        RECOMMENDATIONS: f"reco.{token}.*",
+        SIGNALS: f"signals.*.{token}",
+    }
+
+
+def type_filter(event_type: str) -> str:
+    """Every user's ACTIVITY events of one type."""
+    return f"activity.*.{event_type}"
+
+
+def signal_filter(topics: list[str] | None = None) -> str | list[str]:
+    """The SIGNALS subjects of `topics` (every topic when None)."""
+    if not topics:
+        return "signals.>"
+    return [f"signals.{t}.*" for t in topics]
+
+
+class SubjectError(ValueError):
+    """A subject that is not `<prefix>.<user>.<type>`."""
+
+
+def split_user_subject(subject: str) -> tuple[str, str]:
+    """(user token, event type) of `activity.<user>.<type>` or `crm.<user>.<type>`."""
+    parts = subject.split(".")
+    if len(parts) != 3:
+        raise SubjectError(f"subject {subject!r} is not <stream>.<user>.<type>")
+    return parts[1], parts[2]
+
+
+def last_token(subject: str) -> str:
+    """The last token of a subject (the slot of `reco.<user>.<slot>`)."""
+    return subject.rsplit(".", 1)[-1]

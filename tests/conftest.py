@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.broker import EmbeddedBroker
-from engine.bus import connect, provision
+from engine.bus import Bus, connect, provision
 from engine.bus.reader import read_all
 from engine.events import Envelope, parse_event_json
 from engine.ids import uuid7
@@ -43,6 +43,12 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
     client = await connect(nats_url, "test", timeout=5)
     yield client
     await client.close()
+
+
+@pytest.fixture
+def bus(nc: NATS) -> Bus:
+    """The engine's door to the broker, over the test's connection."""
+    return Bus(nc)
 
 
 @pytest.fixture

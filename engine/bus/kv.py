@@ -19,11 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from engine.bus.pipeline import Ack, Pipeline, Refused
-from engine.errors import PublishError
-
-EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-WRONG_LAST_SEQUENCE = 10071
+from engine.bus.pipeline import Conditional, Pipeline, publish_conditional
 
 
 def kv_key(token: str) -> str:
@@ -115,40 +111,9 @@ class JetStreamKV:
         """Write (key, value, expected revision) pipelined; `None` expected means unconditional,
         0 means "must not exist". Returns each new revision, or None where the key had moved
         on (compare-and-set lost: reload and retry)."""
-        futures: list[asyncio.Future[Ack]] = []
-        for key, value, expected in items:
-            headers = None if expected is None else {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
-            futures.append(await self._pipeline.publish(self.subject(key), value, headers))
-        if futures:
-            await asyncio.wait(futures, timeout=timeout)
-        out: list[int | None] = []
-        for (key, _, _), fut in zip(items, futures, strict=True):
-            if not fut.done():
-                fut.cancel()
-                raise PublishError(self.subject(key), f"no acknowledgement within {timeout}s")
-            exc = fut.exception()
-            if exc is None:
-                out.append(fut.result().seq)
-            elif isinstance(exc, Refused) and exc.err_code == WRONG_LAST_SEQUENCE:
-                out.append(None)
-            else:
-                raise PublishError(self.subject(key), str(exc))
-        return out
-
-    async def erase_revisions(self, revisions: Sequence[int], concurrency: int = 64) -> None:
-        """Securely erase superseded revisions (by stream sequence), concurrently.
-
-        A revision that a bucket's history limit drops is removed without erasure, its bytes
-        left in the block files; erasing each superseded revision ourselves leaves none behind.
-        """
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(seq: int) -> None:
-            async with sem:
-                with contextlib.suppress(NotFoundError):
-                    await self._js.delete_msg(self.stream, seq)
-
-        await asyncio.gather(*(one(r) for r in revisions))
+        writes = [Conditional(self.subject(k), v, None, e) for k, v, e in items]
+        acks = await publish_conditional(self._pipeline, writes, timeout)
+        return [None if ack is None else ack.seq for ack in acks]
 
     async def keys(self) -> list[str]:
         """Every key that currently holds a value."""

@@ -11,12 +11,20 @@ flight — and resolves every reply: a PubAck, the server's error with its code,
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+
+from engine.errors import PublishError
+
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = 10071
+"""The server's error code when `Nats-Expected-Last-Subject-Sequence` does not hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +108,44 @@ class Pipeline:
         self._futures[token] = fut
         await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         return fut
+
+
+@dataclass(frozen=True, slots=True)
+class Conditional:
+    """A publish stored only if `subject`'s last sequence is `expected` (0: none yet; None:
+    unconditional, for tools that overwrite)."""
+
+    subject: str
+    payload: bytes
+    msg_id: str | None
+    expected: int | None
+
+
+async def publish_conditional(
+    pipeline: Pipeline, items: Sequence[Conditional], timeout: float
+) -> list[Ack | None]:
+    """Send every conditional publish at once; per item its `Ack`, or None where the subject
+    had moved on (the compare-and-set was lost). Anything else raises `PublishError`."""
+    futures: list[asyncio.Future[Ack]] = []
+    for item in items:
+        headers: dict[str, str] = {}
+        if item.expected is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = str(item.expected)
+        if item.msg_id is not None:
+            headers[MSG_ID] = item.msg_id
+        futures.append(await pipeline.publish(item.subject, item.payload, headers))
+    if futures:
+        await asyncio.wait(futures, timeout=timeout)
+    out: list[Ack | None] = []
+    for item, fut in zip(items, futures, strict=True):
+        if not fut.done():
+            fut.cancel()
+            raise PublishError(item.subject, f"no acknowledgement within {timeout:g}s")
+        exc = fut.exception()
+        if exc is None:
+            out.append(fut.result())
+        elif isinstance(exc, Refused) and exc.err_code == WRONG_LAST_SEQUENCE:
+            out.append(None)
+        else:
+            raise PublishError(item.subject, str(exc))
+    return out

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
-from engine.bus.pipeline import Ack, NoStream, Pipeline, Refused
+from engine.bus.pipeline import MSG_ID, Ack, NoStream, Pipeline, Refused
 from engine.errors import PublishError
 from engine.events import DeadLetter, Envelope
 from engine.subjects import deadletter_subject
-
-MSG_ID = "Nats-Msg-Id"
 
 
 @dataclass(frozen=True, slots=True)

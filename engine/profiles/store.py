@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidTag
 
+from engine.bus.bus import Bus
 from engine.bus.kv import JetStreamKV
 from engine.profiles.keyring import Keyring, profile_key, seal, unseal
 
@@ -33,11 +34,13 @@ class ProfileStore:
         self.keyring = keyring
 
     @classmethod
-    async def open(cls, nc: Any, bucket: str = "profiles", *, create: bool = False) -> ProfileStore:
-        kv = await (
-            JetStreamKV.open_or_create(nc, bucket) if create else JetStreamKV.open(nc, bucket)
-        )
-        return cls(kv, Keyring(await JetStreamKV.open(nc, "userkeys")))
+    async def open(
+        cls, bus: Bus, bucket: str = "profiles", *, create: bool = False
+    ) -> ProfileStore:
+        if not isinstance(bus, Bus):  # TRANSITION: remove once every caller passes a Bus
+            bus = Bus(bus)
+        kv = await bus.kv(bucket, create=create)
+        return cls(kv, Keyring(await bus.kv("userkeys")))
 
     def fresh(self) -> ProfileStore:
         """The same buckets with an empty key cache (for one request of a long-lived reader)."""

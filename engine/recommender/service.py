@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.bus import Publisher
 from engine.bus.consumer import Delivery, PushConsumer, refusals, scan, tail
-from engine.bus.kv import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from engine.bus.pipeline import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from engine.bus.pipeline import Ack, Refused
 from engine.bus.reader import last_for_subject
 from engine.bus.registry import Registry
