@@ -114,3 +114,37 @@ class RecommenderOptions(BaseModel):
         if self.replica >= self.replicas:
             raise ValueError(f"replica {self.replica} of {self.replicas}: must be below it")
         return self
+
+
+class ServiceSettings(BaseModel):
+    """How the stream services consume (profiles, warehouse, recommender, signals)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ack_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds before an unacknowledged message is delivered again",
+    )
+    max_deliver: int = Field(
+        default=5, ge=1, description="Deliveries before a failing message is dead-lettered"
+    )
+    flush_events: int = Field(
+        default=50_000, ge=1, description="Warehouse: events per Parquet chunk (or every 5 s)"
+    )
+    gc_tuning: bool = Field(
+        default=True,
+        description="Quieter garbage collection in service processes (NERVE_GC_TUNING=0: off)",
+    )
+
+
+class Settings(BaseModel):
+    """Everything a running engine is configured with, built once at the edge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    recommender: RecommenderOptions = Field(default_factory=RecommenderOptions)
+    services: ServiceSettings = Field(default_factory=ServiceSettings)

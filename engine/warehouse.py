@@ -21,8 +21,6 @@ and the properties as JSON. Small chunks make small files; `nerve` does not comp
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -36,8 +34,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.bus.consumer import Batch, tail
-from engine.subjects import is_user_token
+from engine.bus.decode import Refusal, decode
+from engine.subjects import ACTIVITY
 
 log = logging.getLogger("nerve.warehouse")
 
@@ -74,15 +72,10 @@ def _ms(value: Any) -> int | None:
 
 def row(seq: int, subject: str, data: bytes) -> dict[str, Any] | None:
     """The warehouse row of one stored event (None for system events and unreadable bytes)."""
-    parts = subject.split(".")
-    if len(parts) != 3 or not is_user_token(parts[1]):
+    record = decode(ACTIVITY, seq, subject, data)
+    if isinstance(record, Refusal) or record.system:
         return None
-    try:
-        e = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(e, dict):
-        return None
+    e = record.event
     raw_props = e.get("properties")
     props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
     value = next((props[f] for f in VALUE_FIELDS if isinstance(props.get(f), int | float)), None)
@@ -94,7 +87,7 @@ def row(seq: int, subject: str, data: bytes) -> dict[str, Any] | None:
         "received_at": _ms(e.get("received_at")),
         "type": e.get("type"),
         "schema_version": e.get("schema_version"),
-        "user": parts[1],
+        "user": record.token,
         "user_id": e.get("user_id"),
         "anonymous_id": e.get("anonymous_id"),
         "session_id": e.get("session_id"),
@@ -182,52 +175,3 @@ class Warehouse:
             removed += tbl.num_rows - kept.num_rows
             _fsync_write(path, lambda p, kept=kept: pq.write_table(kept, p))
         return removed
-
-
-class WarehouseService:
-    """Tails ACTIVITY into the warehouse until `stop` is set."""
-
-    def __init__(
-        self, js: Any, root: Path, *, flush_events: int = 50_000, flush_seconds: float = 5.0
-    ) -> None:
-        self.js = js
-        self.warehouse = Warehouse(root)
-        self.flush_events = flush_events
-        self.flush_seconds = flush_seconds
-        self.written = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        removed = self.warehouse.recover()
-        if removed:
-            log.warning("removed %d file(s) written after the last recorded sequence", removed)
-        start = self.warehouse.state()["last_seq"] + 1
-        pending: Batch = []
-        arrived = asyncio.Event()
-
-        def handle(batch: Batch) -> None:
-            pending.extend(batch)
-            arrived.set()
-
-        async with tail(self.js, "ACTIVITY", start, handle):
-            last_flush = time.monotonic()
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), 0.2)
-                arrived.clear()
-                due = time.monotonic() - last_flush >= self.flush_seconds
-                if pending and (len(pending) >= self.flush_events or due):
-                    await self.flush(pending)
-                    last_flush = time.monotonic()
-            if pending:
-                await self.flush(pending)
-
-    async def flush(self, pending: Batch) -> None:
-        chunk = pending[:]
-        pending.clear()
-        # decoding and writing both run off the event loop, which other services share
-        self.written += await asyncio.to_thread(self._write, chunk)
-
-    def _write(self, chunk: Batch) -> int:
-        rows = [r for seq, subject, data in chunk if (r := row(seq, subject, data))]
-        self.warehouse.append(rows, chunk[0][0], chunk[-1][0])
-        return len(rows)

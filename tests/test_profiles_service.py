@@ -11,14 +11,14 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from engine.bus import Outgoing, Publisher, connect
+from engine.bus import Bus, Outgoing, Publisher, connect
 from engine.bus.consumer import DurableConsumer
 from engine.events import parse_event
 from engine.profiles import Profile, content
 from engine.profiles.reading import read_profile
 from engine.profiles.replay import rebuild, verify
-from engine.profiles.service import ProfileService
 from engine.profiles.store import ProfileStore
+from engine.services.profiles import ProfileService
 from engine.subjects import user_token
 from tests.conftest import count, event, stored
 from tests.test_profile import script
@@ -49,7 +49,7 @@ def expected_counts(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
 
 
 async def service(nc: NATS, **kw: Any) -> ProfileService:
-    return ProfileService(nc.jetstream(), Publisher(nc), await ProfileStore.open(nc), **kw)
+    return ProfileService(Bus(nc), await ProfileStore.open(Bus(nc)), **kw)
 
 
 async def drain(nc: NATS, *services: ProfileService, timeout: float = 30) -> None:
@@ -73,7 +73,7 @@ async def drain(nc: NATS, *services: ProfileService, timeout: float = 30) -> Non
 
 
 async def live_profiles(nc: NATS) -> dict[str, dict[str, Any]]:
-    return await (await ProfileStore.open(nc)).read_all()
+    return await (await ProfileStore.open(Bus(nc))).read_all()
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ async def second(nats_url: str) -> AsyncIterator[NATS]:
 async def test_a_scripted_history_is_projected_into_the_profile(fresh: NATS) -> None:
     await publish(fresh, script())
     await drain(fresh, await service(fresh))
-    profile = await read_profile(await ProfileStore.open(fresh), "u-1")
+    profile = await read_profile(await ProfileStore.open(Bus(fresh)), "u-1")
     assert profile is not None
     assert profile.counts["simulator_used"] == 2 and profile.counts["consent_updated"] == 2
     assert list(profile.held) == ["loan-car"]
@@ -145,7 +145,7 @@ async def test_replay_equals_the_live_projection_and_single_user_replay_too(fres
     await publish(fresh, events)
     await Publisher(fresh).publish([Outgoing.event(parse_event(crm))])
     await drain(fresh, await service(fresh))
-    live = await ProfileStore.open(fresh)
+    live = await ProfileStore.open(Bus(fresh))
     full = await rebuild(fresh.jetstream())
     assert full.events == 1501 and full.refused == 0
     assert await verify(live, full.profiles, every_key=True) == []

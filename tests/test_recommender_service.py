@@ -12,13 +12,15 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from engine.bus import Publisher
+from engine.bus import Bus, Publisher
 from engine.bus.reader import read_all
 from engine.events import parse_event
 from engine.profiles.store import ProfileStore
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Serving
-from engine.recommender.service import REQUEST_SUBJECT, RecommenderService, owner
+from engine.replicas import owner
+from engine.services.recommender import RecommenderService
+from engine.subjects import REQUEST_SUBJECT
 from engine.subjects import user_token
 from models import Interactions, make
 from tests.conftest import event
@@ -38,12 +40,9 @@ def act(user: str, etype: str, item: str | None = None, **props: Any) -> dict[st
 
 @contextlib.asynccontextmanager
 async def running(nc: NATS, **kw: Any) -> AsyncIterator[RecommenderService]:
+    bus = Bus(nc)
     service = RecommenderService(
-        nc,
-        Serving(slots_config(), ItemCatalog()),
-        await ProfileStore.open(nc),
-        Publisher(nc),
-        **kw,
+        bus, Serving(slots_config(), ItemCatalog()), await ProfileStore.open(bus), **kw
     )
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
@@ -416,7 +415,7 @@ async def test_recomputes_when_the_stored_profile_is_ahead(
 ) -> None:
     """The profiles service may store an event before the recommender sees it: the recommender
     then loads a profile that already holds the event, and must still publish the new list."""
-    from engine.profiles.service import ProfileService
+    from engine.services.profiles import ProfileService
 
     nc = fresh
     async with running(nc):
@@ -425,7 +424,7 @@ async def test_recomputes_when_the_stored_profile_is_ahead(
         nc,
         act("gus", "simulator_used", "loan-personal", simulator="loan", amount=1, term_months=12),
     )
-    profiles = ProfileService(nc.jetstream(), Publisher(nc), await ProfileStore.open(nc))
+    profiles = ProfileService(Bus(nc), await ProfileStore.open(Bus(nc)))
     stop = asyncio.Event()
     task = asyncio.create_task(profiles.run(stop))
     while profiles.stats.applied < 1:

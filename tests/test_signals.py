@@ -12,13 +12,14 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from engine.bus import Publisher
+from engine.bus import Bus, Publisher
 from engine.bus.reader import read_all
 from engine.client import CrmContact, InterestSignal, NerveClient
 from engine.events import parse_event
 from engine.profiles.store import ProfileStore
 from engine.recommender.slots import SignalDef
-from engine.signals import Detector, SignalsService
+from engine.services.signals import SignalsService
+from engine.signals import Detector
 from tests.conftest import event
 from tests.reco_world import publish_world
 from tests.test_recommender_service import items, running, until
@@ -86,7 +87,8 @@ async def send(nc: NATS, *events: dict[str, Any]) -> None:
 
 @contextlib.asynccontextmanager
 async def signals(nc: NATS, **defs: SignalDef) -> AsyncIterator[SignalsService]:
-    service = SignalsService(nc, defs or {"loan": LOAN}, await ProfileStore.open(nc), Publisher(nc))
+    bus = Bus(nc)
+    service = SignalsService(bus, defs or {"loan": LOAN}, await ProfileStore.open(bus))
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     await asyncio.wait_for(service.ready.wait(), 10)

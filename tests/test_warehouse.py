@@ -19,7 +19,9 @@ from nats.aio.client import Client as NATS
 from engine.bus import Publisher
 from engine.events import parse_event
 from engine.synth import generate
-from engine.warehouse import Warehouse, WarehouseService
+from engine.bus import Bus
+from engine.services.warehouse import WarehouseService
+from engine.warehouse import Warehouse
 from training import load_history
 
 END = datetime(2026, 6, 1, tzinfo=UTC)
@@ -60,7 +62,7 @@ async def test_events_land_once_in_daily_partitions_and_load_as_a_dataframe(
 ) -> None:
     last = await publish(fresh, history)
     service = WarehouseService(
-        fresh.jetstream(), tmp_path / "warehouse", flush_events=700, flush_seconds=0.2
+        Bus(fresh), tmp_path / "warehouse", flush_events=700, flush_seconds=0.2
     )
     await run_until(service, last)
     assert rows(tmp_path / "warehouse") == list(range(1, last + 1))
@@ -86,14 +88,14 @@ async def test_a_chunk_written_but_not_recorded_is_removed_and_written_once(
 ) -> None:
     last = await publish(fresh, history[:2000])
     root = tmp_path / "warehouse"
-    service = WarehouseService(fresh.jetstream(), root, flush_events=500, flush_seconds=0.2)
+    service = WarehouseService(Bus(fresh), root, flush_events=500, flush_seconds=0.2)
     await run_until(service, 1000)
     recorded = service.warehouse.state()["last_seq"]
     # What a crash between writing a file and recording it leaves behind:
     orphan = service.warehouse.files()[0].parent / f"part-{recorded + 1:020d}-{last:020d}.parquet"
     orphan.write_bytes(service.warehouse.files()[0].read_bytes())
     await run_until(
-        WarehouseService(fresh.jetstream(), root, flush_events=500, flush_seconds=0.2), last
+        WarehouseService(Bus(fresh), root, flush_events=500, flush_seconds=0.2), last
     )
     assert not orphan.exists()
     assert rows(root) == list(range(1, last + 1))
@@ -132,5 +134,5 @@ async def test_kill_9_while_writing_loses_and_duplicates_nothing(
         proc.stdout.close()
         progress.append(Warehouse(tmp_path / "warehouse").state()["last_seq"])
     assert progress[0] < last, f"a kill must land while it is still writing: {progress}"
-    await run_until(WarehouseService(fresh.jetstream(), tmp_path / "warehouse"), last)
+    await run_until(WarehouseService(Bus(fresh), tmp_path / "warehouse"), last)
     assert rows(tmp_path / "warehouse") == list(range(1, last + 1)), progress

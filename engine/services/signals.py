@@ -1,0 +1,231 @@
+"""The interest-signals service (`nerve run signals`, part of `nerve up`).
+
+It rebuilds the detector's state (`engine.signals.detector`) on every start by reading ACTIVITY
+and CRM from the start of the longest window (`Bus.tail`: ephemeral consumers that acknowledge
+nothing, since the state is derived), then follows them live. A firing becomes an
+`interest_signal` on `signals.<topic>.<user>` only if:
+
+* the user is known (a user id: a CRM cannot call an anonymous visitor) and has given marketing
+  consent (the latest consent seen in the log, else the stored profile);
+* the last signal on that subject was decided more than `cooldown_days` earlier. The SIGNALS
+  stream itself is the record: the check reads the subject's last message, and the publish is
+  conditional on it (`Bus.publish_if_last`), so a restart that replays the window, or a second
+  replica, cannot publish inside the cooldown (the loser re-reads and finds the winner);
+* the propensity condition, if any, holds.
+
+The message id is derived from the topic, the user and the deciding event, so a retried publish
+is stored once. Replicas split users like the recommender's (`engine.replicas`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from engine.bus import Bus, Conflict, Refusal, decode
+from engine.bus.consumer import Batch
+from engine.events import parse_event
+from engine.ids import derived_uuid7
+from engine.profiles.profile import CannotApply, time_ms
+from engine.profiles.store import ProfileStore
+from engine.recommender.core import Loaded
+from engine.recommender.loading import load_active
+from engine.recommender.slots import SignalDef, load_slots
+from engine.replicas import owner
+from engine.settings import Settings
+from engine.signals.detector import DAY_MS, Detector, Firing, describe, iso, offer_of
+from engine.subjects import SHORT, SIGNALS, decode_token, signal_subject
+from models.nbo import NextBestOffer, features
+
+log = logging.getLogger("nerve.signals")
+
+
+@dataclass
+class SignalStats:
+    events: int = 0
+    firings: int = 0
+    published: int = 0
+    cooled: int = 0
+    no_consent: int = 0
+    anonymous: int = 0
+    below_propensity: int = 0
+    conflicts: int = 0
+
+
+class SignalsService:
+    name = "signals"
+
+    def __init__(
+        self,
+        bus: Bus,
+        definitions: dict[str, SignalDef],
+        store: ProfileStore,
+        *,
+        replicas: int = 1,
+        replica: int = 0,
+    ) -> None:
+        self.bus = bus
+        self.definitions = definitions
+        self.detector = Detector(definitions)
+        self.store = store
+        self.replicas, self.replica = replicas, replica
+        self.stats = SignalStats()
+        self.queue: asyncio.Queue[tuple[str, Batch]] = asyncio.Queue()
+        self.ready = asyncio.Event()
+        self._models: dict[str, Loaded] = {}
+
+    @classmethod
+    async def build(cls, bus: Bus, settings: Settings) -> SignalsService:
+        opts = settings.recommender
+        slots, _ = load_slots(opts.config, settings.broker.data_dir)
+        store = await ProfileStore.open(bus)
+        return cls(bus, slots.signals, store, replicas=opts.replicas, replica=opts.replica)
+
+    def describe(self) -> str:
+        return f"topics {', '.join(sorted(self.definitions)) or 'none'}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.definitions:
+            log.info("signals: no topic defined; idle")
+            await stop.wait()
+            return
+        longest = max(d.window_days for d in self.definitions.values())
+        since = datetime.now(UTC) - timedelta(days=longest)
+
+        def feeder(stream: str) -> Any:
+            def handle(batch: Batch) -> None:
+                self.queue.put_nowait((stream, batch))
+
+            return handle
+
+        async with contextlib.AsyncExitStack() as stack:
+            for stream in SHORT:
+                await stack.enter_async_context(
+                    self.bus.tail(stream, 0, feeder(stream), since=since)
+                )
+            self.ready.set()
+            while not stop.is_set():
+                try:
+                    stream, batch = await asyncio.wait_for(self.queue.get(), 0.5)
+                except TimeoutError:
+                    continue
+                await self.process(stream, batch)
+
+    async def process(self, stream: str, batch: Batch) -> None:
+        for seq, subject, data in batch:
+            self.stats.events += 1
+            record = decode(stream, seq, subject, data)
+            if isinstance(record, Refusal) or record.system:
+                continue  # the profiles service dead-letters what cannot be read
+            if owner(record.token, self.replicas) != self.replica:
+                continue
+            try:
+                firings = self.detector.observe(record.token, record.event, stream, seq)
+            except (CannotApply, AttributeError, TypeError):
+                continue
+            for f in firings:
+                self.stats.firings += 1
+                try:
+                    await self.emit(f)
+                except Exception:
+                    log.exception("could not publish the %s signal of %s", f.topic, f.token)
+
+    async def emit(self, f: Firing) -> bool:
+        """Publish a firing as an interest_signal unless a rule holds it back; True if stored."""
+        user_id, _ = decode_token(f.token)
+        if user_id is None:
+            self.stats.anonymous += 1
+            return False
+        d = self.definitions[f.topic]
+        subject = signal_subject(f.topic, f.token)
+        for _attempt in range(3):
+            last = await self.bus.last(SIGNALS, subject)
+            last_seq = 0
+            if last is not None:
+                last_seq = last[0]
+                with contextlib.suppress(Exception):
+                    decided = time_ms(orjson.loads(last[1])["properties"]["decided_at"])
+                    if f.decided_at - decided < d.cooldown_days * DAY_MS:
+                        self.stats.cooled += 1
+                        return False
+            consent = await self._consent(f.token)
+            if consent.get("marketing") is not True:
+                self.stats.no_consent += 1
+                return False
+            offer = offer_of(f)
+            if d.propensity is not None:
+                p, best = await self._propensity(f.token, d)
+                if p < d.propensity.min:
+                    self.stats.below_propensity += 1
+                    return False
+                offer = best
+            sid = derived_uuid7(f.decided_at, "signal", f.topic, f.token, f.deciding.event_id)
+            props: dict[str, Any] = {
+                "topic": f.topic,
+                "score": f.score,
+                "rule": describe(d),
+                "evidence": [e.to_dict() for e in f.evidence],
+                "decided_at": iso(f.decided_at),
+                "window_days": d.window_days,
+                "consent": consent,
+            }
+            if offer:
+                props["offer"] = offer
+            event = {
+                "id": sid,
+                "type": "interest_signal",
+                "schema_version": 1,
+                "time": iso(int(time.time() * 1000)),
+                "user_id": user_id,
+                "source": "signals",
+                "properties": props,
+            }
+            payload = parse_event(event).to_json()  # checked against its model before it leaves
+            try:
+                await self.bus.publish_if_last(subject, payload, sid, last_seq)
+            except Conflict:
+                self.stats.conflicts += 1
+                continue  # someone else published: check the cooldown again
+            self.stats.published += 1
+            return True
+        return False
+
+    async def _consent(self, token: str) -> dict[str, bool]:
+        state = self.detector.users.get(token)
+        if state is not None and "marketing" in state.consent:
+            return dict(state.consent)
+        profile = await self.store.fresh().read(token)
+        stored = (profile or {}).get("consent") or {}
+        return {k: v for k, v in stored.items() if isinstance(v, bool)}
+
+    async def _propensity(self, token: str, d: SignalDef) -> tuple[float, str | None]:
+        """The highest propensity among the topic's offers, from the active NBO model."""
+        assert d.propensity is not None
+        slot = d.propensity.slot
+        cached = self._models.get(slot)
+        fresh = await load_active(
+            await self.bus.registry(), slot, cached.version if cached else None
+        )
+        if fresh is not None:
+            cached = self._models[slot] = fresh
+        if cached is None:
+            return 0.0, None
+        model = cached.model
+        if not isinstance(model, NextBestOffer):
+            return 0.0, None
+        profile = await self.store.fresh().read(token) or {}
+        p = model.propensity(features(profile, model.names, int(time.time() * 1000)))[0]
+        best, value = None, 0.0
+        for offer in d.propensity.offers:
+            if offer in model.offers:
+                v = float(p[model.offers.index(offer)])
+                if v > value:
+                    best, value = offer, v
+        return value, best
