@@ -33,24 +33,21 @@ from types import TracebackType
 from typing import Any, Literal
 
 import nats
-import orjson
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.events import parse_event
+from engine.errors import EventRejected
+from engine.events import parse_event, parse_event_json
+from engine.events.catalog import InterestSignal as SignalProperties
+from engine.events.producers import check_producer
 from engine.ids import uuid7
+from engine.subjects import SIGNALS, signal_filter
 
 log = logging.getLogger("nerve.client")
 
 
-class Evidence(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    event_id: str
-    stream: str
-    seq: int
-    type: str
-    time: str
-    item_id: str | None = None
+Evidence = SignalProperties.Evidence
+"""One event behind a signal (the engine's own model)."""
 
 
 class InterestSignal(BaseModel):
@@ -70,11 +67,12 @@ class InterestSignal(BaseModel):
 
     @classmethod
     def from_event(cls, raw: bytes) -> InterestSignal:
-        event = orjson.loads(raw)
-        if event.get("type") != "interest_signal":
-            raise ValueError(f"not an interest_signal: {event.get('type')!r}")
-        props = event["properties"]
-        return cls(id=event["id"], time=event["time"], user_id=event["user_id"], **props)
+        """Validate a stored `interest_signal` with the engine's models, then flatten it."""
+        event = parse_event_json(raw)  # raises EventRejected naming each bad field
+        if event.type != "interest_signal":
+            raise ValueError(f"not an interest_signal: {event.type!r}")
+        props = event.properties.model_dump()
+        return cls(id=event.id, time=event.time, user_id=event.user_id or "", **props)
 
 
 class CrmContact(BaseModel):
@@ -140,7 +138,7 @@ class NerveClient:
         self, topic: str | None = None, *, durable: str, new_only: bool = False
     ) -> AsyncGenerator[InterestSignal, None]:
         """Signals (of `topic`, or all), from where `durable` stopped; see the module doc."""
-        subject = f"signals.{topic}.*" if topic else "signals.>"
+        subject = signal_filter(topic)
         config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -149,8 +147,8 @@ class NerveClient:
             ack_wait=60,
             max_deliver=10,
         )
-        await self.js.add_consumer("SIGNALS", config)
-        sub = await self.js.pull_subscribe_bind(durable, "SIGNALS")
+        await self.js.add_consumer(SIGNALS, config)
+        sub = await self.js.pull_subscribe_bind(durable, SIGNALS)
         try:
             while True:
                 try:
@@ -164,7 +162,7 @@ class NerveClient:
                 for msg in msgs:
                     try:
                         signal = InterestSignal.from_event(msg.data)
-                    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+                    except (ValueError, KeyError, TypeError, ValidationError, EventRejected) as exc:
                         log.error("dropping a malformed signal on %s: %s", msg.subject, exc)
                         self._in_hand.pop(id(msg), None)
                         await msg.term()
@@ -179,7 +177,7 @@ class NerveClient:
     async def publish(self, event: CrmContact | dict[str, Any]) -> str:
         """Validate and store a CRM event (crm_contact_logged); returns its id."""
         data = event.to_event() if isinstance(event, CrmContact) else dict(event)
-        parsed = parse_event(data)  # raises EventRejected naming each bad field
+        parsed = check_producer("crm", parse_event(data))  # EventRejected names each bad field
         await self.js.publish(
             parsed.subject, parsed.to_json(), headers={"Nats-Msg-Id": parsed.id}, timeout=5
         )

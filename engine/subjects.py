@@ -147,11 +147,9 @@ def type_filter(event_type: str) -> str:
     return f"activity.*.{event_type}"
 
 
-def signal_filter(topics: list[str] | None = None) -> str | list[str]:
-    """The SIGNALS subjects of `topics` (every topic when None)."""
-    if not topics:
-        return "signals.>"
-    return [f"signals.{t}.*" for t in topics]
+def signal_filter(topic: str | None = None) -> str:
+    """The SIGNALS subjects of `topic` (every topic when None)."""
+    return f"signals.{topic}.*" if topic else "signals.>"
 
 
 class SubjectError(ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from nats.aio.client import Client as NATS
@@ -19,7 +19,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from engine.bus.jsmeta import Batch
 from engine.bus.pipeline import Conditional, Pipeline, publish_conditional
+from engine.bus.scanning import scan
 
 
 def kv_key(token: str) -> str:
@@ -65,9 +67,9 @@ class JetStreamKV:
             )
             return cls(nc, await js.create_key_value(config), bucket)
 
-    @property
-    def js(self) -> JetStreamContext:
-        return self._js
+    async def scan(self, handle: Callable[[Batch], None]) -> int:
+        """Every stored revision of every key, in order (one ordered scan of the stream)."""
+        return await scan(self._js, self.stream, handle)
 
     def subject(self, key: str) -> str:
         return f"$KV.{self.bucket}.{key}"

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from engine.bus.consumer import Batch, scan
+from engine.bus.jsmeta import Batch
 from engine.bus.kv import JetStreamKV, kv_key, token_of_key
 
 KEY_BYTES = 32
@@ -91,7 +91,7 @@ class Keyring:
                 if data:  # a delete marker has no value
                     found[token_of_key(subject[prefix:])] = data
 
-        await scan(self.kv.js, self.kv.stream, handle)
+        await self.kv.scan(handle)
         self._cache.update(found)
         self._complete = True  # creating with compare-and-set still catches a concurrent writer
         return list(found)
