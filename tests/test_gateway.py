@@ -1,4 +1,6 @@
+import asyncio
 import base64
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -6,14 +8,21 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
+import uvicorn
+from fastapi import FastAPI, Request
 from nats.aio.client import Client as NATS
 
+from engine.bus import Bus
 from engine.bus.reader import read_all
 from engine.cloudevents import to_cloudevent
 from engine.events import DeadLetter
-from engine.gateway import SITE_KEY_HEADER, create_app
+from engine.gateway import SITE_KEY_HEADER, GatewayState, create_app
+from engine.gateway.live import LatestPerSlot
+from engine.gateway.recommendations import sse_events
+from engine.ids import uuid7
+from engine.profiles.store import ProfileStore
 from engine.settings import GatewaySettings, SiteKey
+from engine.subjects import reco_subject
 from tests.conftest import count, event
 
 KEY = "test-site-key"
@@ -253,3 +262,106 @@ async def test_cors_per_site_key_and_the_demo_files(fresh: NATS, nats_url: str) 
             assert (await c.get("/demo/../pyproject.toml")).status_code == 404
             assert (await c.get("/demo/%2e%2e/pyproject.toml")).status_code == 404
             assert (await c.get("/demo/nothing.html")).status_code == 404
+
+
+def reco_list(n: int, slot: str = "home") -> bytes:
+    """A recommendations_updated event as the recommender stores it (only what the gateway
+    reads: its id and items)."""
+    items = [{"item_id": f"item-{n}", "score": 1.0}]
+    return orjson.dumps({"id": uuid7(), "properties": {"slot": slot, "items": items, "n": n}})
+
+
+async def test_a_full_buffer_keeps_the_newest_list_of_each_slot() -> None:
+    unread = LatestPerSlot()
+    for n in range(150):
+        unread.put("home", reco_list(n))
+    unread.put("similar", reco_list(0, "similar"))
+    unread.put("home", reco_list(150))
+    assert len(unread) == 2
+    first, second = [orjson.loads(await unread.get())["properties"] for _ in range(2)]
+    assert (first["slot"], second["slot"]) == ("similar", "home")  # in order of arrival
+    assert second["n"] == 150  # not a stale list
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(unread.get(), 0.05)
+
+
+def stalled_browser() -> Request:
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # never disconnects
+        return {}
+
+    return Request({"type": "http", "method": "GET", "headers": [], "path": "/"}, receive)
+
+
+async def test_a_stalled_stream_resumes_with_the_newest_list_and_skips_what_is_not_json(
+    fresh: NATS, bus: Bus
+) -> None:
+    state = GatewayState(GatewaySettings())
+    state.open(bus, await ProfileStore.open(bus))
+    frames = sse_events(stalled_browser(), state, "u1", {"home"})
+    assert await anext(frames) == b": connected\n\n"  # subscribed; now the browser stalls
+    for n in range(150):  # more than the old 100-message queue held
+        await fresh.publish(reco_subject("u1", "home"), reco_list(n))
+    await fresh.publish(reco_subject("u1", "other"), reco_list(999, "other"))
+    await fresh.flush()
+    await asyncio.sleep(0.2)
+    frame = await asyncio.wait_for(anext(frames), 2)
+    assert orjson.loads(frame.split(b"data: ", 1)[1])["properties"]["n"] == 149
+    # the browser reads again: a message that is not JSON is skipped, the stream goes on
+    waiting = asyncio.ensure_future(anext(frames))
+    await fresh.publish(reco_subject("u1", "home"), b"{not json")
+    await fresh.flush()
+    await asyncio.sleep(0.2)
+    await fresh.publish(reco_subject("u1", "home"), reco_list(150))
+    frame = await asyncio.wait_for(waiting, 2)
+    assert orjson.loads(frame.split(b"data: ", 1)[1])["properties"]["n"] == 150
+    assert state.metrics.get("stream_skipped_total") == 1
+    await frames.aclose()
+
+
+async def test_the_stream_sends_lists_over_http_with_a_site_key(fresh: NATS, nats_url: str) -> None:
+    app = make_app(nats_url)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=base, timeout=5) as c:
+            assert (await c.get("/v1/recommendations/u2/stream")).status_code == 401
+            url = f"/v1/recommendations/u2/stream?slots=home&site_key={KEY}"
+            async with c.stream("GET", url) as r:
+                lines = r.aiter_lines()
+                assert await anext(lines) == ": connected"
+                await fresh.publish(reco_subject("u2", "home"), reco_list(7))
+                assert await anext(lines) == ""
+                got = [await anext(lines) for _ in range(3)]
+        assert got[0].startswith("id: ") and got[1] == "event: recommendations"
+        assert orjson.loads(got[2].removeprefix("data: "))["properties"]["n"] == 7
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_every_site_key_route_refuses_a_foreign_origin_with_the_same_answer(
+    fresh: NATS, nats_url: str
+) -> None:
+    app = make_app(nats_url, site_keys=(SiteKey(key=KEY, origins=("https://bank.example",)),))
+    evil = {**HEADERS, "Origin": "https://evil.example"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            answers = [
+                await c.post("/v1/events", json=event(), headers=evil),
+                await c.get("/v1/recommendations/u1", headers=evil),
+                await c.get("/v1/recommendations/u1/stream", headers=evil),
+                await c.get("/v1/recommendations/u1?k=0"),
+            ]
+            internal = await c.get("/v1/stats", headers=HEADERS)
+    detail = "origin https://evil.example is not allowed for this site key"
+    assert [(r.status_code, r.json()["detail"]) for r in answers[:3]] == [(403, detail)] * 3
+    assert answers[3].status_code == 401 and "site_key" in answers[3].json()["detail"]
+    assert internal.status_code == 401
+    assert await count(fresh, "ACTIVITY") == 0

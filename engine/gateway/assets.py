@@ -1,0 +1,88 @@
+"""What the gateway serves to browsers besides the API: the widget, the demo site, CORS.
+
+* `GET /widget.js` — `widgets/nerve.js`, with an ETag and a short public cache.
+* `GET /demo/...` — the demo bank site (`widgets/demo/`); `/demo/<category>/<item>` is the item
+  page of any catalogue item; `/demo/catalog.json` the catalogue it shows.
+* CORS: a request that names a site key gets `Access-Control-Allow-Origin` only for an origin
+  in that key's allowlist (preflights included); everything else gets no CORS headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from engine.gateway.auth import cors_origin
+from engine.gateway.state import gateway_state
+
+WIDGETS = Path(__file__).resolve().parent.parent.parent / "widgets"
+SCRIPT = WIDGETS / "nerve.js"
+DEMO = (WIDGETS / "demo").resolve()
+PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, POST",
+    "Access-Control-Allow-Headers": "Content-Type, X-Nerve-Site-Key",
+    "Access-Control-Max-Age": "600",
+    "Vary": "Origin",
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+async def cors(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """HTTP middleware: answer preflights and echo an allowed Origin (see `auth.cors_origin`)."""
+    origin = cors_origin(request, gateway_state(request).keys)
+    if request.method == "OPTIONS" and request.headers.get("access-control-request-method"):
+        if origin is None:
+            return Response(status_code=403)
+        return Response(
+            status_code=204, headers={"Access-Control-Allow-Origin": origin, **PREFLIGHT}
+        )
+    response = await call_next(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+@router.get("/widget.js")
+async def widget(request: Request) -> Response:
+    body = SCRIPT.read_bytes()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=300"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="text/javascript; charset=utf-8", headers=headers)
+
+
+@router.get("/demo")
+async def demo_root() -> Response:
+    return Response(status_code=307, headers={"Location": "/demo/"})
+
+
+@router.get("/demo/catalog.json")
+async def demo_catalog(request: Request) -> Response:
+    """The demo bank's own product list (its "backend"; not part of the widget API)."""
+    catalog = gateway_state(request).catalog
+    items = [catalog.to_json(i) for i in sorted(catalog.items)]
+    return Response(orjson.dumps(items), media_type="application/json")
+
+
+@router.get("/demo/{path:path}")
+async def demo_file(path: str) -> Response:
+    target = (DEMO / (path or "index.html")).resolve()
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.is_relative_to(DEMO):
+        return JSONResponse({"detail": "not found"}, status_code=404)
+    if not target.exists():
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and "." not in parts[1]:  # /demo/<category>/<item>
+            target = DEMO / "item.html"
+        else:
+            return JSONResponse({"detail": "not found"}, status_code=404)
+    return FileResponse(target, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,94 @@
+"""Who may call the gateway: the one site-key check and the one internal-token check.
+
+A browser names its site key in the `X-Nerve-Site-Key` header or, where it cannot send
+headers (`sendBeacon`, `EventSource`), as `?site_key=`; the key must be known and the request's
+`Origin`, when it has one, in the key's allowlist. An internal caller sends
+`Authorization: Bearer <token>`. The same lookup decides the CORS headers (`cors_origin`), so a
+browser is never told it may call with a key the routes would refuse.
+
+Routes take the checks as FastAPI dependencies (`require_internal`,
+`require_site_or_internal`); a refusal raises `Refused`, which the app renders as
+`{"detail": ...}` with its status. `POST /v1/events` calls `check_site` itself, to count its
+refusals in its request metrics.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from engine.errors import NerveError
+from engine.gateway.state import gateway_state
+from engine.settings import SiteKey
+
+SITE_KEY_HEADER = "X-Nerve-Site-Key"
+
+
+class Refused(NerveError):
+    """A request without the credentials its route needs: `status` is 401 when none were
+    given, 403 when they are not good enough."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def site_key_of(request: Request) -> str | None:
+    """The site key a request names (header first, then the query parameter)."""
+    return request.headers.get(SITE_KEY_HEADER) or request.query_params.get("site_key")
+
+
+def origin_allowed(site: SiteKey, origin: str | None) -> bool:
+    """True when `origin` may use `site` (a request without Origin is not a browser's)."""
+    return not origin or "*" in site.origins or origin in site.origins
+
+
+def check_site(request: Request, keys: dict[str, SiteKey]) -> SiteKey:
+    """The site key of `request`, known and allowed for its origin; else `Refused`."""
+    key = site_key_of(request)
+    if not key:
+        raise Refused(401, f"missing {SITE_KEY_HEADER} header or site_key")
+    site = keys.get(key)
+    if site is None:
+        raise Refused(403, "unknown site key")
+    origin = request.headers.get("origin")
+    if not origin_allowed(site, origin):
+        raise Refused(403, f"origin {origin} is not allowed for this site key")
+    return site
+
+
+def check_internal(request: Request, tokens: tuple[str, ...]) -> None:
+    """Return when `request` carries one of the internal bearer `tokens`; else `Refused`."""
+    auth = request.headers.get("authorization", "")
+    if not auth.lower().startswith("bearer "):
+        raise Refused(401, "internal endpoint: Authorization: Bearer <token>")
+    given = auth[7:].strip()
+    # compare_digest against every token: the time taken says nothing about which is close
+    if not any([hmac.compare_digest(given, t) for t in tokens]):
+        raise Refused(403, "not an internal token")
+
+
+def cors_origin(request: Request, keys: dict[str, SiteKey]) -> str | None:
+    """The request's Origin when the site key it names allows it (echoed in CORS headers)."""
+    origin = request.headers.get("origin")
+    site = keys.get(site_key_of(request) or "")
+    if not origin or site is None or not origin_allowed(site, origin):
+        return None
+    return origin
+
+
+def require_internal(request: Request) -> None:
+    """Dependency: an internal caller only."""
+    check_internal(request, gateway_state(request).settings.internal_tokens)
+
+
+def require_site_or_internal(request: Request) -> None:
+    """Dependency: a browser with a good site key, or an internal caller (when it sends
+    `Authorization`, the token decides)."""
+    state = gateway_state(request)
+    if request.headers.get("authorization"):
+        check_internal(request, state.settings.internal_tokens)
+    else:
+        check_site(request, state.keys)

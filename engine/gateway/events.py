@@ -1,0 +1,220 @@
+"""`POST /v1/events`: one event or a JSON array of events (at most `max_batch`), as
+`application/json`, `text/plain` (what `navigator.sendBeacon` sends, no CORS preflight),
+`application/cloudevents+json` or `application/cloudevents-batch+json`.
+
+What a request gets back:
+
+* 202 — at least one event was stored. The body lists the ids of the accepted events
+  (`duplicates` counts those the log already held: a re-send is stored once) and, for each
+  refused event, its index, its id and every field with its reason.
+* 422 — every event was refused; same body. Refused events go to DEADLETTER either way.
+* 400 — the body is not JSON (dead-lettered whole, raw bytes kept).
+* 401 / 403 — no site key / unknown key or origin not allowed for it (not dead-lettered:
+  unauthenticated input is never stored, or anyone could fill the store).
+* 413 — body over `max_body_bytes` or more than `max_batch` events (the client is told; nothing
+  is stored). 429 — the key's rate limit, with `Retry-After`. 503 — the broker did not
+  acknowledge; nothing was stored, so the client may retry (with the same ids).
+
+The gateway assigns an id to an event that has none and always sets `received_at`. Clients that
+retry should send their own ids: a retried event with a gateway-assigned id is a new event.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from engine.bus import Outgoing
+from engine.cloudevents import from_cloudevent
+from engine.errors import EventRejected, FieldError, PublishError
+from engine.events import CRM_TYPES, OUTPUT_TYPES, SYSTEM_TYPES, DeadLetter, Envelope, parse_event
+from engine.gateway.auth import Refused, check_site
+from engine.gateway.state import GatewayState, gateway_state
+from engine.ids import uuid7
+from engine.settings import GatewaySettings
+
+JSON_TYPES = ("application/json", "text/plain", "")
+CE_TYPES = ("application/cloudevents+json", "application/cloudevents-batch+json")
+RETRY = {"Retry-After": "1"}
+
+router = APIRouter()
+
+
+class TokenBucket:
+    """Events per second with a burst allowance; `take` returns seconds to wait (0 = allowed)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self, n: int) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if n <= self.tokens:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate
+
+
+def buckets_for(settings: GatewaySettings) -> dict[str, TokenBucket]:
+    """A full bucket per site key."""
+    return {k.key: TokenBucket(k.rate_per_s, k.burst) for k in settings.site_keys}
+
+
+@dataclass
+class Triage:
+    """A decoded batch split into events to store and refusals to dead-letter."""
+
+    events: list[Envelope] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+
+
+def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -> Triage:
+    """Validate each item; refusals carry their index, id and reasons and a dead-letter record."""
+    out = Triage()
+    stamp = now.isoformat().replace("+00:00", "Z")
+    for index, item in enumerate(items):
+        event_id = item.get("id") if isinstance(item, dict) else None
+        try:
+            data = from_cloudevent(item) if cloudevents else item
+            if isinstance(data, dict):
+                data = {**data, "received_at": stamp}
+                data.setdefault("id", uuid7())
+                event_id = data["id"]
+            event = parse_event(data, now=now)
+            if event.type in CRM_TYPES or event.type in SYSTEM_TYPES or event.type in OUTPUT_TYPES:
+                raise EventRejected(
+                    [FieldError("type", f"{event.type} is not accepted from a site key")]
+                )
+        except EventRejected as exc:
+            errors = [{"field": e.field, "reason": e.reason} for e in exc.errors]
+            out.rejected.append({"index": index, "id": event_id, "errors": errors})
+            raw = orjson.dumps(item)
+            eid = event_id if isinstance(event_id, str) else None
+            record = DeadLetter.build(
+                "gateway", raw, exc.errors, now, f"{origin}#{index}", eid, record_id=uuid7()
+            )
+            out.deadletters.append(record)
+            continue
+        out.events.append(event)
+    return out
+
+
+class Reply(Exception):
+    """Ends a request early with `status` and `body` (caught by `post_events`)."""
+
+    def __init__(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    summary="Ingest one event or a batch",
+    responses={
+        202: {"description": "Stored (some may be refused; see `rejected`)"},
+        422: {"description": "Every event refused; each with its fields and reasons"},
+        400: {"description": "Body is not JSON"},
+        401: {"description": "No site key"},
+        403: {"description": "Unknown site key or origin"},
+        413: {"description": "Body or batch too large"},
+        429: {"description": "Rate limit; see Retry-After"},
+        503: {"description": "Broker unavailable; nothing stored, retry"},
+    },
+)
+async def post_events(request: Request) -> Response:
+    state = gateway_state(request)
+    try:
+        status, body, headers = await ingest(request, state)
+    except Reply as reply:
+        status, body, headers = reply.status, reply.body, reply.headers
+    state.metrics.inc("http_requests_total", status=str(status))
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def ingest(
+    request: Request, state: GatewayState
+) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """Check, decode, triage and store one request's events; `Reply` for an early answer."""
+    try:
+        site = check_site(request, state.keys)
+    except Refused as exc:
+        raise Reply(exc.status, {"detail": exc.detail}) from None
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES + CE_TYPES:
+        raise Reply(415, {"detail": f"unsupported content type {ctype!r}"})
+    raw = await read_body(request, state.settings.max_body_bytes)
+    now = datetime.now(UTC)
+    origin = f"site:{site.key[:8]}"
+    items = await decode_batch(state, raw, origin, now)
+    wait = state.buckets[site.key].take(len(items))
+    if wait:
+        raise Reply(429, {"detail": "rate limit"}, {"Retry-After": f"{max(1, round(wait))}"})
+    result = triage(items, cloudevents=ctype in CE_TYPES, origin=origin, now=now)
+    return 202 if result.events else 422, await store(state, result), None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Reply(413, {"detail": f"body of {declared} bytes exceeds {limit}"})
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Reply(413, {"detail": f"body exceeds {limit} bytes"})
+    return bytes(body)
+
+
+async def decode_batch(state: GatewayState, raw: bytes, origin: str, now: datetime) -> list[Any]:
+    """The items of a body; a body that is not JSON is dead-lettered whole (400)."""
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        errors = [FieldError("", f"body is not valid JSON: {exc}")]
+        record = DeadLetter.build("gateway", raw, errors, now, origin, record_id=uuid7())
+        try:
+            await state.bus.deadletter([record])
+        except PublishError as perr:
+            raise Reply(503, {"detail": str(perr)}, RETRY) from None
+        state.metrics.inc("events_total", outcome="rejected")
+        raise Reply(400, {"detail": str(errors[0])}) from None
+    items = decoded if isinstance(decoded, list) else [decoded]
+    limit = state.settings.max_batch
+    if len(items) > limit:
+        raise Reply(413, {"detail": f"{len(items)} events exceed the batch limit of {limit}"})
+    if not items:
+        raise Reply(422, {"detail": "empty batch"})
+    return items
+
+
+async def store(state: GatewayState, result: Triage) -> dict[str, Any]:
+    """Publish the accepted events and the dead letters together; the response body."""
+    out = [Outgoing.event(e) for e in result.events]
+    out += [Outgoing.deadletter(d) for d in result.deadletters]
+    try:
+        acks = await state.bus.publish(out)
+    except PublishError as exc:
+        raise Reply(503, {"detail": str(exc)}, RETRY) from None
+    duplicates = sum(1 for a in acks[: len(result.events)] if a.duplicate)
+    state.metrics.inc("events_total", len(result.events) - duplicates, outcome="accepted")
+    state.metrics.inc("events_total", duplicates, outcome="duplicate")
+    state.metrics.inc("events_total", len(result.rejected), outcome="rejected")
+    return {
+        "accepted": len(result.events),
+        "ids": [e.id for e in result.events],
+        "duplicates": duplicates,
+        "rejected": result.rejected,
+    }

@@ -1,0 +1,66 @@
+"""`GatewayState`: everything the gateway's routers share, built once by `create_app`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from engine.bus import Bus, ConnectionState
+from engine.metrics import Metrics
+from engine.profiles.store import ProfileStore
+from engine.recommender.catalog import ItemCatalog
+from engine.settings import GatewaySettings, SiteKey
+
+if TYPE_CHECKING:  # events.py depends on this module
+    from engine.gateway.events import TokenBucket
+
+
+@dataclass
+class GatewayState:
+    """The gateway's settings and connections. `bus` and `profiles` exist while the app's
+    lifespan runs (they are opened on start-up); the rest from construction."""
+
+    settings: GatewaySettings
+    metrics: Metrics = field(default_factory=Metrics)
+    connection: ConnectionState = field(default_factory=ConnectionState)
+    catalog: ItemCatalog = field(default_factory=ItemCatalog)
+    model_switched: float = field(default_factory=time.time)
+    """When a model was last activated; lists stored before it (or before this gateway
+    started, when none has been since) are not fresh."""
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    """Per site key, its rate limit (see `events.buckets_for`)."""
+    keys: dict[str, SiteKey] = field(init=False)
+    _bus: Bus | None = None
+    _profiles: ProfileStore | None = None
+
+    def __post_init__(self) -> None:
+        self.keys = {k.key: k for k in self.settings.site_keys}
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("the gateway is not started (its lifespan has not run)")
+        return self._bus
+
+    @property
+    def profiles(self) -> ProfileStore:
+        if self._profiles is None:
+            raise RuntimeError("the gateway is not started (its lifespan has not run)")
+        return self._profiles
+
+    def open(self, bus: Bus, profiles: ProfileStore) -> None:
+        """Attach what the lifespan connected; a fresh catalogue is filled from CATALOG."""
+        self._bus, self._profiles = bus, profiles
+        self.catalog = ItemCatalog()
+
+    def close(self) -> None:
+        self._bus = self._profiles = None
+
+
+def gateway_state(request: Request) -> GatewayState:
+    """The state of the app serving `request` (a FastAPI dependency)."""
+    state: GatewayState = request.app.state.gateway
+    return state
