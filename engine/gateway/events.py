@@ -33,7 +33,8 @@ from fastapi.responses import JSONResponse, Response
 from engine.bus import Outgoing
 from engine.cloudevents import from_cloudevent
 from engine.errors import EventRejected, FieldError, PublishError
-from engine.events import CRM_TYPES, OUTPUT_TYPES, SYSTEM_TYPES, DeadLetter, Envelope, parse_event
+from engine.events import DeadLetter, Envelope, parse_event
+from engine.events.producers import check_producer
 from engine.gateway.auth import Refused, check_site
 from engine.gateway.state import GatewayState, gateway_state
 from engine.ids import uuid7
@@ -89,11 +90,7 @@ def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -
                 data = {**data, "received_at": stamp}
                 data.setdefault("id", uuid7())
                 event_id = data["id"]
-            event = parse_event(data, now=now)
-            if event.type in CRM_TYPES or event.type in SYSTEM_TYPES or event.type in OUTPUT_TYPES:
-                raise EventRejected(
-                    [FieldError("type", f"{event.type} is not accepted from a site key")]
-                )
+            event = check_producer("site", parse_event(data, now=now))
         except EventRejected as exc:
             errors = [{"field": e.field, "reason": e.reason} for e in exc.errors]
             out.rejected.append({"index": index, "id": event_id, "errors": errors})

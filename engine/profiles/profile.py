@@ -27,7 +27,6 @@ PROFILE_VERSION = 1
 RECENT_ITEMS = 20
 RECENT_IMPRESSIONS = 20
 MAX_ANONYMOUS_IDS = 50
-STREAMS = ("activity", "crm")
 CREDIT_CATEGORIES = frozenset({"loans", "mortgages"})
 
 
