@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from engine.errors import ProvisionError
 from engine.settings import StreamSettings
+from engine.subjects import ACTIVITY, CATALOG, CRM, DEADLETTER, RECOMMENDATIONS, SIGNALS
 
 DAY = 86_400.0
 IMMUTABLE = ("storage", "retention")
@@ -109,39 +110,39 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
 
     return [
         cfg(
-            "ACTIVITY",
+            ACTIVITY,
             ["activity.>"],
             "The log: every user action, activity.<user>.<type>",
             max_age=s.activity_max_age_days * DAY,
             max_bytes=s.activity_max_bytes or -1,
         ),
         cfg(
-            "CATALOG",
+            CATALOG,
             ["catalog.item.*"],
             "Item upserts, latest per item wins",
             max_msgs_per_subject=1,
         ),
         cfg(
-            "RECOMMENDATIONS",
+            RECOMMENDATIONS,
             ["reco.*.*"],
             "recommendations_updated per reco.<user>.<slot>, bounded history",
             max_msgs_per_subject=s.reco_per_subject,
             max_age=s.reco_max_age_days * DAY,
         ),
         cfg(
-            "SIGNALS",
+            SIGNALS,
             ["signals.*.*"],
             "interest_signal per signals.<topic>.<user>",
             max_age=s.signals_max_age_days * DAY,
         ),
         cfg(
-            "CRM",
+            CRM,
             ["crm.>"],
             "Events published by CRM services, crm.<user>.<type>",
             max_age=s.activity_max_age_days * DAY,
         ),
         cfg(
-            "DEADLETTER",
+            DEADLETTER,
             ["dlq.>"],
             "Rejected inputs with reason and raw bytes, dlq.<source>",
             max_age=s.deadletter_max_age_days * DAY,
