@@ -81,13 +81,8 @@ async def scan(
         pending_bytes_limit=1 << 30,
     )
     try:
-        if wide or since is not None:
-            state = await sub.consumer_info()
-            nothing = not state.num_pending and not (
-                state.delivered and state.delivered.consumer_seq
-            )
-            if nothing and not done.done():
-                done.set_result(None)
+        if (wide or since is not None) and await _nothing_to_read(sub) and not done.done():
+            done.set_result(None)
         while not done.done():
             before = count
             with contextlib.suppress(TimeoutError):
@@ -104,6 +99,12 @@ async def scan(
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     return count
+
+
+async def _nothing_to_read(sub: Any) -> bool:
+    """True when a new consumer has nothing pending and delivered nothing (an empty filter)."""
+    state = await sub.consumer_info()
+    return not state.num_pending and not (state.delivered and state.delivered.consumer_seq)
 
 
 async def _extent(
