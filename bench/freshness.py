@@ -49,11 +49,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
-from engine.bus import Outgoing, Publisher, connect, provision  # noqa: E402
-from engine.bus.registry import Registry  # noqa: E402
+from engine.bus import Bus, Outgoing, connect  # noqa: E402
 from engine.ids import uuid7  # noqa: E402
 from engine.recommender.catalog import Item, item_subject  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
+from engine.subjects import REQUEST_SUBJECT, activity_subject  # noqa: E402
 from models import Interactions, make  # noqa: E402
 from models.base import pack  # noqa: E402
 
@@ -90,9 +90,10 @@ def item_id(i: int) -> str:
 
 
 async def setup(nc: Any, items: int, tmp: Path) -> None:
-    await provision(nc.jetstream())
+    bus = Bus(nc)
+    await bus.provision()
     rng = np.random.default_rng(7)
-    await Publisher(nc).publish(
+    await bus.publish(
         [
             Outgoing(
                 item_subject(item_id(i)),
@@ -117,7 +118,7 @@ async def setup(nc: Any, items: int, tmp: Path) -> None:
         f"ALS fitted on {data.matrix.nnz:,} interactions x {items:,} items"
         f" in {time.perf_counter() - started:.1f}s"
     )
-    registry = await Registry.open(nc)
+    registry = await bus.registry()
     for slot, model in (("home", als), ("trending", make("popular").fit(data))):
         version = f"{model.name}-bench-{uuid7()[-8:]}"
         artifact = pack(model.save(tmp / version))
@@ -176,7 +177,7 @@ async def paced(
     counter: list[int],
 ) -> tuple[int, float]:
     """Publish item_viewed events at `rate` for `seconds`; returns (sent, achieved rate)."""
-    pipeline = Publisher(nc).pipeline
+    pipeline = Bus(nc).publisher.pipeline
     rng = np.random.default_rng(int(rate))
     n = int(rate * seconds)
     started = time.perf_counter()
@@ -198,7 +199,7 @@ async def paced(
         }
         t0 = time.perf_counter()
         fut = await pipeline.publish(
-            f"activity.{user}.item_viewed", orjson.dumps(event), {"Nats-Msg-Id": event["id"]}
+            activity_subject(user, "item_viewed"), orjson.dumps(event), {"Nats-Msg-Id": event["id"]}
         )
         futures.append((fut, user, t0))
     elapsed = time.perf_counter() - started
@@ -314,7 +315,7 @@ async def requests(nc: Any, args: argparse.Namespace, port: int) -> dict[str, An
                 user = f"user-{int(rng.integers(0, args.users))}"
                 body = orjson.dumps({"user_id": user, "slot": "home"})
                 t0 = time.perf_counter()
-                reply = await nc.request("reco.request", body, timeout=5)
+                reply = await nc.request(REQUEST_SUBJECT, body, timeout=5)
                 lat.append((time.perf_counter() - t0) * 1000)
                 if b'"error"' in reply.data[:20]:
                     errors += 1
@@ -435,7 +436,7 @@ async def main(args: argparse.Namespace) -> None:
         for _ in range(200):  # until the recommender answers with the model
             try:
                 r = await nc.request(
-                    "reco.request", b'{"user_id":"probe","slot":"trending"}', timeout=0.5
+                    REQUEST_SUBJECT, b'{"user_id":"probe","slot":"trending"}', timeout=0.5
                 )
                 if b"model_version" in r.data:
                     break

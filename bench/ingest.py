@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
-from engine.bus import JetStreamKV, Outgoing, Publisher, connect, provision  # noqa: E402
+from engine.bus import Bus, Outgoing, connect, provision  # noqa: E402
 from engine.events import parse_event_json  # noqa: E402
 from engine.importer import import_file  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
@@ -83,7 +83,7 @@ async def raw(nc: Any, msgs: list[Outgoing], with_id: bool) -> float:
 
 
 async def publisher_rate(nc: Any, events: list[Any]) -> float:
-    pub = Publisher(nc)
+    pub = Bus(nc).publisher
     start = time.perf_counter()
     pending = None
     for i in range(0, len(events), 1000):
@@ -98,9 +98,10 @@ async def publisher_rate(nc: Any, events: list[Any]) -> float:
 
 
 async def import_rate(nc: Any, path: Path, n: int) -> float:
-    kv = await JetStreamKV.open(nc, "imports")
+    bus = Bus(nc)
+    kv = await bus.kv("imports")
     start = time.perf_counter()
-    summary = await import_file(path, Publisher(nc), kv)
+    summary = await import_file(path, bus.publisher, kv)
     assert summary.accepted == n, summary
     return n / (time.perf_counter() - start)
 

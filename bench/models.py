@@ -192,27 +192,10 @@ def latency_at_scale(n_items: int, k: int, samples: int) -> list[tuple[str, floa
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    ap.add_argument("--users", type=int, default=100_000)
-    ap.add_argument("--days", type=int, default=90)
-    ap.add_argument("--csv", type=Path, help="an interactions CSV instead of generated data")
-    ap.add_argument("--factors", type=int, default=64)
-    ap.add_argument("--iterations", type=int, default=15)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--latency-users", type=int, default=1000)
-    ap.add_argument("--latency-items", type=int, default=10_000)
-    args = ap.parse_args()
-
-    print("preparing data ...", file=sys.stderr, flush=True)
-    frame = csv_frame(args.csv) if args.csv else generated_frame(args.users, args.days)
-    train_frame, test_frame = global_cut(frame, 0.8)
-    train = Interactions.from_frame(train_frame)
-    truth = relevant_items(train, test_frame)
+def run_models(
+    args: argparse.Namespace, train: Interactions, truth: dict[str, set[str]]
+) -> dict[str, dict[str, Any]]:
+    """Fit and time ours, then implicit's when it is installed (the baseline)."""
     f, it = args.factors, args.iterations
     ours = {
         "popular": {},
@@ -241,6 +224,32 @@ def main() -> None:
     except ImportError:
         print("implicit is not installed: pip install implicit", file=sys.stderr)
 
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--days", type=int, default=90)
+    ap.add_argument("--csv", type=Path, help="an interactions CSV instead of generated data")
+    ap.add_argument("--factors", type=int, default=64)
+    ap.add_argument("--iterations", type=int, default=15)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--latency-users", type=int, default=1000)
+    ap.add_argument("--latency-items", type=int, default=10_000)
+    args = ap.parse_args()
+
+    print("preparing data ...", file=sys.stderr, flush=True)
+    frame = csv_frame(args.csv) if args.csv else generated_frame(args.users, args.days)
+    train_frame, test_frame = global_cut(frame, 0.8)
+    train = Interactions.from_frame(train_frame)
+    truth = relevant_items(train, test_frame)
+    results = run_models(args, train, truth)
+    f, it = args.factors, args.iterations
     k = args.k
     print(
         f"\n{len(frame):,} events, {train.shape[0]:,} users x {train.shape[1]:,} items in "

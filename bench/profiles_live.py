@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
-from engine.bus import Publisher, connect, provision  # noqa: E402
+from engine.bus import Bus, connect, provision  # noqa: E402
 from engine.events import parse_event  # noqa: E402
 from engine.ids import uuid7  # noqa: E402
-from engine.profiles.service import ProfileService  # noqa: E402
 from engine.profiles.store import ProfileStore  # noqa: E402
+from engine.services.profiles import ProfileService  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
 from engine.synth import generate  # noqa: E402
 
@@ -48,7 +48,7 @@ async def reset(nc: Any, events: list[Any]) -> None:
     for name in ("ACTIVITY", "KV_profiles", "KV_userkeys"):
         await js.delete_stream(name)
     await provision(js)
-    await Publisher(nc).publish_events(events)
+    await Bus(nc).publish_events(events)
 
 
 async def raw(nc: Any, n: int) -> float:
@@ -69,7 +69,8 @@ async def raw(nc: Any, n: int) -> float:
 
 
 async def service(nc: Any, n: int) -> float:
-    svc = ProfileService(nc.jetstream(), Publisher(nc), await ProfileStore.open(nc))
+    bus = Bus(nc)
+    svc = ProfileService(bus, await ProfileStore.open(bus))
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(svc.run(stop))

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
-from engine.bus import JetStreamKV, Publisher, connect, provision  # noqa: E402
+from engine.bus import Bus, connect  # noqa: E402
 from engine.importer import import_file  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
 from engine.synth import generate  # noqa: E402
@@ -75,11 +75,12 @@ async def worker(mode: str, url: str) -> dict[str, Any]:
         from engine.profiles.replay import rebuild, store
         from engine.profiles.store import ProfileStore
 
-        result = await rebuild(js)
+        bus = Bus(nc)
+        result = await rebuild(bus)
         events, profiles = result.events, len(result.profiles)
         if mode == "replay+kv":
             bucket = f"bench_{os.getpid()}"
-            await store(await ProfileStore.open(nc, bucket, create=True), result.profiles)
+            await store(await ProfileStore.open(bus, bucket, create=True), result.profiles)
             seconds = time.perf_counter() - started
             await js.delete_key_value(bucket)
             await nc.close()
@@ -122,7 +123,7 @@ async def user_replays(url: str, tokens: list[str]) -> list[float]:
     times = []
     for t in tokens:
         started = time.perf_counter()
-        result = await rebuild(nc.jetstream(), token=t)
+        result = await rebuild(Bus(nc), token=t)
         times.append(time.perf_counter() - started)
         assert t in result.profiles
     await nc.close()
@@ -135,12 +136,104 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def load(url: str, path: Path) -> float:
-    nc = await connect(url, "bench-import")
-    await provision(nc.jetstream())
-    kv = await JetStreamKV.open(nc, "imports")
-    summary = await import_file(path, Publisher(nc), kv)
-    await nc.close()
+    bus = await Bus.connect(url, "bench-import")
+    await bus.provision()
+    summary = await import_file(path, bus.publisher, await bus.kv("imports"))
+    await bus.close()
     return summary.rate
+
+
+def stages_and_rounds(
+    url: str, work: Path, lines: list[bytes], picked: list[str], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, list[dict[str, Any]]]]:
+    """Import the log in stages (timing single-user replays after each), then the rounds of
+    full replays: (stages, the replay at half the log, results per mode)."""
+    per_stage = len(lines) // args.stages
+    stages = []
+    half_rss = None
+    for s in range(args.stages):
+        part = work / f"part{s}.jsonl"
+        end = len(lines) if s == args.stages - 1 else (s + 1) * per_stage
+        part.write_bytes(b"\n".join(lines[s * per_stage : end]) + b"\n")
+        rate = asyncio.run(load(url, part))
+        times = asyncio.run(user_replays(url, picked))
+        stages.append(
+            {
+                "events": end,
+                "import_rate": rate,
+                "user_p50_s": pct(times, 50),
+                "user_p99_s": pct(times, 99),
+                "user_max_s": max(times),
+            }
+        )
+        print(
+            f"  stage {s + 1}: {end:,} events (import {rate:,.0f}/s); one-user replay "
+            f"p50 {pct(times, 50) * 1000:.0f} ms, p99 {pct(times, 99) * 1000:.0f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+        if end * 2 >= len(lines) and half_rss is None:
+            half_rss = run_worker("replay", url)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for r in range(args.rounds):
+        for mode in ("raw", "replay", "replay+kv"):
+            res = run_worker(mode, url)
+            results.setdefault(mode, []).append(res)
+            print(
+                f"  round {r + 1}/{args.rounds} {mode:10} {res['rate']:10,.0f} ev/s "
+                f"{res['rss_mib']:7.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    return stages, half_rss, results
+
+
+def report(
+    args: argparse.Namespace,
+    events: int,
+    users: int,
+    stages: list[dict[str, Any]],
+    half_rss: dict[str, Any] | None,
+    results: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Print the tables and the JSON line (also to --json-out)."""
+    raw = statistics.median(x["rate"] for x in results["raw"])
+    print(
+        f"\nFull replay of {events:,} events ({results['replay'][0]['profiles']:,} "
+        f"profiles), medians of {args.rounds} rounds; ratio = median / raw median"
+    )
+    print(f"{'path':10} {'median ev/s':>12} {'min':>10} {'max':>10} {'ratio':>6} {'peak RSS':>9}")
+    summary: dict[str, Any] = {"events": events, "results": {}, "stages": stages}
+    for mode, rs in results.items():
+        rates = [x["rate"] for x in rs]
+        med = statistics.median(rates)
+        rss = statistics.median(x["rss_mib"] for x in rs)
+        print(
+            f"{mode:10} {med:12,.0f} {min(rates):10,.0f} {max(rates):10,.0f} "
+            f"{med / raw:6.2f} {rss:7.0f} MiB"
+        )
+        summary["results"][mode] = {
+            "median": round(med),
+            "ratio": round(med / raw, 3),
+            "rss_mib": round(rss),
+        }
+    if half_rss:
+        print(
+            f"replay at {half_rss['events']:,} events: {half_rss['profiles']:,} profiles, "
+            f"peak RSS {half_rss['rss_mib']:.0f} MiB"
+        )
+        summary["half"] = {k: half_rss[k] for k in ("events", "profiles", "rss_mib")}
+    print(f"\nSingle-user replay ({users} users) as the log grows")
+    print(f"{'log events':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for st in stages:
+        print(
+            f"{st['events']:11,} {st['user_p50_s'] * 1000:8.0f} {st['user_p99_s'] * 1000:8.0f} "
+            f"{st['user_max_s'] * 1000:8.0f}"
+        )
+    line = json.dumps(summary)
+    print(line)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
 
 
 def main() -> None:
@@ -166,89 +259,15 @@ def main() -> None:
         generate(gen, users=max(100, args.events // 17), days=90, seed=7)
         lines = gen.read_bytes().splitlines()[: args.events]
         gen.unlink()
-        per_stage = len(lines) // args.stages
         user_ids = sorted({json.loads(x).get("user_id") for x in lines[:5000]} - {None})
         rnd = random.Random(1)
         picked = rnd.sample(user_ids, min(args.users, len(user_ids)))
         with EmbeddedBroker(BrokerSettings(data_dir=work / "store")) as broker:
             assert broker.url
-            url = broker.url
-            stages = []
-            half_rss = None
-            for s in range(args.stages):
-                part = work / f"part{s}.jsonl"
-                end = len(lines) if s == args.stages - 1 else (s + 1) * per_stage
-                part.write_bytes(b"\n".join(lines[s * per_stage : end]) + b"\n")
-                rate = asyncio.run(load(url, part))
-                times = asyncio.run(user_replays(url, picked))
-                stages.append(
-                    {
-                        "events": end,
-                        "import_rate": rate,
-                        "user_p50_s": pct(times, 50),
-                        "user_p99_s": pct(times, 99),
-                        "user_max_s": max(times),
-                    }
-                )
-                print(
-                    f"  stage {s + 1}: {end:,} events (import {rate:,.0f}/s); one-user replay "
-                    f"p50 {pct(times, 50) * 1000:.0f} ms, p99 {pct(times, 99) * 1000:.0f} ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if end * 2 >= len(lines) and half_rss is None:
-                    half_rss = run_worker("replay", url)
-            results: dict[str, list[dict[str, Any]]] = {}
-            for r in range(args.rounds):
-                for mode in ("raw", "replay", "replay+kv"):
-                    res = run_worker(mode, url)
-                    results.setdefault(mode, []).append(res)
-                    print(
-                        f"  round {r + 1}/{args.rounds} {mode:10} {res['rate']:10,.0f} ev/s "
-                        f"{res['rss_mib']:7.0f} MiB",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+            stages, half_rss, results = stages_and_rounds(broker.url, work, lines, picked, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    raw = statistics.median(x["rate"] for x in results["raw"])
-    print(
-        f"\nFull replay of {len(lines):,} events ({results['replay'][0]['profiles']:,} "
-        f"profiles), medians of {args.rounds} rounds; ratio = median / raw median"
-    )
-    print(f"{'path':10} {'median ev/s':>12} {'min':>10} {'max':>10} {'ratio':>6} {'peak RSS':>9}")
-    summary: dict[str, Any] = {"events": len(lines), "results": {}, "stages": stages}
-    for mode, rs in results.items():
-        rates = [x["rate"] for x in rs]
-        med = statistics.median(rates)
-        rss = statistics.median(x["rss_mib"] for x in rs)
-        print(
-            f"{mode:10} {med:12,.0f} {min(rates):10,.0f} {max(rates):10,.0f} "
-            f"{med / raw:6.2f} {rss:7.0f} MiB"
-        )
-        summary["results"][mode] = {
-            "median": round(med),
-            "ratio": round(med / raw, 3),
-            "rss_mib": round(rss),
-        }
-    if half_rss:
-        print(
-            f"replay at {half_rss['events']:,} events: {half_rss['profiles']:,} profiles, "
-            f"peak RSS {half_rss['rss_mib']:.0f} MiB"
-        )
-        summary["half"] = {k: half_rss[k] for k in ("events", "profiles", "rss_mib")}
-    print(f"\nSingle-user replay ({len(picked)} users) as the log grows")
-    print(f"{'log events':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for st in stages:
-        print(
-            f"{st['events']:11,} {st['user_p50_s'] * 1000:8.0f} {st['user_p99_s'] * 1000:8.0f} "
-            f"{st['user_max_s'] * 1000:8.0f}"
-        )
-    line = json.dumps(summary)
-    print(line)
-    if args.json_out:
-        args.json_out.write_text(line + "\n")
+    report(args, len(lines), len(picked), stages, half_rss, results)
 
 
 if __name__ == "__main__":

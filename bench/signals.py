@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
-from engine.bus import Outgoing, Publisher, connect, provision  # noqa: E402
-from engine.bus.registry import Registry  # noqa: E402
+from engine.bus import Bus, Outgoing, Publisher, connect  # noqa: E402
 from engine.client import NerveClient  # noqa: E402
 from engine.ids import uuid7  # noqa: E402
 from engine.recommender.catalog import Item, item_subject  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
+from engine.subjects import activity_subject  # noqa: E402
 from engine.synth import CATALOGUE  # noqa: E402
 from models import Interactions, make  # noqa: E402
 from models.base import pack  # noqa: E402
@@ -66,11 +66,12 @@ def ev(etype: str, user: str, item: str | None = None, **props: Any) -> dict[str
 
 
 async def setup(nc: Any, tmp: Path) -> None:
-    await provision(nc.jetstream())
+    bus = Bus(nc)
+    await bus.provision()
     items = [
         Item(item_id=p.item_id, name=p.name, category=p.category, value=p.value) for p in CATALOGUE
     ]
-    await Publisher(nc).publish(
+    await bus.publish(
         [Outgoing(item_subject(i.item_id), i.model_dump_json().encode(), uuid7()) for i in items]
     )
     rng = np.random.default_rng(3)
@@ -80,7 +81,7 @@ async def setup(nc: Any, tmp: Path) -> None:
             users.append(f"t{u}")
             cols.append(items[int(j)].item_id)
     data = Interactions.from_triples(users, cols)
-    registry = await Registry.open(nc)
+    registry = await bus.registry()
     for slot, model in (
         ("home", make("itemknn").fit(data)),
         ("similar", make("itemknn").fit(data)),
@@ -92,7 +93,7 @@ async def setup(nc: Any, tmp: Path) -> None:
 
 
 async def load(nc: Any, rate: float, seconds: float, users: int, stop: asyncio.Event) -> int:
-    pipeline = Publisher(nc).pipeline
+    pipeline = Bus(nc).publisher.pipeline
     rng = np.random.default_rng(5)
     started, sent = time.perf_counter(), 0
     futures = []
@@ -110,7 +111,7 @@ async def load(nc: Any, rate: float, seconds: float, users: int, stop: asyncio.E
         )
         futures.append(
             await pipeline.publish(
-                f"activity.{user}.{e['type']}", orjson.dumps(e), {"Nats-Msg-Id": e["id"]}
+                activity_subject(user, e["type"]), orjson.dumps(e), {"Nats-Msg-Id": e["id"]}
             )
         )
         sent += 1
@@ -149,7 +150,7 @@ async def main(args: argparse.Namespace) -> None:
             subprocess.Popen(up, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), cwd=ROOT)
         )
         await asyncio.sleep(4)  # services start, models load
-        publisher = Publisher(nc)
+        publisher = Bus(nc).publisher
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
         client = await NerveClient.connect(broker.url, "bench-crm")
@@ -225,7 +226,10 @@ async def main(args: argparse.Namespace) -> None:
 
 async def _send(publisher: Publisher, events: list[dict[str, Any]]) -> None:
     await publisher.publish(
-        [Outgoing(f"activity.{e['user_id']}.{e['type']}", orjson.dumps(e), e["id"]) for e in events]
+        [
+            Outgoing(activity_subject(e["user_id"], e["type"]), orjson.dumps(e), e["id"])
+            for e in events
+        ]
     )
 
 

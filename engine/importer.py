@@ -25,6 +25,7 @@ Rejected lines go to DEADLETTER (`dlq.import`) with the reason, `file:line` and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import hashlib
@@ -39,7 +40,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from engine.bus import KeyValueStore, Outgoing, Publisher
+from engine.bus import Ack, KeyValueStore, Outgoing, Publisher
 from engine.errors import EventRejected, FieldError
 from engine.events import OUTPUT_TYPES, DeadLetter, parse_event
 from engine.ids import derived_uuid7
@@ -211,6 +212,71 @@ def _lines(path: Path, start: int) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
+def _event(line: bytes, reader: InteractionReader | None, now: datetime) -> Outgoing:
+    """The line as a message to store, or `EventRejected` / `UnicodeDecodeError`."""
+    data = reader.event(line.decode()) if reader else _jsonl_event(line)
+    event = parse_event(data, now=now)
+    if event.type in OUTPUT_TYPES:
+        raise EventRejected([FieldError("type", f"{event.type} is produced by Nerve itself")])
+    return Outgoing.event(event)
+
+
+def _rejected(
+    exc: EventRejected | UnicodeDecodeError, line: bytes, origin: str, now: datetime
+) -> tuple[list[FieldError], Outgoing]:
+    """Why a line was refused, and its DEADLETTER record."""
+    errors = exc.errors if isinstance(exc, EventRejected) else [FieldError("", f"not UTF-8: {exc}")]
+    record = DeadLetter.build("import", line, errors, now, origin)
+    return errors, Outgoing.deadletter(record)
+
+
+class _InFlight:
+    """Chunks submitted but not yet acknowledged, oldest first. Settling the oldest advances the
+    checkpoint to its last line, so a checkpoint never covers a line whose publish may be lost."""
+
+    def __init__(
+        self, publisher: Publisher, checkpoints: KeyValueStore, key: str, cp: Checkpoint
+    ) -> None:
+        self.publisher, self.checkpoints, self.key, self.cp = publisher, checkpoints, key, cp
+        self.pending: deque[tuple[int, list[Outgoing], int, list[asyncio.Future[Ack]]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    async def submit(self, last_line: int, events: list[Outgoing], dead: list[Outgoing]) -> None:
+        msgs = events + dead
+        self.pending.append((last_line, msgs, len(events), await self.publisher.submit(msgs)))
+
+    async def settle_oldest(self) -> None:
+        last_line, msgs, n_events, futures = self.pending.popleft()
+        acks = await self.publisher.settle(msgs, futures)
+        dups = sum(1 for a in acks[:n_events] if a.duplicate)
+        cp = self.cp
+        cp.accepted += n_events - dups
+        cp.duplicates += dups
+        cp.rejected += len(msgs) - n_events
+        cp.line = last_line
+        cp.updated_at = datetime.now(UTC)
+        await self.checkpoints.put(self.key, cp.model_dump_json().encode())
+
+    async def settle_all(self) -> None:
+        while self.pending:
+            await self.settle_oldest()
+
+
+async def _checkpoint(
+    checkpoints: KeyValueStore, key: str, sha: str, name: str, fmt: Format, now: datetime
+) -> Checkpoint:
+    stored = await checkpoints.get(key)
+    if stored:
+        return Checkpoint.model_validate_json(stored)
+    return Checkpoint(sha256=sha, name=name, format=fmt, updated_at=now)
+
+
+def _counts(summary: ImportSummary, cp: Checkpoint) -> None:
+    summary.accepted, summary.duplicates, summary.rejected = cp.accepted, cp.duplicates, cp.rejected
+
+
 async def import_file(
     path: Path,
     publisher: Publisher,
@@ -229,16 +295,10 @@ async def import_file(
     """
     sha = file_sha256(path)
     key = f"{fmt}.{sha}"
-    summary = ImportSummary(name=path.name)
-    stored = await checkpoints.get(key)
     now = datetime.now(UTC)
-    cp = (
-        Checkpoint.model_validate_json(stored)
-        if stored
-        else Checkpoint(sha256=sha, name=path.name, format=fmt, updated_at=now)
-    )
-    summary.resumed_from = summary.lines = cp.line
-    summary.accepted, summary.duplicates, summary.rejected = cp.accepted, cp.duplicates, cp.rejected
+    cp = await _checkpoint(checkpoints, key, sha, path.name, fmt, now)
+    summary = ImportSummary(name=path.name, lines=cp.line, resumed_from=cp.line)
+    _counts(summary, cp)
     if cp.complete:
         summary.already_complete = True
         return summary
@@ -247,23 +307,10 @@ async def import_file(
         with path.open(encoding="utf-8", errors="replace") as f:
             reader = InteractionReader(f.readline().rstrip("\r\n"), columns, default_type)
     started = time.perf_counter()
-    pending: deque[tuple[int, list[Outgoing], int, Any]] = deque()
-
-    async def settle_oldest() -> None:
-        last_line, msgs, n_events, futures = pending.popleft()
-        acks = await publisher.settle(msgs, futures)
-        dups = sum(1 for a in acks[:n_events] if a.duplicate)
-        cp.accepted += n_events - dups
-        cp.duplicates += dups
-        cp.rejected += len(msgs) - n_events
-        cp.line = last_line
-        cp.updated_at = datetime.now(UTC)
-        await checkpoints.put(key, cp.model_dump_json().encode())
-
+    batches = _InFlight(publisher, checkpoints, key, cp)
     events: list[Outgoing] = []
     dead: list[Outgoing] = []
-    last = cp.line
-    consumed = 0
+    last, consumed = cp.line, 0
     for number, raw in _lines(path, cp.line):
         last = number
         consumed += len(raw)
@@ -271,41 +318,27 @@ async def import_file(
         if not line.strip() or (reader and reader.has_header and number == 1):
             continue
         try:
-            data = reader.event(line.decode()) if reader else _jsonl_event(line)
-            event = parse_event(data, now=now)
-            if event.type in OUTPUT_TYPES:
-                raise EventRejected(
-                    [FieldError("type", f"{event.type} is produced by Nerve itself")]
-                )
-            events.append(Outgoing.event(event))
+            events.append(_event(line, reader, now))
         except (EventRejected, UnicodeDecodeError) as exc:
-            errors = (
-                exc.errors
-                if isinstance(exc, EventRejected)
-                else [FieldError("", f"not UTF-8: {exc}")]
-            )
+            errors, record = _rejected(exc, line, f"{path.name}:{number}", now)
             if len(summary.first_reasons) < 5:
                 summary.first_reasons.append(f"line {number}: " + "; ".join(map(str, errors)))
-            record = DeadLetter.build("import", line, errors, now, f"{path.name}:{number}")
-            dead.append(Outgoing.deadletter(record))
+            dead.append(record)
         if len(events) + len(dead) >= chunk:
-            msgs = events + dead
-            pending.append((last, msgs, len(events), await publisher.submit(msgs)))
+            await batches.submit(last, events, dead)
             events, dead = [], []
             if progress:
                 progress(consumed)
                 consumed = 0
-            if len(pending) >= in_flight:
-                await settle_oldest()
-    msgs = events + dead
-    pending.append((last, msgs, len(events), await publisher.submit(msgs)))
-    while pending:
-        await settle_oldest()
+            if len(batches) >= in_flight:
+                await batches.settle_oldest()
+    await batches.submit(last, events, dead)
+    await batches.settle_all()
     if progress:
         progress(consumed)
     cp.complete = True
     await checkpoints.put(key, cp.model_dump_json().encode())
     summary.lines = last
-    summary.accepted, summary.duplicates, summary.rejected = cp.accepted, cp.duplicates, cp.rejected
+    _counts(summary, cp)
     summary.seconds = time.perf_counter() - started
     return summary

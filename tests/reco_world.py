@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 from nats.aio.client import Client as NATS
 
-from engine.bus import Outgoing, Publisher
-from engine.bus.registry import Registry
+from engine.bus import Bus, Outgoing, Publisher
 from engine.ids import uuid7
 from engine.profiles.profile import apply, new_profile
 from engine.recommender.catalog import Item, item_subject
@@ -185,7 +184,7 @@ async def publish_model(nc: NATS, model: Any, slot: str, version: str | None = N
     with tempfile.TemporaryDirectory() as tmp:
         artifact = pack(model.save(Path(tmp) / "m"))
     card = {"version": version, "model": model.name, "created_at": datetime.now(UTC).isoformat()}
-    await (await Registry.open(nc)).publish(version, card, artifact, slot)
+    await (await Bus(nc).registry()).publish(version, card, artifact, slot)
     return version
 
 

@@ -11,15 +11,15 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.broker import EmbeddedBroker
-from engine.bus import Outgoing, Publisher, connect, provision
+from engine.bus import Bus, Outgoing, connect
 from engine.errors import FieldError
 from engine.events import DeadLetter, parse_event
 from engine.profiles.erasure import forget
 from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore
+from engine.services.warehouse import WarehouseService
 from engine.settings import BrokerSettings
-from engine.subjects import user_token
-from engine.warehouse import WarehouseService
+from engine.subjects import reco_subject, signal_subject, user_token
 from tests.conftest import count, event, stored
 from tests.test_profiles_service import drain, history, service
 from tests.test_warehouse import run_until
@@ -54,9 +54,9 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
     assert own_broker.url
     nc: NATS = await connect(own_broker.url, "forget-test")
     try:
-        js = nc.jetstream()
-        await provision(js)
-        pub = Publisher(nc)
+        bus = Bus(nc)
+        await bus.provision()
+        pub = bus.publisher
         mine = [
             event("page_viewed", user_id=None, anonymous_id=ANON),
             event("user_identified", user_id=USER, anonymous_id=ANON),
@@ -78,8 +78,10 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
         token = user_token(USER)
         await pub.publish(
             [
-                Outgoing(f"reco.{token}.home", orjson.dumps({"user": USER, "q": SECRET}), "r-1"),
-                Outgoing(f"signals.loan.{token}", orjson.dumps({"user": USER}), "s-1"),
+                Outgoing(
+                    reco_subject(token, "home"), orjson.dumps({"user": USER, "q": SECRET}), "r-1"
+                ),
+                Outgoing(signal_subject("loan", token), orjson.dumps({"user": USER}), "s-1"),
             ]
         )
         bad = orjson.dumps({"type": "nope", "user_id": USER, "x": SECRET})
@@ -95,11 +97,11 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
             ]
         )
         await drain(nc, await service(nc))
-        assert (await read_profile(await ProfileStore.open(nc), USER)) is not None
+        assert (await read_profile(await ProfileStore.open(bus), USER)) is not None
         warehouse = own_broker.data_dir / "warehouse"
         await run_until(
-            WarehouseService(js, warehouse, flush_seconds=0.1),
-            (await js.stream_info("ACTIVITY")).state.last_seq,
+            WarehouseService(bus, warehouse, flush_seconds=0.1),
+            (await nc.jetstream().stream_info("ACTIVITY")).state.last_seq,
         )
         assert token in load_history("warehouse", data_dir=own_broker.data_dir)["user"].values
         store = own_broker.data_dir / "jetstream"
@@ -107,7 +109,7 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
         await asyncio.sleep(1.5)  # let the server write its blocks
         assert files_containing(store, needles), "the search must see the data before erasure"
 
-        report = await forget(nc, token, pub, warehouse)
+        report = await forget(bus, token, warehouse)
 
         assert report.erased["ACTIVITY"] == 4 and report.erased["CRM"] == 1
         assert report.erased["RECOMMENDATIONS"] == 1 and report.erased["SIGNALS"] == 1
@@ -115,8 +117,8 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
         assert report.erased["warehouse rows"] == 4  # as in ACTIVITY: the anonymous visit too
         rows = load_history("warehouse", data_dir=own_broker.data_dir)
         assert len(rows) == 50 and token not in rows["user"].values
-        assert await read_profile(await ProfileStore.open(nc), USER) is None
-        assert await read_profile(await ProfileStore.open(nc), ANON, anonymous=True) is None
+        assert await read_profile(await ProfileStore.open(bus), USER) is None
+        assert await read_profile(await ProfileStore.open(bus), ANON, anonymous=True) is None
         remaining = await stored(nc)
         assert all(e.user_id != USER and e.anonymous_id != ANON for e in remaining)
         assert len(remaining) == 50 + 1  # the others, and the user_forgotten event
@@ -129,7 +131,7 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
         # A replay afterwards does not bring the user back.
         from engine.profiles.replay import rebuild
 
-        rebuilt = await rebuild(js)
+        rebuilt = await rebuild(bus)
         assert token not in rebuilt.profiles and user_token(None, ANON) not in rebuilt.profiles
     finally:
         await nc.close()

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from engine.bus import JetStreamKV, Publisher, provision
+from engine.bus import Bus
 from engine.bus.reader import read_all
 from engine.events import DeadLetter
 from engine.importer import Checkpoint, file_sha256, import_file
@@ -15,8 +15,8 @@ from tests.conftest import count, event, stored, write_lines
 
 
 async def run_import(nc: NATS, path: Path, **kw: object):  # type: ignore[no-untyped-def]
-    kv = await JetStreamKV.open(nc, "imports")
-    return await import_file(path, Publisher(nc), kv, **kw)  # type: ignore[arg-type]
+    bus = Bus(nc)
+    return await import_file(path, bus.publisher, await bus.kv("imports"), **kw)  # type: ignore[arg-type]
 
 
 def jsonl(tmp_path: Path, n: int, bad_every: int = 0) -> Path:
@@ -49,7 +49,7 @@ async def test_jsonl_import_stores_every_valid_line_and_dead_letters_the_rest(
 async def test_reimport_publishes_nothing_even_after_the_duplicate_window(
     fresh: NATS, tmp_path: Path
 ) -> None:
-    await provision(fresh.jetstream(), StreamSettings(duplicate_window_s=1))
+    await Bus(fresh).provision(StreamSettings(duplicate_window_s=1))
     path = jsonl(tmp_path, 300)
     await run_import(fresh, path)
     await asyncio.sleep(1.2)  # the stream would now store a re-sent id again
@@ -63,7 +63,7 @@ async def test_an_interrupted_import_resumes_after_its_checkpoint(
 ) -> None:
     path = jsonl(tmp_path, 500)
     sha = file_sha256(path)
-    kv = await JetStreamKV.open(fresh, "imports")
+    kv = await Bus(fresh).kv("imports")
     # What a run killed after acknowledging 200 lines leaves behind.
     cp = Checkpoint(
         sha256=sha,

@@ -14,8 +14,8 @@ import pytest
 import scipy.sparse as sp
 from nats.aio.client import Client as NATS
 
-from engine.bus import Publisher
-from engine.bus.registry import Registry, UnknownModel
+from engine.bus import Bus
+from engine.bus.registry import UnknownModel
 from engine.events import parse_event
 from engine.synth import generate
 from models.base import Recommender, pack, unpack
@@ -34,14 +34,14 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
 async def test_train_publish_activate_and_roll_back(
     fresh: NATS, nats_url: str, tmp_path: Path, lines: list[bytes]
 ) -> None:
-    await Publisher(fresh).publish_events([parse_event(orjson.loads(x)) for x in lines])
+    await Bus(fresh).publish_events([parse_event(orjson.loads(x)) for x in lines])
     frame = load_history("stream", nats_url=nats_url)
     first = train(frame, "itemknn", curve=False)
     second = train(frame, "ease", {"l2": 50.0})
     assert second.card["metrics"]["ease"]["ndcg@10"] > second.card["metrics"]["popular"]["ndcg@10"]
     assert second.card["data"]["seq_from"] == 1 and second.card["data"]["seq_to"] == len(lines)
     assert [share for share, _ in second.curve] == [0.25, 0.5, 0.75, 1.0]
-    registry = await Registry.open(fresh)
+    registry = await Bus(fresh).registry()
     for result in (first, second):
         folder = write(result, tmp_path)
         assert (folder / "report.html").read_text().count("<svg") == (3 if result.curve else 2)

@@ -14,8 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from engine.cli.app import _settings, _with_broker, out
+from engine.bus import Bus
+from engine.cli.toolkit import broker, out, with_bus
 from engine.errors import ConfigError
+from engine.settings import BrokerSettings
 
 ModelName = Annotated[str, typer.Option("--model", help="popular | itemknn | ease | als | nbo")]
 Params = Annotated[
@@ -79,7 +81,7 @@ def train(
         _nbo_config(values)
     else:
         _check_model(model, values)
-    settings = _settings()
+    settings = broker()
     frame = load_history(
         source,  # type: ignore[arg-type]
         since,
@@ -107,19 +109,14 @@ def train(
         _publish(settings, result.version, result.card, pack(folder), slot)
 
 
-def _publish(settings: Any, version: str, card: dict[str, Any], artifact: bytes, slot: str) -> None:
-    async def work(url: str) -> None:
-        from engine.bus import connect
-        from engine.bus.registry import Registry
-
-        nc = await connect(url, "nerve-train", timeout=settings.connect_timeout)
-        try:
-            await (await Registry.open(nc)).publish(version, card, artifact, slot)
-        finally:
-            await nc.close()
+def _publish(
+    settings: BrokerSettings, version: str, card: dict[str, Any], artifact: bytes, slot: str
+) -> None:
+    async def work(bus: Bus) -> None:
+        await (await bus.registry()).publish(version, card, artifact, slot)
         out.print(f"published {version} and made it active for slot {slot!r}", highlight=False)
 
-    _with_broker(settings, work)
+    with_bus("nerve-train", work, settings)
 
 
 def _nbo_config(values: dict[str, Any]) -> Any:
@@ -176,17 +173,9 @@ def models_list(ctx: typer.Context) -> None:
     """List model versions; * marks the active one of each slot."""
     if ctx.invoked_subcommand:
         return
-    settings = _settings()
 
-    async def work(url: str) -> None:
-        from engine.bus import connect
-        from engine.bus.registry import Registry
-
-        nc = await connect(url, "nerve-models", timeout=settings.connect_timeout)
-        try:
-            cards, active = await (await Registry.open(nc)).listing()
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> None:
+        cards, active = await (await bus.registry()).listing()
         table = Table("", "version", "model", "created", "ndcg@k / auc", "slots")
         for card in cards:
             slots = [s for s, v in active.items() if v == card["version"]]
@@ -202,7 +191,7 @@ def models_list(ctx: typer.Context) -> None:
             )
         out.print(table)
 
-    _with_broker(settings, work)
+    with_bus("nerve-models", work)
 
 
 @models_app.command("activate")
@@ -211,20 +200,12 @@ def models_activate(
     slot: Annotated[str, typer.Option(help="The slot it serves")] = "home",
 ) -> None:
     """Make VERSION the active model of a slot (publishes model_published)."""
-    settings = _settings()
 
-    async def work(url: str) -> None:
-        from engine.bus import connect
-        from engine.bus.registry import Registry
-
-        nc = await connect(url, "nerve-models", timeout=settings.connect_timeout)
-        try:
-            await (await Registry.open(nc)).activate(version, slot)
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> None:
+        await (await bus.registry()).activate(version, slot)
         out.print(f"{version} is now active for slot {slot!r}", highlight=False)
 
-    _with_broker(settings, work)
+    with_bus("nerve-models", work)
 
 
 def recommend_batch(

@@ -3,28 +3,22 @@ history and published, unless the slot already has one (a second `make demo` tra
 
 from __future__ import annotations
 
-from typing import Any
-
-from engine.cli.app import _with_broker, out
+from engine.bus import Bus
+from engine.cli.toolkit import out, with_bus
+from engine.settings import BrokerSettings
 
 DEMO_MODELS = (("home", "nbo"), ("similar", "itemknn"), ("trending", "popular"))
 
 
-def prepare(settings: Any) -> None:
+def prepare(settings: BrokerSettings) -> None:
+    """Train and publish the missing models of `DEMO_MODELS` (the `nerve.demo` entry point)."""
     from training.cli import train
 
-    async def active(url: str) -> set[str]:
-        from engine.bus import connect
-        from engine.bus.registry import Registry
-
-        nc = await connect(url, "nerve-demo", timeout=settings.connect_timeout)
-        try:
-            _, slots = await (await Registry.open(nc)).listing()
-        finally:
-            await nc.close()
+    async def active(bus: Bus) -> set[str]:
+        _, slots = await (await bus.registry()).listing()
         return set(slots)
 
-    have = _with_broker(settings, active)
+    have = with_bus("nerve-demo", active, settings)
     for slot, model in DEMO_MODELS:
         if slot in have:
             continue

@@ -22,6 +22,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from engine.bus import Bus
+from engine.bus.consumer import Batch
+from engine.settings import BrokerSettings
+from engine.subjects import ACTIVITY
 from engine.warehouse import SCHEMA, row, table
 
 
@@ -92,28 +96,33 @@ def _from_warehouse(root: Path, start: Any, end: Any, types: Sequence[str] | Non
     return dataset.to_table(filter=_filters(start, end, types))
 
 
-def _from_stream(
-    data_dir: Path, nats_url: str | None, start: Any, end: Any, types: Sequence[str] | None
-) -> pa.Table:
-    from engine.broker import broker_url
-    from engine.bus import connect
-    from engine.bus.consumer import Batch, scan
-    from engine.settings import BrokerSettings
-
+async def read_stream(bus: Bus) -> pa.Table:
+    """Every event of ACTIVITY as a table with the warehouse's columns, read through `bus`."""
     rows: list[dict[str, Any]] = []
 
     def handle(batch: Batch) -> None:
         rows.extend(r for seq, subject, data in batch if (r := row(seq, subject, data)))
 
+    await bus.scan(ACTIVITY, handle)
+    return table(rows)
+
+
+def _from_stream(
+    data_dir: Path, nats_url: str | None, start: Any, end: Any, types: Sequence[str] | None
+) -> pa.Table:
+    from engine.broker import broker_url
+
+    found: list[pa.Table] = []
+
     async def read(url: str) -> None:
-        nc = await connect(url, "nerve-history")
+        bus = await Bus.connect(url, "nerve-history")
         try:
-            await scan(nc.jetstream(), "ACTIVITY", handle)
+            found.append(await read_stream(bus))
         finally:
-            await nc.close()
+            await bus.close()
 
     with broker_url(BrokerSettings(nats_url=nats_url, data_dir=data_dir)) as url:
         _run(read(url))
-    tbl = table(rows)
+    tbl = found[0]
     expr = _filters(start, end, types)
     return tbl if expr is None else ds.dataset(tbl).to_table(filter=expr)

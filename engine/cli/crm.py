@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engine.cli.app import _settings, _with_broker, app, out
+from engine.cli.app import app
+from engine.cli.toolkit import broker, out, with_broker
 
 crm_app = typer.Typer(
     help="A reference CRM built only on engine.client: stores interest signals as leads in "
@@ -27,14 +28,13 @@ def crm_demo(
         return
     from engine.crm_demo import run
 
-    settings = _settings()
-    path = settings.data_dir / "crm-demo.sqlite"
+    path = broker().data_dir / "crm-demo.sqlite"
     out.print(f"waiting for interest signals (leads in {path}); Ctrl-C stops", highlight=False)
 
     async def work(url: str) -> int:
         return await run(url, path, durable, lambda line: out.print(line, highlight=False), limit)
 
-    n = _with_broker(settings, work)
+    n = with_broker(work)
     out.print(f"{n} signal(s) handled")
 
 
@@ -43,7 +43,7 @@ def list_leads() -> None:
     """List the leads stored so far."""
     from engine.crm_demo import leads
 
-    rows = leads(_settings().data_dir / "crm-demo.sqlite")
+    rows = leads(broker().data_dir / "crm-demo.sqlite")
     table = Table("received", "user", "topic", "offer", "score", "evidence", "outcome")
     for r in rows:
         table.add_row(str(r[0])[:19], r[1], r[2], r[3] or "", f"{r[4]:g}", str(r[5]), r[6] or "")

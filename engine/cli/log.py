@@ -11,31 +11,34 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engine.cli.app import _first_error, _progress, _settings, _with_broker, app, out
+from engine.bus import Bus
+from engine.cli.app import app
+from engine.cli.toolkit import config_error, default, out, progress, with_bus
 from engine.errors import ConfigError
 from engine.settings import StreamSettings
+from engine.subjects import DEADLETTER
 
 
 @app.command()
 def init(
-    replicas: Annotated[int, typer.Option(help="Replicas per stream (cluster only).")] = 1,
+    replicas: Annotated[int, typer.Option(help="Replicas per stream (cluster only).")] = default(
+        StreamSettings, "replicas"
+    ),
     duplicate_window: Annotated[
         float,
         typer.Option(
             help="Seconds in which a re-sent event id is stored once; ~115 B of server memory "
             "per id inside the window."
         ),
-    ] = 300.0,
+    ] = default(StreamSettings, "duplicate_window_s"),
     activity_max_age_days: Annotated[
         float, typer.Option(help="Drop ACTIVITY events older than this (0 = keep forever).")
-    ] = 0.0,
+    ] = float(default(StreamSettings, "activity_max_age_days")),
     activity_max_bytes: Annotated[
         int, typer.Option(help="Cap ACTIVITY's size, oldest dropped first (0 = unlimited).")
-    ] = 0,
+    ] = default(StreamSettings, "activity_max_bytes"),
 ) -> None:
     """Create or update every stream, KV bucket and object store. Safe to run again."""
-    from engine.bus import connect, provision
-
     try:
         streams = StreamSettings(
             replicas=replicas,
@@ -44,15 +47,10 @@ def init(
             activity_max_bytes=activity_max_bytes,
         )
     except ValueError as exc:
-        raise ConfigError(_first_error(exc)) from None
-    settings = _settings()
+        raise config_error(exc) from None
 
-    async def work(url: str) -> None:
-        nc = await connect(url, "nerve-init", timeout=settings.connect_timeout)
-        try:
-            report = await provision(nc.jetstream(), streams)
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> None:
+        report = await bus.provision(streams)
         for name in report.created:
             out.print(f"created   {name}")
         for name, fields in report.updated.items():
@@ -60,7 +58,7 @@ def init(
         for name in report.unchanged:
             out.print(f"unchanged {name}")
 
-    _with_broker(settings, work)
+    with_bus("nerve-init", work)
 
 
 @app.command()
@@ -113,41 +111,35 @@ def import_(
     A file already imported publishes nothing (a checkpoint keyed by its SHA-256 remembers the
     last acknowledged line); an interrupted import resumes there.
     """
-    from engine.bus import JetStreamKV, Publisher, connect, provision
     from engine.importer import import_file
 
     if fmt not in ("jsonl", "interactions"):
         raise ConfigError(f"--format must be jsonl or interactions, not {fmt!r}")
     cols = tuple(c.strip() for c in columns.split(",")) if columns else None
-    settings = _settings()
 
-    async def work(url: str) -> int:
-        nc = await connect(url, "nerve-import", timeout=settings.connect_timeout)
-        try:
-            await provision(nc.jetstream())
-            checkpoints = await JetStreamKV.open(nc, "imports")
-            with _progress("bytes") as bar:
-                task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
-                try:
-                    summary = await import_file(
-                        file,
-                        Publisher(nc),
-                        checkpoints,
-                        fmt=fmt,  # type: ignore[arg-type]
-                        columns=cols,
-                        default_type=event_type,
-                        progress=lambda n: bar.advance(task, n),
-                    )
-                except ValueError as exc:
-                    raise ConfigError(f"{file.name}: {exc}") from None
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> None:
+        await bus.provision()
+        checkpoints = await bus.kv("imports")
+        with progress("bytes") as bar:
+            task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
+            try:
+                summary = await import_file(
+                    file,
+                    bus.publisher,
+                    checkpoints,
+                    fmt=fmt,  # type: ignore[arg-type]
+                    columns=cols,
+                    default_type=event_type,
+                    progress=lambda n: bar.advance(task, n),
+                )
+            except ValueError as exc:
+                raise ConfigError(f"{file.name}: {exc}") from None
         if summary.already_complete:
             out.print(
                 f"{file.name}: already imported ({summary.accepted} accepted, "
                 f"{summary.rejected} rejected); nothing published"
             )
-            return 0
+            return
         resumed = f", resumed after line {summary.resumed_from}" if summary.resumed_from else ""
         out.print(
             f"{file.name}: {summary.lines} lines{resumed} in {summary.seconds:.1f}s "
@@ -157,9 +149,8 @@ def import_(
         )
         for reason in summary.first_reasons:
             out.print(f"  rejected {reason}", highlight=False)
-        return 0
 
-    _with_broker(settings, work)
+    with_bus("nerve-import", work)
 
 
 @app.command()
@@ -172,7 +163,7 @@ def generate(
         str | None, typer.Option(help="Last day (ISO date, UTC midnight); default today.")
     ] = None,
 ) -> None:
-    """Write a synthetic bank-site history with planted preferences (see engine/synth.py)."""
+    """Write a synthetic bank-site history with planted preferences (see engine/synth/)."""
     from engine.synth import generate as run
 
     end_dt = None
@@ -181,7 +172,7 @@ def generate(
             end_dt = datetime.fromisoformat(end).replace(tzinfo=UTC)
         except ValueError:
             raise ConfigError(f"--end: not an ISO date: {end!r}") from None
-    with _progress("users") as bar:
+    with progress("users") as bar:
         task = bar.add_task("generate", total=users)
         summary = run(
             output,
@@ -211,18 +202,10 @@ def deadletters(
     limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 20,
 ) -> None:
     """Show the newest rejected inputs with who refused them and why."""
-    from engine.bus import connect
-    from engine.bus.reader import last_messages
     from engine.events import DeadLetter
 
-    settings = _settings()
-
-    async def work(url: str) -> None:
-        nc = await connect(url, "nerve-deadletters", timeout=settings.connect_timeout)
-        try:
-            total, msgs = await last_messages(nc.jetstream(), "DEADLETTER", limit)
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> None:
+        total, msgs = await bus.last_messages(DEADLETTER, limit)
         out.print(f"{total} dead letters; newest {len(msgs)}:")
         for seq, data in msgs:
             record = DeadLetter.model_validate_json(data)
@@ -232,4 +215,4 @@ def deadletters(
                 highlight=False,
             )
 
-    _with_broker(settings, work)
+    with_bus("nerve-deadletters", work)

@@ -10,17 +10,11 @@ import orjson
 import typer
 from rich.table import Table
 
-from engine.cli.app import (
-    Anonymous,
-    SlotsFile,
-    User,
-    _progress,
-    _settings,
-    _with_broker,
-    app,
-    out,
-)
+from engine.bus import Bus, NoAnswer
+from engine.cli.app import app
+from engine.cli.toolkit import Anonymous, SlotsFile, User, broker, out, progress, with_bus
 from engine.errors import ConfigError, NerveError
+from engine.subjects import REQUEST_SUBJECT
 
 
 @app.command()
@@ -34,30 +28,23 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print the event as JSON.")] = False,
 ) -> None:
     """Ask the running recommender (reco.request) for a user's list, and print it."""
-    from engine.bus import connect
-    from engine.recommender.service import REQUEST_SUBJECT
-
-    settings = _settings()
     body: dict[str, Any] = {"slot": slot, "anonymous_id" if anonymous else "user_id": user}
     if k is not None:
         body["k"] = k
     if item is not None:
         body["context"] = {"item_id": item}
 
-    async def work(url: str) -> dict[str, Any]:
-        nc = await connect(url, "nerve-recommend", timeout=settings.connect_timeout)
+    async def work(bus: Bus) -> dict[str, Any]:
         try:
-            reply = await nc.request(REQUEST_SUBJECT, orjson.dumps(body), timeout=timeout)
-        except Exception as exc:
+            reply = await bus.request(REQUEST_SUBJECT, orjson.dumps(body), timeout)
+        except NoAnswer as exc:
             raise NerveError(
-                f"no answer on {REQUEST_SUBJECT} within {timeout:g}s ({type(exc).__name__}): "
+                f"no answer on {REQUEST_SUBJECT} within {timeout:g}s ({exc.reason}): "
                 "is `nerve up` or `nerve run recommender` running?"
             ) from None
-        finally:
-            await nc.close()
-        return dict(orjson.loads(reply.data))
+        return dict(orjson.loads(reply))
 
-    answer = _with_broker(settings, work)
+    answer = with_bus("nerve-recommend", work)
     if "error" in answer:
         e = answer["error"]
         raise NerveError(f"{e['field'] or 'request'}: {e['reason']}")
@@ -93,30 +80,25 @@ def explain(
     """Print the inputs behind a recommendation, rebuilt from the log and the registry: the
     events it reflects, the model version, the scores and reasons, and the candidates each
     rule removed. Exit 1 if the recomputed list differs from the stored one."""
-    from engine.bus import connect
+    from engine.recommender.explain import Explanation
     from engine.recommender.explain import explain as run
     from engine.recommender.slots import load_slots
 
-    settings = _settings()
-    slots, _ = load_slots(config, settings.data_dir)
+    slots, _ = load_slots(config, broker().data_dir)
 
-    async def work(url: str) -> Any:
-        nc = await connect(url, "nerve-explain", timeout=settings.connect_timeout)
-        try:
-            with _progress("messages") as bar:
-                task = bar.add_task("searching RECOMMENDATIONS", total=None)
-                return await run(
-                    nc,
-                    recommendation_id,
-                    slots,
-                    user=user,
-                    anonymous=anonymous,
-                    progress=lambda n: bar.advance(task, n),
-                )
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> Explanation:
+        with progress("messages") as bar:
+            task = bar.add_task("searching RECOMMENDATIONS", total=None)
+            return await run(
+                bus,
+                recommendation_id,
+                slots,
+                user=user,
+                anonymous=anonymous,
+                progress=lambda n: bar.advance(task, n),
+            )
 
-    ex = _with_broker(settings, work)
+    ex = with_bus("nerve-explain", work)
     _print_list(ex.stored)
     out.print(f"\nstored at RECOMMENDATIONS #{ex.seq}", highlight=False)
     if ex.card:
@@ -159,20 +141,14 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Click-through rate per slot and model version over a window, computed from the log."""
-    from engine.bus import connect
-    from engine.recommender.stats import click_through
+    from engine.recommender.stats import SlotStats, click_through
 
-    settings = _settings()
     since = datetime.now(UTC) - timedelta(hours=hours)
 
-    async def work(url: str) -> Any:
-        nc = await connect(url, "nerve-stats", timeout=settings.connect_timeout)
-        try:
-            return await click_through(nc.jetstream(), since)
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> list[SlotStats]:
+        return await click_through(bus, since)
 
-    rows = _with_broker(settings, work)
+    rows = with_bus("nerve-stats", work)
     if as_json:
         out.print_json(orjson.dumps([r.to_dict() for r in rows]).decode())
         return
@@ -207,21 +183,14 @@ def catalog_load(
 ) -> None:
     """Upsert items (one JSON object per line: item_id, name, category, value, url, image,
     available, attributes) into CATALOG; refused lines go to DEADLETTER with their reason."""
-    from engine.bus import Publisher, connect, provision
     from engine.recommender.catalog import load_lines
 
-    settings = _settings()
-
-    async def work(url: str) -> tuple[int, list[str]]:
-        nc = await connect(url, "nerve-catalog", timeout=settings.connect_timeout)
-        try:
-            await provision(nc.jetstream())
-            return await load_lines(file, Publisher(nc))
-        finally:
-            await nc.close()
+    async def work(bus: Bus) -> tuple[int, list[str]]:
+        await bus.provision()
+        return await load_lines(file, bus)
 
     try:
-        accepted, refused = _with_broker(settings, work)
+        accepted, refused = with_bus("nerve-catalog", work)
     except OSError as exc:
         raise ConfigError(f"{file}: {exc.strerror or exc}") from None
     out.print(

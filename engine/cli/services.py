@@ -8,18 +8,26 @@ from typing import Annotated
 
 import typer
 
-from engine.cli.app import (
+from engine.bus import Bus
+from engine.cli.app import app
+from engine.cli.toolkit import (
     SlotsFile,
-    _exit_on_signal,
-    _first_error,
-    _progress,
-    _settings,
-    _with_broker,
-    app,
+    broker,
+    config_error,
+    default,
+    exit_on_signal,
     out,
+    progress,
+    with_broker,
+    with_bus,
 )
 from engine.errors import ConfigError
-from engine.settings import GatewaySettings, RecommenderOptions, SiteKey
+from engine.settings import (
+    GatewaySettings,
+    RecommenderOptions,
+    ServiceSettings,
+    SiteKey,
+)
 
 Host = Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)]
 Port = Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)]
@@ -76,13 +84,21 @@ Replicas = Annotated[
 Replica = Annotated[
     int, typer.Option(min=0, help="Recommender: which replica this is (0 .. replicas-1).")
 ]
+# Defaults of the options above, written once in the settings models.
+HOST: str = default(GatewaySettings, "host")
+PORT: int = default(GatewaySettings, "port")
+RATE_LIMIT = float(default(SiteKey, "rate_per_s"))
+BURST: int = default(SiteKey, "burst")
+ACK_WAIT: float = default(ServiceSettings, "ack_wait_s")
+REPLICAS: int = default(RecommenderOptions, "replicas")
+REPLICA: int = default(RecommenderOptions, "replica")
 
 
 def _reco(config: Path | None, replicas: int, replica: int) -> RecommenderOptions:
     try:
         return RecommenderOptions(config=config, replicas=replicas, replica=replica)
     except ValueError as exc:
-        raise ConfigError(_first_error(exc)) from None
+        raise config_error(exc) from None
 
 
 def _gateway(
@@ -100,7 +116,7 @@ def _gateway(
             if k.strip()
         )
     except ValueError as exc:
-        raise ConfigError(f"--site-keys: {_first_error(exc)}") from None
+        raise config_error(exc, "--site-keys: ") from None
     if not keys:
         raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
     tokens = tuple(t.strip() for t in internal_tokens.split(",") if t.strip())
@@ -109,20 +125,20 @@ def _gateway(
 
 @app.command()
 def up(
-    host: Host = "127.0.0.1",
-    port: Port = 8080,
+    host: Host = HOST,
+    port: Port = PORT,
     site_keys: SiteKeys = "",
     internal_tokens: InternalTokens = "",
-    rate_limit: RateLimit = 5000.0,
-    burst: Burst = 20_000,
-    ack_wait: AckWait = 30.0,
+    rate_limit: RateLimit = RATE_LIMIT,
+    burst: Burst = BURST,
+    ack_wait: AckWait = ACK_WAIT,
     import_file: Annotated[
         Path | None,
         typer.Option("--import", help="Import this JSON Lines history first (idempotent)."),
     ] = None,
     config: SlotsFile = None,
-    replicas: Replicas = 1,
-    replica: Replica = 0,
+    replicas: Replicas = REPLICAS,
+    replica: Replica = REPLICA,
     services: Annotated[
         str,
         typer.Option(
@@ -142,7 +158,7 @@ def up(
         raise ConfigError(f"--services: unknown {unknown or 'none'}; from {', '.join(SERVICES)}")
     gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
     reco = _reco(config, replicas, replica)
-    settings = _settings()
+    settings = broker()
 
     async def work(url: str) -> int:
         from engine.runner import run_services
@@ -158,7 +174,7 @@ def up(
             recommender=reco,
         )
 
-    _exit_on_signal(_with_broker(settings, work))
+    exit_on_signal(with_broker(work))
 
 
 DEMO_SITE_KEY = "demo-site-key"
@@ -168,8 +184,8 @@ DEMO_SITE_KEY = "demo-site-key"
 def demo(
     users: Annotated[int, typer.Option(min=1, help="Users in the generated history.")] = 3000,
     days: Annotated[int, typer.Option(min=1, help="Days of generated history.")] = 60,
-    host: Host = "127.0.0.1",
-    port: Port = 8080,
+    host: Host = HOST,
+    port: Port = PORT,
 ) -> None:
     """The demo: generate a history once, import it with its catalogue, train and publish a
     model per slot (once), and run every service until Ctrl-C."""
@@ -178,10 +194,10 @@ def demo(
     from engine.runner import SERVICES, run_services
     from engine.synth import generate as run
 
-    settings = _settings()
+    settings = broker()
     history = settings.data_dir / "demo" / "history.jsonl"
     if not history.exists():
-        with _progress("users") as bar:
+        with progress("users") as bar:
             task = bar.add_task("generate demo history", total=users)
             summary = run(
                 history, users=users, days=days, seed=42, progress=lambda n: bar.advance(task, n)
@@ -189,33 +205,24 @@ def demo(
         out.print(f"generated {summary.events:,} events of {users:,} users -> {history}")
     gateway = GatewaySettings(host=host, port=port, site_keys=(SiteKey(key=DEMO_SITE_KEY),))
 
-    async def prepare(url: str) -> None:
-        from engine.bus import JetStreamKV, Publisher, connect, provision
+    async def prepare(bus: Bus) -> None:
         from engine.importer import import_file
         from engine.recommender.catalog import load_lines
 
-        nc = await connect(url, "nerve-demo", timeout=settings.connect_timeout)
-        try:
-            await provision(nc.jetstream())
-            summary = await import_file(
-                history, Publisher(nc), await JetStreamKV.open(nc, "imports")
-            )
-            state = "already imported" if summary.already_complete else "imported"
-            out.print(f"{history.name}: {state}, {summary.accepted:,} events in the log")
-            items, _ = await load_lines(
-                history.with_name(history.stem + ".catalog.jsonl"), Publisher(nc)
-            )
-            out.print(f"catalogue: {items} items")
-        finally:
-            await nc.close()
+        await bus.provision()
+        summary = await import_file(history, bus.publisher, await bus.kv("imports"))
+        state = "already imported" if summary.already_complete else "imported"
+        out.print(f"{history.name}: {state}, {summary.accepted:,} events in the log")
+        items, _ = await load_lines(history.with_name(history.stem + ".catalog.jsonl"), bus)
+        out.print(f"catalogue: {items} items")
 
-    _with_broker(settings, prepare)
+    with_bus("nerve-demo", prepare)
     for entry in importlib.metadata.entry_points(group="nerve.demo"):
         entry.load()(settings)  # training: a model per slot, unless one is active
 
     async def work(url: str) -> int:
         return await run_services(
-            url, SERVICES, settings, gateway=gateway, console=out, visitors=users
+            url, tuple(SERVICES), settings, gateway=gateway, console=out, visitors=users
         )
 
     out.print(
@@ -231,7 +238,7 @@ def demo(
         ),
         highlight=False,
     )
-    _exit_on_signal(_with_broker(settings, work))
+    exit_on_signal(with_broker(work))
 
 
 @app.command()
@@ -239,20 +246,20 @@ def run(
     service: Annotated[
         str, typer.Argument(help="profiles | warehouse | gateway | recommender | signals")
     ],
-    host: Host = "127.0.0.1",
-    port: Port = 8080,
+    host: Host = HOST,
+    port: Port = PORT,
     site_keys: SiteKeys = "",
     internal_tokens: InternalTokens = "",
-    rate_limit: RateLimit = 5000.0,
-    burst: Burst = 20_000,
-    ack_wait: AckWait = 30.0,
+    rate_limit: RateLimit = RATE_LIMIT,
+    burst: Burst = BURST,
+    ack_wait: AckWait = ACK_WAIT,
     flush_events: Annotated[
         int,
         typer.Option(min=1, help="Warehouse: events per Parquet chunk (or every 5 s)."),
-    ] = 50_000,
+    ] = default(ServiceSettings, "flush_events"),
     config: SlotsFile = None,
-    replicas: Replicas = 1,
-    replica: Replica = 0,
+    replicas: Replicas = REPLICAS,
+    replica: Replica = REPLICA,
 ) -> None:
     """Run one service until Ctrl-C. Replicas: start several profiles services (they share
     the work), or N recommenders with --replicas N --replica 0..N-1 (they split the users)."""
@@ -264,7 +271,7 @@ def run(
     gateway = None
     if service == "gateway":
         gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
-    settings = _settings()
+    settings = broker()
 
     async def work(url: str) -> int:
         return await run_services(
@@ -278,4 +285,4 @@ def run(
             recommender=reco,
         )
 
-    _exit_on_signal(_with_broker(settings, work))
+    exit_on_signal(with_broker(work))

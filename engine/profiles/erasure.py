@@ -23,20 +23,18 @@ import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from engine.bus import Outgoing, Publisher
-from engine.bus.consumer import Batch, scan
-from engine.bus.kv import erase_subject
+from engine.bus import Bus
+from engine.bus.consumer import Batch
 from engine.events import parse_event
 from engine.ids import uuid7
 from engine.profiles.store import ProfileStore
-from engine.subjects import decode_token, user_token
+from engine.subjects import DEADLETTER, FORGET_SUBJECT, decode_token, user_filters, user_token
 from engine.warehouse import Warehouse
 
-FORGET_SUBJECT = "nerve.control.forget"
+__all__ = ["FORGET_SUBJECT", "Erasure", "forget"]  # FORGET_SUBJECT: TRANSITION re-export
 
 
 @dataclass
@@ -50,13 +48,10 @@ class Erasure:
         return sum(self.erased.values())
 
 
-async def forget(
-    nc: Any, token: str, publisher: Publisher, warehouse: Path | None = None
-) -> Erasure:
+async def forget(bus: Bus, token: str, warehouse: Path | None = None) -> Erasure:
     """Erase everything stored about the user whose subject token is `token`, including the
     rows of the warehouse under `warehouse` when given (one on this machine's data dir)."""
-    js = nc.jetstream()
-    profiles = await ProfileStore.open(nc)
+    profiles = await ProfileStore.open(bus)
     stored = await profiles.read(token)
     linked = stored.get("anonymous_ids", []) if stored else []
     tokens = [token] + [user_token(None, a) for a in linked]
@@ -66,17 +61,14 @@ async def forget(
         report.erased[name] = report.erased.get(name, 0) + n
 
     for t in tokens:
-        await nc.publish(FORGET_SUBJECT, t.encode())
-        add("ACTIVITY", await erase_subject(js, "ACTIVITY", f"activity.{t}.>"))
-        add("CRM", await erase_subject(js, "CRM", f"crm.{t}.>"))
-        add("RECOMMENDATIONS", await erase_subject(js, "RECOMMENDATIONS", f"reco.{t}.*"))
-        add("SIGNALS", await erase_subject(js, "SIGNALS", f"signals.*.{t}"))
+        await bus.announce_forget(t)
+        for stream, subject in user_filters(t).items():
+            add(stream, await bus.erase_subject(stream, subject))
         add("profiles", await profiles.erase(t))
-    add("DEADLETTER", await _erase_deadletters(js, tokens))
+    add(DEADLETTER, await _erase_deadletters(bus, tokens))
     if warehouse is not None and warehouse.exists():
         add("warehouse rows", await asyncio.to_thread(Warehouse(warehouse).erase, set(tokens)))
-    await nc.publish(FORGET_SUBJECT, token.encode())  # again: a batch may have been in flight
-    await nc.flush()
+    await bus.announce_forget(token)  # again: a batch may have been in flight
     event = parse_event(
         {
             "id": uuid7(),
@@ -86,11 +78,11 @@ async def forget(
             "properties": {"erasure_id": report.erasure_id, "erased": report.erased},
         }
     )
-    await publisher.publish([Outgoing.event(event)])
+    await bus.publish_events([event])
     return report
 
 
-async def _erase_deadletters(js: Any, tokens: list[str]) -> int:
+async def _erase_deadletters(bus: Bus, tokens: list[str]) -> int:
     needles = []
     for t in tokens:
         user, anon = decode_token(t)
@@ -106,7 +98,6 @@ async def _erase_deadletters(js: Any, tokens: list[str]) -> int:
             if any(n in raw for n in needles):
                 hits.append(seq)
 
-    await scan(js, "DEADLETTER", handle)
-    for seq in hits:
-        await js.delete_msg("DEADLETTER", seq)
+    await bus.scan(DEADLETTER, handle)
+    await bus.erase(DEADLETTER, hits)
     return len(hits)

@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 
-from engine.bus.consumer import Batch, scan
+from engine.bus import Bus
+from engine.bus.consumer import Batch
 from engine.profiles.profile import CannotApply, apply, content, settle_floor
-from engine.profiles.service import SOURCES, blank, token_of
-from engine.profiles.store import ProfileStore
-from engine.subjects import is_user_token
+from engine.profiles.store import ProfileStore, blank
+from engine.subjects import SHORT, SubjectError, is_user_token, split_user_subject, user_filters
 
 
 @dataclass
@@ -37,21 +37,23 @@ class Rebuild:
 
 
 async def rebuild(
-    js: Any,
+    bus: Bus,
     *,
     token: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Rebuild:
     """Fold the whole log (or one user's part of it) into fresh profiles, in memory."""
+    if not isinstance(bus, Bus):  # TRANSITION: tests/test_profiles_service.py still passes js
+        bus = Bus(bus._nc)
     out = Rebuild()
     started = time.perf_counter()
     profiles = out.profiles
-    for stream, short in SOURCES:
+    for stream, short in SHORT.items():
 
         def handle(batch: Batch, short: str = short) -> None:
             for seq, subject, data in batch:
                 try:
-                    t = token_of(subject)
+                    t, _ = split_user_subject(subject)
                     if not is_user_token(t):
                         continue
                     p = profiles.get(t)
@@ -59,18 +61,24 @@ async def rebuild(
                         p = profiles[t] = blank(t)
                     if apply(p, orjson.loads(data), short, seq):
                         settle_floor(p, short, seq)  # in order, once each: keep `applied` empty
-                except (CannotApply, orjson.JSONDecodeError, TypeError, AttributeError):
+                except (
+                    CannotApply,
+                    SubjectError,
+                    orjson.JSONDecodeError,
+                    TypeError,
+                    AttributeError,
+                ):
                     out.refused += 1
             out.events += len(batch)
             if progress:
                 progress(len(batch))
 
-        subject = f"{short}.{token}.>" if token else None
+        subject = user_filters(token)[stream] if token else None
         # Profiles are acyclic: reference counting frees them, and the cyclic collector would
         # otherwise walk millions of live dicts again and again as they accumulate.
         gc.disable()
         try:
-            await scan(js, stream, handle, subject=subject)
+            await bus.scan(stream, handle, subject=subject)
         finally:
             gc.enable()
     out.seconds = time.perf_counter() - started

@@ -8,14 +8,18 @@ followed live. An empty catalogue means "no catalogue": every item the model kno
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.bus import Bus, Outgoing
 from engine.errors import FieldError
-from engine.subjects import item_token
+from engine.events import DeadLetter
+from engine.ids import derived_uuid7
+from engine.subjects import catalog_subject
 
 ITEM_ID = r"^[^\x00-\x1f\x7f]{1,128}$"
 
@@ -34,9 +38,8 @@ class Item(BaseModel):
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
-def item_subject(item_id: str) -> str:
-    """`catalog.item.<item>`, the item id made token-safe like a user id."""
-    return f"catalog.item.{item_token(item_id)}"
+item_subject = catalog_subject
+"""`catalog.item.<item>` (kept under this name for the tests and benchmarks that use it)."""
 
 
 def parse_item(raw: bytes) -> Item:
@@ -81,18 +84,12 @@ class ItemCatalog:
         return orjson.loads(item.model_dump_json(exclude_none=True)) if item else None
 
 
-async def load_lines(path: Path, publisher: Any) -> tuple[int, list[str]]:
+async def load_lines(path: Path, bus: Bus) -> tuple[int, list[str]]:
     """Publish every item of a JSON Lines file to CATALOG (msg id: a hash of the line, so a
     re-load stores nothing new); refused lines go to DEADLETTER. Returns (accepted, reasons)."""
-    from datetime import UTC, datetime
-
-    from engine.bus import Outgoing
-    from engine.events import DeadLetter
-    from engine.ids import derived_uuid7
-
     now = datetime.now(UTC)
-    good: list[Any] = []
-    dead: list[Any] = []
+    good: list[Outgoing] = []
+    dead: list[Outgoing] = []
     refused: list[str] = []
     for number, raw in enumerate(path.read_bytes().splitlines(), 1):
         if not raw.strip():
@@ -107,6 +104,8 @@ async def load_lines(path: Path, publisher: Any) -> tuple[int, list[str]]:
             dead.append(Outgoing.deadletter(record))
             continue
         msg_id = derived_uuid7(0, "catalog", raw.decode(errors="replace"))
-        good.append(Outgoing(item_subject(item.item_id), item.model_dump_json().encode(), msg_id))
-    await publisher.publish(good + dead)
+        good.append(
+            Outgoing(catalog_subject(item.item_id), item.model_dump_json().encode(), msg_id)
+        )
+    await bus.publish(good + dead)
     return len(good), refused

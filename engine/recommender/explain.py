@@ -22,16 +22,24 @@ from typing import Any
 
 import orjson
 
-from engine.bus.consumer import Batch, scan
-from engine.bus.reader import read_all
-from engine.bus.registry import Registry
+from engine.bus import Bus
+from engine.bus.consumer import Batch
 from engine.errors import NerveError
 from engine.profiles.profile import apply, settle_floor
-from engine.profiles.service import blank
+from engine.profiles.store import blank
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Loaded, Outcome, Serving
 from engine.recommender.slots import SlotsConfig
-from engine.subjects import user_token
+from engine.subjects import (
+    ACTIVITY,
+    CATALOG,
+    CRM,
+    RECOMMENDATIONS,
+    SHORT,
+    reco_filter,
+    user_filters,
+    user_token,
+)
 from models.base import load_packed
 
 
@@ -62,7 +70,7 @@ class Explanation:
 
 
 async def find(
-    js: Any,
+    bus: Bus,
     rid: str,
     user: str | None = None,
     anonymous: bool = False,
@@ -72,7 +80,7 @@ async def find(
     subject = None
     if user is not None:
         token = user_token(None, user) if anonymous else user_token(user)
-        subject = f"reco.{token}.*"
+        subject = reco_filter(token)
     needle = rid.encode()
 
     def handle(batch: Batch) -> None:
@@ -85,7 +93,7 @@ async def find(
             progress(len(batch))
 
     try:
-        await scan(js, "RECOMMENDATIONS", handle, subject=subject)
+        await bus.scan(RECOMMENDATIONS, handle, subject=subject)
     except _Found as hit:
         return hit.seq, hit.event
     where = f"for {user!r}" if user else "in RECOMMENDATIONS"
@@ -93,7 +101,7 @@ async def find(
 
 
 async def explain(
-    nc: Any,
+    bus: Bus,
     rid: str,
     config: SlotsConfig,
     *,
@@ -101,19 +109,20 @@ async def explain(
     anonymous: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Explanation:
-    js = nc.jetstream()
-    seq, stored = await find(js, rid, user, anonymous, progress)
+    """Rebuild recommendation `rid` from the log and the registry (see the module docstring)."""
+    if not isinstance(bus, Bus):  # TRANSITION: tests/test_recommender_service.py passes nc
+        bus = Bus(bus)
+    seq, stored = await find(bus, rid, user, anonymous, progress)
     out = Explanation(seq, stored)
     props = stored["properties"]
     token = user_token(stored.get("user_id"), stored.get("anonymous_id"))
     profile = blank(token)
-    for stream, short, upto in (
-        ("ACTIVITY", "activity", props["activity_seq"]),
-        ("CRM", "crm", props["crm_seq"]),
-    ):
+    filters = user_filters(token)
+    for stream, upto in ((ACTIVITY, props["activity_seq"]), (CRM, props["crm_seq"])):
         if not upto:
             continue
-        for s, _, data in await read_all(js, stream, f"{short}.{token}.>"):
+        short = SHORT[stream]
+        for s, _, data in await bus.read_all(stream, filters[stream]):
             if s > upto:
                 break
             event = orjson.loads(data)
@@ -128,14 +137,14 @@ async def explain(
     models: dict[str, Loaded] = {}
     version = props.get("model_version")
     if version:
-        registry = await Registry.open(nc)
+        registry = await bus.registry()
         out.card = await registry.card(version)
         artifact = await registry.artifact(version)
         model = load_packed(artifact)
         registry_slot = config.model_slot(served_by) if served_by in config.slots else served_by
         models[registry_slot] = Loaded(registry_slot, version, model.name, model)
     catalog = ItemCatalog()
-    await scan(js, "CATALOG", catalog.update)
+    await bus.scan(CATALOG, catalog.update)
     now_ms = int(datetime.fromisoformat(stored["time"]).timestamp() * 1000)
     serving = Serving(config, catalog, models)
     out.outcome = serving.recommend(slot, profile, now_ms, context_item=props.get("anchor"))

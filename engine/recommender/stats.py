@@ -10,13 +10,16 @@ CTR = clicks / impressions, where an impression is one list shown.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
-from engine.bus.consumer import Batch, scan
+from engine.bus import Bus
+from engine.bus.consumer import Batch
+from engine.subjects import ACTIVITY, RECOMMENDATIONS, type_filter
 
 ATTRIBUTION_MARGIN = timedelta(days=1)
 
@@ -46,7 +49,8 @@ class SlotStats:
         }
 
 
-async def click_through(js: Any, since: datetime) -> list[SlotStats]:
+async def click_through(bus: Bus, since: datetime) -> list[SlotStats]:
+    """Per slot and model version, what was shown, clicked and dismissed since `since`."""
     served: dict[str, tuple[str, str]] = {}
 
     def on_reco(batch: Batch) -> None:
@@ -60,7 +64,7 @@ async def click_through(js: Any, since: datetime) -> list[SlotStats]:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
 
-    await scan(js, "RECOMMENDATIONS", on_reco, since=since - ATTRIBUTION_MARGIN)
+    await bus.scan(RECOMMENDATIONS, on_reco, since=since - ATTRIBUTION_MARGIN)
     rows: dict[tuple[str, str], SlotStats] = {}
 
     def row(props: dict[str, Any]) -> SlotStats:
@@ -71,7 +75,7 @@ async def click_through(js: Any, since: datetime) -> list[SlotStats]:
             rows[key] = SlotStats(slot, version)
         return rows[key]
 
-    def counter(kind: str) -> Any:
+    def counter(kind: str) -> Callable[[Batch], None]:
         def handle(batch: Batch) -> None:
             for _, _, data in batch:
                 try:
@@ -94,5 +98,5 @@ async def click_through(js: Any, since: datetime) -> list[SlotStats]:
         ("recommendation_clicked", "clicked"),
         ("offer_dismissed", "dismissed"),
     ):
-        await scan(js, "ACTIVITY", counter(kind), subject=f"activity.*.{etype}", since=since)
+        await bus.scan(ACTIVITY, counter(kind), subject=type_filter(etype), since=since)
     return sorted(rows.values(), key=lambda r: (r.slot, r.model_version))
