@@ -4,7 +4,7 @@
 For each round, on a fresh stream holding the same --events events:
 
   raw        plain nats-py: a durable pull consumer, fetch(500) and ack every message
-  realistic  engine.profiles.service.ProfileService on a generated history (time-ordered, so
+  realistic  engine.services.profiles.ProfileService on a generated history (time-ordered, so
              a batch holds several events of the same users)
   worst      the same service on events dealt round-robin over --users users (every event of a
              batch touches a different profile: no coalescing)

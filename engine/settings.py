@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
+ACK_WAIT_S = 30.0
+"""Seconds before an unacknowledged message is delivered again (the one place it is written)."""
+MAX_DELIVER = 5
+"""Deliveries before a failing message is dead-lettered."""
 
 
 class BrokerSettings(BaseModel):
@@ -122,12 +126,14 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ack_wait_s: float = Field(
-        default=30.0,
+        default=ACK_WAIT_S,
         gt=0,
         description="Seconds before an unacknowledged message is delivered again",
     )
     max_deliver: int = Field(
-        default=5, ge=1, description="Deliveries before a failing message is dead-lettered"
+        default=MAX_DELIVER,
+        ge=1,
+        description="Deliveries before a failing message is dead-lettered",
     )
     flush_events: int = Field(
         default=50_000, ge=1, description="Warehouse: events per Parquet chunk (or every 5 s)"

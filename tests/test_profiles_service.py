@@ -126,7 +126,7 @@ async def test_two_replicas_on_one_consumer_give_the_profiles_one_gives(
     assert a.stats.applied > 0 and b.stats.applied > 0, "both replicas must have worked"
     live = await live_profiles(fresh)
     assert {t: Counter(p["counts"]) for t, p in live.items()} == expected_counts(events)
-    rebuilt = await rebuild(fresh.jetstream())
+    rebuilt = await rebuild(Bus(fresh))
     assert {t: content(p) for t, p in live.items()} == {
         t: content(p) for t, p in rebuilt.profiles.items()
     }
@@ -146,10 +146,10 @@ async def test_replay_equals_the_live_projection_and_single_user_replay_too(fres
     await Publisher(fresh).publish([Outgoing.event(parse_event(crm))])
     await drain(fresh, await service(fresh))
     live = await ProfileStore.open(Bus(fresh))
-    full = await rebuild(fresh.jetstream())
+    full = await rebuild(Bus(fresh))
     assert full.events == 1501 and full.refused == 0
     assert await verify(live, full.profiles, every_key=True) == []
-    one = await rebuild(fresh.jetstream(), token="user-3")
+    one = await rebuild(Bus(fresh), token="user-3")
     assert list(one.profiles) == ["user-3"]
     assert one.events == sum(1 for i in range(1500) if i % 40 == 3) + 1
     assert one.profiles["user-3"]["crm"]["mort-fixed"]["outcome"] == "declined"

@@ -20,8 +20,7 @@ from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Serving
 from engine.replicas import owner
 from engine.services.recommender import RecommenderService
-from engine.subjects import REQUEST_SUBJECT
-from engine.subjects import user_token
+from engine.subjects import REQUEST_SUBJECT, user_token
 from models import Interactions, make
 from tests.conftest import event
 from tests.reco_world import publish_model, publish_world, slots_config
@@ -400,14 +399,14 @@ async def test_explain_reconstructs_a_recommendation(fresh: NATS, world: dict[st
         await asyncio.sleep(0.3)
     rid = message["id"]
     for user in ("fay", None):
-        ex = await explain(nc, rid, slots_config(), user=user)
+        ex = await explain(Bus(nc), rid, slots_config(), user=user)
         assert ex.matches, ex.notes
         assert ex.stored["id"] == rid
         assert [e["type"] for e in ex.events] == ["item_viewed", "item_purchased", "simulator_used"]
         assert ex.card is not None and ex.card["version"] == world["home"]
         assert ex.outcome is not None and ("card-gold", "held") in ex.outcome.removed
     with pytest.raises(NotFound):
-        await explain(nc, "0190d6c4-0000-7000-8000-000000000000", slots_config(), user="fay")
+        await explain(Bus(nc), "0190d6c4-0000-7000-8000-000000000000", slots_config(), user="fay")
 
 
 async def test_recomputes_when_the_stored_profile_is_ahead(

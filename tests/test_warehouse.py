@@ -16,11 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from nats.aio.client import Client as NATS
 
-from engine.bus import Publisher
+from engine.bus import Bus, Publisher
 from engine.events import parse_event
-from engine.synth import generate
-from engine.bus import Bus
 from engine.services.warehouse import WarehouseService
+from engine.synth import generate
 from engine.warehouse import Warehouse
 from training import load_history
 
@@ -94,9 +93,7 @@ async def test_a_chunk_written_but_not_recorded_is_removed_and_written_once(
     # What a crash between writing a file and recording it leaves behind:
     orphan = service.warehouse.files()[0].parent / f"part-{recorded + 1:020d}-{last:020d}.parquet"
     orphan.write_bytes(service.warehouse.files()[0].read_bytes())
-    await run_until(
-        WarehouseService(Bus(fresh), root, flush_events=500, flush_seconds=0.2), last
-    )
+    await run_until(WarehouseService(Bus(fresh), root, flush_events=500, flush_seconds=0.2), last)
     assert not orphan.exists()
     assert rows(root) == list(range(1, last + 1))
 

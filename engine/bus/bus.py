@@ -30,7 +30,7 @@ from engine.bus.publisher import Outgoing, Publisher
 from engine.bus.registry import Registry
 from engine.errors import BrokerUnavailable, NerveError
 from engine.events import DeadLetter, Envelope
-from engine.settings import StreamSettings
+from engine.settings import ACK_WAIT_S, MAX_DELIVER, StreamSettings
 from engine.subjects import FORGET_SUBJECT, PUBLISHED_SUBJECT
 
 
@@ -184,8 +184,8 @@ class Bus:
         stream: str,
         durable: str,
         *,
-        max_deliver: int = 5,
-        ack_wait: float = 30.0,
+        max_deliver: int = MAX_DELIVER,
+        ack_wait: float = ACK_WAIT_S,
         filter_subject: str | None = None,
     ) -> DurableConsumer:
         """A durable pull consumer (created on `start`)."""
@@ -204,7 +204,7 @@ class Bus:
         durable: str,
         on_message: Callable[[Delivery], None],
         *,
-        ack_wait: float = 30.0,
+        ack_wait: float = ACK_WAIT_S,
     ) -> PushConsumer:
         """A durable push consumer with cumulative acknowledgement (created on `start`)."""
         return PushConsumer(self._js, stream, durable, on_message, ack_wait=ack_wait)

@@ -23,6 +23,7 @@ from engine.bus.jsmeta import Batch, ack_info, stream_subject
 from engine.bus.scanning import scan, tail
 from engine.errors import FieldError
 from engine.events import DeadLetter
+from engine.settings import ACK_WAIT_S, MAX_DELIVER
 
 __all__ = ["Batch", "Delivery", "DurableConsumer", "PushConsumer", "refusals", "scan", "tail"]
 
@@ -49,8 +50,8 @@ class DurableConsumer:
         durable: str,
         *,
         filter_subject: str | None = None,
-        max_deliver: int = 5,
-        ack_wait: float = 30.0,
+        max_deliver: int = MAX_DELIVER,
+        ack_wait: float = ACK_WAIT_S,
         max_ack_pending: int = 20_000,
     ) -> None:
         self.js = js
@@ -126,9 +127,9 @@ class PushConsumer:
         on_message: Callable[[Delivery], None],
         *,
         deliver_new: bool = True,
-        ack_wait: float = 30.0,
+        ack_wait: float = ACK_WAIT_S,
         max_ack_pending: int = 20_000,
-        max_deliver: int = 5,
+        max_deliver: int = MAX_DELIVER,
     ) -> None:
         self.js = js
         self.stream = stream

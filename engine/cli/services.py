@@ -77,6 +77,17 @@ AckWait = Annotated[
 ]
 
 
+GcTuning = Annotated[
+    bool,
+    typer.Option(
+        "--gc-tuning/--no-gc-tuning",
+        envvar="NERVE_GC_TUNING",
+        show_envvar=True,
+        help="Quieter garbage collection in the service process (off: Python's defaults, "
+        "to measure the difference).",
+    ),
+]
+GC_TUNING: bool = default(ServiceSettings, "gc_tuning")
 Replicas = Annotated[
     int,
     typer.Option(min=1, max=64, help="Recommender: how many replicas share the users."),
@@ -147,6 +158,7 @@ def up(
             "its own)."
         ),
     ] = "gateway,profiles,warehouse,recommender,signals",
+    gc_tuning: GcTuning = GC_TUNING,
 ) -> None:
     """Run the engine: provision, then every service (gateway, profiles, warehouse,
     recommender) in this process, each an asyncio task, until Ctrl-C."""
@@ -172,6 +184,7 @@ def up(
             console=out,
             ack_wait=ack_wait,
             recommender=reco,
+            services=ServiceSettings(gc_tuning=gc_tuning),
         )
 
     exit_on_signal(with_broker(work))
@@ -186,6 +199,7 @@ def demo(
     days: Annotated[int, typer.Option(min=1, help="Days of generated history.")] = 60,
     host: Host = HOST,
     port: Port = PORT,
+    gc_tuning: GcTuning = GC_TUNING,
 ) -> None:
     """The demo: generate a history once, import it with its catalogue, train and publish a
     model per slot (once), and run every service until Ctrl-C."""
@@ -222,7 +236,13 @@ def demo(
 
     async def work(url: str) -> int:
         return await run_services(
-            url, tuple(SERVICES), settings, gateway=gateway, console=out, visitors=users
+            url,
+            tuple(SERVICES),
+            settings,
+            gateway=gateway,
+            console=out,
+            visitors=users,
+            services=ServiceSettings(gc_tuning=gc_tuning),
         )
 
     out.print(
@@ -260,6 +280,7 @@ def run(
     config: SlotsFile = None,
     replicas: Replicas = REPLICAS,
     replica: Replica = REPLICA,
+    gc_tuning: GcTuning = GC_TUNING,
 ) -> None:
     """Run one service until Ctrl-C. Replicas: start several profiles services (they share
     the work), or N recommenders with --replicas N --replica 0..N-1 (they split the users)."""
@@ -283,6 +304,7 @@ def run(
             ack_wait=ack_wait,
             flush_events=flush_events,
             recommender=reco,
+            services=ServiceSettings(gc_tuning=gc_tuning),
         )
 
     exit_on_signal(with_broker(work))

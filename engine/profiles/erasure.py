@@ -31,10 +31,10 @@ from engine.bus.consumer import Batch
 from engine.events import parse_event
 from engine.ids import uuid7
 from engine.profiles.store import ProfileStore
-from engine.subjects import DEADLETTER, FORGET_SUBJECT, decode_token, user_filters, user_token
+from engine.subjects import DEADLETTER, decode_token, user_filters, user_token
 from engine.warehouse import Warehouse
 
-__all__ = ["FORGET_SUBJECT", "Erasure", "forget"]  # FORGET_SUBJECT: TRANSITION re-export
+__all__ = ["Erasure", "forget"]
 
 
 @dataclass

@@ -43,8 +43,6 @@ async def rebuild(
     progress: Callable[[int], None] | None = None,
 ) -> Rebuild:
     """Fold the whole log (or one user's part of it) into fresh profiles, in memory."""
-    if not isinstance(bus, Bus):  # TRANSITION: tests/test_profiles_service.py still passes js
-        bus = Bus(bus._nc)
     out = Rebuild()
     started = time.perf_counter()
     profiles = out.profiles

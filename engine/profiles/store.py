@@ -45,8 +45,6 @@ class ProfileStore:
     async def open(
         cls, bus: Bus, bucket: str = "profiles", *, create: bool = False
     ) -> ProfileStore:
-        if not isinstance(bus, Bus):  # TRANSITION: remove once every caller passes a Bus
-            bus = Bus(bus)
         kv = await bus.kv(bucket, create=create)
         return cls(kv, Keyring(await bus.kv("userkeys")))
 

@@ -110,8 +110,6 @@ async def explain(
     progress: Callable[[int], None] | None = None,
 ) -> Explanation:
     """Rebuild recommendation `rid` from the log and the registry (see the module docstring)."""
-    if not isinstance(bus, Bus):  # TRANSITION: tests/test_recommender_service.py passes nc
-        bus = Bus(bus)
     seq, stored = await find(bus, rid, user, anonymous, progress)
     out = Explanation(seq, stored)
     props = stored["properties"]

@@ -35,7 +35,7 @@ from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Delivery, DurableConsumer, refusals
 from engine.profiles.profile import CannotApply, apply, settle_floor
 from engine.profiles.store import ProfileStore, Slot, blank
-from engine.settings import Settings
+from engine.settings import ACK_WAIT_S, MAX_DELIVER, Settings
 from engine.subjects import SHORT, SubjectError, is_user_token, split_user_subject
 
 log = logging.getLogger("nerve.profiles")
@@ -63,8 +63,8 @@ class ProfileService:
         *,
         durable: str = "profiles",
         batch: int = 500,
-        max_deliver: int = 5,
-        ack_wait: float = 30.0,
+        max_deliver: int = MAX_DELIVER,
+        ack_wait: float = ACK_WAIT_S,
         cache_size: int = 50_000,
     ) -> None:
         self.bus = bus

@@ -62,7 +62,7 @@ from engine.recommender.loading import load_active
 from engine.recommender.slots import load_slots
 from engine.recommender.working import WorkingSet
 from engine.replicas import owner
-from engine.settings import Settings
+from engine.settings import ACK_WAIT_S, Settings
 from engine.subjects import (
     CATALOG,
     REQUEST_SUBJECT,
@@ -87,7 +87,7 @@ class RecommenderService:
         replica: int = 0,
         batch: int = 100,
         cache_size: int = 100_000,
-        ack_wait: float = 30.0,
+        ack_wait: float = ACK_WAIT_S,
         work_dir: Path | None = None,
         durable: str | None = None,
     ) -> None:
