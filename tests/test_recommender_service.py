@@ -433,3 +433,21 @@ async def test_recomputes_when_the_stored_profile_is_ahead(
     async with running(nc):
         top = await until(nc, "gus", "home", lambda m: True)
     assert items(top)[0] == "loan-personal"
+
+
+async def test_a_json_array_on_activity_is_dead_lettered_and_the_stream_moves_on(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    """A message that is JSON but not an object (an array, a string) goes to DEADLETTER with
+    its reason (read through the one decoder, engine.bus.decode) instead of failing the batch
+    forever; the events behind it still get their lists."""
+    nc = fresh
+    async with running(nc) as service:
+        await nc.jetstream().publish("activity.x.item_viewed", b"[1, 2]")
+        await nc.jetstream().publish("activity.y.item_viewed", b'"a string"')
+        await send(nc, act("hal", "item_viewed", "card-gold", category="cards"))
+        await until(nc, "hal", "home", lambda m: True)
+        assert service.stats.deadlettered == 2
+    dead = [orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "DEADLETTER")]
+    reasons = [e["errors"][0]["reason"] for e in dead if e["source"] == "recommender"]
+    assert reasons == ["not a JSON object", "not a JSON object"]
