@@ -7,7 +7,8 @@ as well as known ones; `recommend` removes what the history holds (unless asked 
 histories at once, as a dense users x items array, for evaluation.
 
 On disk a model is a directory: `model.json` (name, config, item ids, format version) and
-`arrays.npz` (read back with `allow_pickle=False`).
+`arrays.npz` (read back with `allow_pickle=False`); `models.artifact` packs and loads it. Every
+`Recommender` satisfies `models.scorer.Scorer`, the protocol the serving pipeline uses.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -23,9 +23,14 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
+from models.artifact import FORMAT_VERSION, register
+from models.artifact import load_model as load_model  # these four: re-exported for callers
+from models.artifact import load_packed as load_packed  # that import them from models.base
+from models.artifact import pack as pack
+from models.artifact import unpack as unpack
 from models.data import Interactions, history_rows
+from models.scorer import Scored
 
-FORMAT_VERSION = 1
 TIE_BREAK = 1e-6
 REGISTRY: dict[str, type[Recommender]] = {}
 
@@ -35,12 +40,6 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     seed: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    item: str
-    score: float
 
 
 class NotFitted(RuntimeError):
@@ -57,6 +56,7 @@ class Recommender(ABC):
         super().__init_subclass__(**kw)
         if "name" in cls.__dict__:
             REGISTRY[cls.name] = cls
+            register(cls.name, Recommender.load)
 
     def __init__(self, config: ModelConfig | None = None, **params: Any) -> None:
         self.config = config if config is not None else self.Config(**params)
@@ -124,6 +124,31 @@ class Recommender(ABC):
         """For each of `items`, the history item that contributes most to its score (for a
         reason such as "because you viewed X"); models that cannot tell return `{}`."""
         return {}
+
+    # -- the Scorer protocol (what serving calls) ----------------------------------------------
+    def candidates(self) -> np.ndarray:
+        """The item ids, in the order of every score array."""
+        return self._check()
+
+    def score(
+        self, profile: Mapping[str, Any], history: Mapping[str, float], now_ms: int
+    ) -> np.ndarray:
+        """`score_history`: an item model reads the history, not the profile or the time."""
+        return self.score_history(history)
+
+    def score_like(self, anchor: str) -> np.ndarray:
+        """The scores of a history of `anchor` alone."""
+        return self.score_history({anchor: 1.0})
+
+    def explain(
+        self,
+        profile: Mapping[str, Any],
+        history: Mapping[str, float],
+        items: Sequence[str],
+        now_ms: int,
+    ) -> dict[str, str]:
+        """`because` in the protocol's vocabulary: `item:<history item>`."""
+        return {item: f"item:{h}" for item, h in self.because(history, items).items()}
 
     def _strongest(
         self, history: Mapping[str, float], items: Sequence[str], block: Any
@@ -204,53 +229,8 @@ def top_k(scores: np.ndarray, items: np.ndarray, k: int, banned: set[str]) -> li
     return out
 
 
-def load_model(path: Path) -> Any:
-    """A saved model of any kind: a `Recommender`, or a `NextBestOffer` (name `nbo`)."""
-    meta = json.loads((path / "model.json").read_text())
-    if meta.get("name") == "nbo":
-        from models.nbo import NextBestOffer
-
-        return NextBestOffer.load(path)
-    return Recommender.load(path)
-
-
-def load_packed(data: bytes, work_dir: Path | None = None) -> Any:
-    """A model of any kind from an archive made by `pack` (what the registry stores)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        return load_model(unpack(data, Path(tmp)))
-
-
 def make(name: str, **params: Any) -> Recommender:
     """A model by its registered name, with parameters (refused if unknown)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(sorted(REGISTRY))})")
     return REGISTRY[name](**params)
-
-
-def pack(folder: Path) -> bytes:
-    """A saved model directory as one zip archive (what travels to the object store)."""
-    import io
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(folder.iterdir()):
-            if f.is_file():
-                z.write(f, f.name)
-    return buffer.getvalue()
-
-
-def unpack(data: bytes, folder: Path) -> Path:
-    """Extract an archive made by `pack` (flat names only) into `folder`."""
-    import io
-    import zipfile
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for name in z.namelist():
-            if "/" in name or "\\" in name or name.startswith("."):
-                raise ValueError(f"unexpected entry {name!r} in a model archive")
-            (folder / name).write_bytes(z.read(name))
-    return folder

@@ -11,8 +11,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from models.base import ModelConfig, Recommender, Scored, top_k
+from models.base import ModelConfig, Recommender, top_k
 from models.data import Interactions
+from models.scorer import Scored
 
 
 class ItemKNNConfig(ModelConfig):

@@ -10,6 +10,9 @@ few positives keep their base rate. The artifact is the coefficient matrix and J
 Eligibility and suppression come before ranking: an offer the user holds, dismissed in the last
 `dismissed_days`, discussed with a CRM agent in the last `contacted_days` (whatever the outcome),
 or declined to a CRM contact in the last `declined_days`, is never offered.
+
+`NextBestOffer` satisfies `models.scorer.Scorer`: its candidates are the offers, its score the
+expected value, its explanation the strongest feature (`drivers`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.base import FORMAT_VERSION, Scored
+from models.artifact import FORMAT_VERSION, register
+from models.scorer import Scored
 
 DAY_MS = 86_400_000
 
@@ -159,6 +163,31 @@ class NextBestOffer:
                 out[offer] = self.names[best]
         return out
 
+    # -- the Scorer protocol (what serving calls) ----------------------------------------------
+    def candidates(self) -> np.ndarray:
+        """The offers, in the order of every score array."""
+        return np.asarray(self.offers, dtype=object)
+
+    def score(
+        self, profile: Mapping[str, Any], history: Mapping[str, float], now_ms: int
+    ) -> np.ndarray:
+        """`expected_values`: this model reads the profile's features, not the history."""
+        return self.expected_values(profile, now_ms)
+
+    def score_like(self, anchor: str) -> None:
+        """None: offers are ranked for a user, never by likeness to an item."""
+        return None
+
+    def explain(
+        self,
+        profile: Mapping[str, Any],
+        history: Mapping[str, float],
+        items: Sequence[str],
+        now_ms: int,
+    ) -> dict[str, str]:
+        """`drivers`: the feature (`kind:key`) that raises each offer's propensity most."""
+        return self.drivers(profile, now_ms, items)
+
     def eligible(self, profile: Mapping[str, Any], now_ms: int) -> list[int]:
         """Offer indexes that survive the rules: not held, not recently dismissed or declined."""
         held = profile.get("held", {})
@@ -227,3 +256,6 @@ class NextBestOffer:
             model.coef, model.intercept = a["coef"], a["intercept"]
             model.mean, model.scale = a["mean"], a["scale"]
         return model
+
+
+register(NextBestOffer.name, NextBestOffer.load)

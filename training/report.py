@@ -6,10 +6,8 @@ from __future__ import annotations
 import html as escape
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from training.train import TrainResult
+from training.result import TrainResult
 
 W, H, PAD = 520, 220, 40
 COLOURS = ("#2f6fb0", "#c8553d", "#5a9e6f", "#8e6bb8")

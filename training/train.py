@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -18,21 +17,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from models import EventWeights, Interactions, Recommender, make
+from models import EventWeights, Interactions, make
 from training.evaluate import evaluate
+from training.report import html
+from training.result import TrainResult
 from training.splits import global_cut, leave_last_n
 
 LIBRARIES = ("numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "pydantic", "nerve")
-
-
-@dataclass
-class TrainResult:
-    model: Recommender
-    version: str
-    card: dict[str, Any]
-    metrics: dict[str, dict[str, float]]
-    curve: list[tuple[float, float]] = field(default_factory=list)
-    item_counts: list[int] = field(default_factory=list)
 
 
 def _versions() -> dict[str, str]:
@@ -119,8 +110,6 @@ def train(
 def write(result: TrainResult, root: Path) -> Path:
     """The artifact, the card and the HTML report under `root/<version>/`."""
     import json
-
-    from training.report import html
 
     folder = result.model.save(root / result.version)
     (folder / "card.json").write_text(json.dumps(result.card, indent=2))
