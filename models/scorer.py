@@ -58,3 +58,14 @@ class Scorer(Protocol):
         history item (`item:<id>`) or a profile feature (`sim:loan`, `seen:<id>`...); models
         that cannot tell return `{}`."""
         ...
+
+
+@runtime_checkable
+class Propensities(Protocol):
+    """A model that gives each offer's purchase propensity from profile features (what an
+    interest signal's propensity condition needs; `NextBestOffer` is one)."""
+
+    offers: list[str]
+    names: list[str]
+
+    def propensity(self, x: np.ndarray) -> np.ndarray: ...

@@ -42,7 +42,8 @@ from engine.replicas import owner
 from engine.settings import Settings
 from engine.signals.detector import DAY_MS, Detector, Firing, describe, iso, offer_of
 from engine.subjects import SHORT, SIGNALS, decode_token, signal_subject
-from models.nbo import NextBestOffer, features
+from models.nbo import features
+from models.scorer import Propensities
 
 log = logging.getLogger("nerve.signals")
 
@@ -218,7 +219,7 @@ class SignalsService:
         if cached is None:
             return 0.0, None
         model = cached.model
-        if not isinstance(model, NextBestOffer):
+        if not isinstance(model, Propensities):  # a capability, not a class
             return 0.0, None
         profile = await self.store.fresh().read(token) or {}
         p = model.propensity(features(profile, model.names, int(time.time() * 1000)))[0]
