@@ -13,43 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.bus import Bus, Outgoing
 from engine.errors import FieldError
 from engine.events import DeadLetter
+from engine.events.items import ITEM_ID, Item, parse_item
 from engine.ids import derived_uuid7
 from engine.subjects import catalog_subject
 
-ITEM_ID = r"^[^\x00-\x1f\x7f]{1,128}$"
-
-
-class Item(BaseModel):
-    """One catalogue entry. `attributes` is free (string, number or boolean values)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    item_id: str = Field(pattern=ITEM_ID)
-    name: str = Field(default="", max_length=300)
-    category: str | None = Field(default=None, max_length=64)
-    value: float | None = Field(default=None, ge=0, description="Worth of an acquisition")
-    url: str | None = Field(default=None, max_length=2000)
-    image: str | None = Field(default=None, max_length=2000)
-    available: bool = True
-    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
+__all__ = ["ITEM_ID", "Item", "ItemCatalog", "item_subject", "load_lines", "parse_item"]
 
 item_subject = catalog_subject
 """`catalog.item.<item>` (kept under this name for the tests and benchmarks that use it)."""
-
-
-def parse_item(raw: bytes) -> Item:
-    """An item from JSON bytes, or `ValueError` naming the first bad field."""
-    try:
-        return Item.model_validate_json(raw)
-    except ValidationError as exc:
-        e = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in e["loc"])
-        raise ValueError(str(FieldError(field, e["msg"]))) from None
 
 
 class ItemCatalog:
