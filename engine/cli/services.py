@@ -16,6 +16,7 @@ from engine.cli.toolkit import (
     config_error,
     default,
     exit_on_signal,
+    first_error,
     out,
     progress,
     with_broker,
@@ -170,21 +171,38 @@ def up(
         raise ConfigError(f"--services: unknown {unknown or 'none'}; from {', '.join(SERVICES)}")
     gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
     reco = _reco(config, replicas, replica)
+    _serve(names, gateway, reco, _services(ack_wait_s=ack_wait, gc_tuning=gc_tuning), import_file)
+
+
+def _services(**values: object) -> ServiceSettings:
+    try:
+        return ServiceSettings.model_validate(values)
+    except ValueError as exc:  # the option is --ack-wait, the field ack_wait_s
+        raise ConfigError(first_error(exc).replace("--ack-wait-s", "--ack-wait")) from None
+
+
+def _serve(
+    names: tuple[str, ...],
+    gateway: GatewaySettings | None,
+    reco: RecommenderOptions,
+    services: ServiceSettings,
+    import_path: Path | None = None,
+) -> None:
+    """Run `names` in this process on the broker of the global options, until a signal."""
+    from engine.runner import run_services
+
     settings = broker()
 
     async def work(url: str) -> int:
-        from engine.runner import run_services
-
         return await run_services(
             url,
             names,
             settings,
             gateway=gateway,
-            import_path=import_file,
+            import_path=import_path,
             console=out,
-            ack_wait=ack_wait,
             recommender=reco,
-            services=ServiceSettings(gc_tuning=gc_tuning),
+            services=services,
         )
 
     exit_on_signal(with_broker(work))
@@ -285,26 +303,12 @@ def run(
     """Run one service until Ctrl-C. Replicas: start several profiles services (they share
     the work), or N recommenders with --replicas N --replica 0..N-1 (they split the users)."""
     reco = _reco(config, replicas, replica)
-    from engine.runner import SERVICES, run_services
+    from engine.runner import SERVICES
 
     if service not in SERVICES:
         raise ConfigError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     gateway = None
     if service == "gateway":
         gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
-    settings = broker()
-
-    async def work(url: str) -> int:
-        return await run_services(
-            url,
-            (service,),
-            settings,
-            gateway=gateway,
-            console=out,
-            ack_wait=ack_wait,
-            flush_events=flush_events,
-            recommender=reco,
-            services=ServiceSettings(gc_tuning=gc_tuning),
-        )
-
-    exit_on_signal(with_broker(work))
+    services = _services(ack_wait_s=ack_wait, flush_events=flush_events, gc_tuning=gc_tuning)
+    _serve((service,), gateway, reco, services)
