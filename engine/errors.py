@@ -3,7 +3,9 @@
 NerveError
 ├── ConfigError            a setting or flag is wrong (the CLI exits 2)
 ├── BrokerError            the broker cannot be started or reached
-│   └── BrokerUnavailable  no server answered at `url` within the retry budget
+│   ├── BrokerUnavailable  no server answered at `url` within the retry budget
+│   └── NoAnswer           a core request on `subject` got no reply
+├── Conflict               a conditional publish lost its race (`subject` moved past `expected`)
 ├── ProvisionError         a stream / bucket exists with a config we cannot change
 ├── EventRejected          an input failed validation: `errors` lists (field, reason)
 └── PublishError           the broker did not acknowledge a publish in time
@@ -33,6 +35,24 @@ class BrokerUnavailable(BrokerError):
         super().__init__(f"cannot reach NATS at {url}: {reason}")
         self.url = url
         self.reason = reason
+
+
+class NoAnswer(BrokerError):
+    """A core request got no reply (nobody listening, or not in time)."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(f"no answer on {subject}: {reason}")
+        self.subject = subject
+        self.reason = reason
+
+
+class Conflict(NerveError):
+    """A conditional publish lost its race: `subject` had moved past `expected`."""
+
+    def __init__(self, subject: str, expected: int) -> None:
+        super().__init__(f"{subject} is no longer at sequence {expected}")
+        self.subject = subject
+        self.expected = expected
 
 
 class ProvisionError(NerveError):

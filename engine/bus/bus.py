@@ -28,28 +28,10 @@ from engine.bus.pipeline import Ack, Conditional, publish_conditional
 from engine.bus.provision import Report, provision
 from engine.bus.publisher import Outgoing, Publisher
 from engine.bus.registry import Registry
-from engine.errors import BrokerUnavailable, NerveError
+from engine.errors import BrokerUnavailable, Conflict, NoAnswer
 from engine.events import DeadLetter, Envelope
 from engine.settings import ACK_WAIT_S, MAX_DELIVER, StreamSettings
 from engine.subjects import FORGET_SUBJECT, PUBLISHED_SUBJECT
-
-
-class Conflict(NerveError):
-    """A conditional publish lost its race: `subject` had moved past `expected`."""
-
-    def __init__(self, subject: str, expected: int) -> None:
-        super().__init__(f"{subject} is no longer at sequence {expected}")
-        self.subject = subject
-        self.expected = expected
-
-
-class NoAnswer(NerveError):
-    """A core request got no reply (nobody listening, or not in time)."""
-
-    def __init__(self, subject: str, reason: str) -> None:
-        super().__init__(f"no answer on {subject}: {reason}")
-        self.subject = subject
-        self.reason = reason
 
 
 class Subscription(Protocol):
