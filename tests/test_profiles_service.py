@@ -247,3 +247,30 @@ async def test_the_service_survives_its_stream_being_recreated(fresh: NATS) -> N
         stop.set()
         await task
     assert "after-recreate" in await live_profiles(fresh)
+
+
+async def test_events_written_straight_to_the_bus_are_validated_and_must_match_their_subject(
+    fresh: NATS,
+) -> None:
+    """The one decoder validates what services read against the event models and the subject:
+    a CRM outcome outside the contract, and a payload about another user than its subject, are
+    dead-lettered with the field and reason, and fold into no profile (before, the first was
+    folded and the second was filed under the subject's user)."""
+    js = fresh.jetstream()
+    bad_outcome = event("crm_contact_logged", user_id="user-1")
+    bad_outcome["properties"]["outcome"] = "maybe"
+    await js.publish("crm.user-1.crm_contact_logged", orjson.dumps(bad_outcome))
+    about_bob = event("item_viewed", user_id="bob")
+    await js.publish("activity.alice.item_viewed", orjson.dumps(about_bob))
+    good = event("item_viewed", user_id="carol")
+    await publish(fresh, [good])
+    await drain(fresh, await service(fresh))
+    reasons = sorted(d["reason"] for d in await stored_deadletters(fresh))
+    assert len(reasons) == 2
+    assert reasons[0].startswith("properties.outcome:")
+    assert reasons[1] == (
+        "subject: stored on activity.alice.item_viewed, but the event belongs on "
+        "activity.bob.item_viewed"
+    )
+    profiles = await live_profiles(fresh)
+    assert set(profiles) == {"carol"}

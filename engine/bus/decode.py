@@ -1,17 +1,27 @@
 """The one decoder: a delivered message becomes a `Record` or a `Refusal` with its reason.
 
-Every consumer of ACTIVITY and CRM reads through `decode`, so the subject is split, the token
-checked and the JSON parsed in one place. A refusal keeps the raw bytes, for the dead letter.
+Every consumer of ACTIVITY and CRM reads through `decode`, so the subject is split, the JSON
+parsed and the event validated in one place: against its model (`engine.events.parse_event`,
+the same check as at the gateway, since events may be written to the bus directly), and against
+its subject, which must be the one the event itself names (stream, user and type: a payload
+about another user than its subject is refused, not silently filed under the subject's user).
+A refusal keeps the raw bytes and names the field, for the dead letter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from engine.errors import EventRejected
+from engine.events import parse_event
 from engine.subjects import SubjectError, is_user_token, split_user_subject
+
+_NO_FUTURE_CHECK = datetime(9000, 1, 1, tzinfo=UTC)
+"""Stored events are not refused for their time: it was checked when they were accepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +65,11 @@ def decode(stream: str, seq: int, subject: str, raw: bytes) -> Record | Refusal:
         return Refusal(stream, seq, subject, raw, f"not valid JSON: {exc}")
     if not isinstance(event, dict):
         return Refusal(stream, seq, subject, raw, "not a JSON object")
+    try:
+        envelope = parse_event(event, now=_NO_FUTURE_CHECK)
+    except EventRejected as exc:
+        return Refusal(stream, seq, subject, raw, "; ".join(str(e) for e in exc.errors))
+    if envelope.subject != subject:
+        reason = f"subject: stored on {subject}, but the event belongs on {envelope.subject}"
+        return Refusal(stream, seq, subject, raw, reason)
     return Record(stream, seq, subject, token, etype, event, raw)
