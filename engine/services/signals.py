@@ -31,6 +31,7 @@ import orjson
 
 from engine.bus import Bus, Conflict, Refusal, decode
 from engine.bus.consumer import Batch
+from engine.bus.registry import Registry
 from engine.events import parse_event
 from engine.ids import derived_uuid7
 from engine.profiles.profile import CannotApply, time_ms
@@ -81,6 +82,7 @@ class SignalsService:
         self.queue: asyncio.Queue[tuple[str, Batch]] = asyncio.Queue()
         self.ready = asyncio.Event()
         self._models: dict[str, Loaded] = {}
+        self._registry: Registry | None = None  # opened on the first propensity check
 
     @classmethod
     async def build(cls, bus: Bus, settings: Settings) -> SignalsService:
@@ -211,9 +213,9 @@ class SignalsService:
         assert d.propensity is not None
         slot = d.propensity.slot
         cached = self._models.get(slot)
-        fresh = await load_active(
-            await self.bus.registry(), slot, cached.version if cached else None
-        )
+        if self._registry is None:
+            self._registry = await self.bus.registry()
+        fresh = await load_active(self._registry, slot, cached.version if cached else None)
         if fresh is not None:
             cached = self._models[slot] = fresh
         if cached is None:
