@@ -74,21 +74,16 @@ async def run_services(
     gateway: GatewaySettings | None = None,
     import_path: Path | None = None,
     console: Console | None = None,
-    ack_wait: float | None = None,
-    flush_events: int | None = None,
     recommender: RecommenderOptions | None = None,
     visitors: int = 0,
     services: ServiceSettings | None = None,
 ) -> int:
-    """Run `names` until SIGINT/SIGTERM; returns the signal number that stopped them."""
-    base = services or ServiceSettings()
-    changes = {"ack_wait_s": ack_wait, "flush_events": flush_events}
-    base = base.model_copy(update={k: v for k, v in changes.items() if v is not None})
+    """Run `names` on the broker at `url` until SIGINT/SIGTERM; returns the signal number."""
     settings = Settings(
         broker=broker.model_copy(update={"nats_url": url}),
         gateway=gateway or GatewaySettings(),
         recommender=recommender or RecommenderOptions(),
-        services=base,
+        services=services or ServiceSettings(),
     )
     return await run(settings, names, import_path=import_path, console=console, visitors=visitors)
 

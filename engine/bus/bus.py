@@ -67,10 +67,6 @@ class Bus:
         nc = await connect(url, name, timeout=timeout, state=state)
         return cls(nc, state=state, ack_timeout=ack_timeout)
 
-    @property
-    def connected(self) -> bool:
-        return bool(self._nc.is_connected)
-
     async def close(self) -> None:
         """Send what is buffered, then close."""
         with contextlib.suppress(Exception):

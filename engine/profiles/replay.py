@@ -15,13 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from engine.bus import Bus
+from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Batch
 from engine.profiles.profile import CannotApply, apply, content, settle_floor
 from engine.profiles.store import ProfileStore, blank
-from engine.subjects import SHORT, SubjectError, is_user_token, split_user_subject, user_filters
+from engine.subjects import SHORT, user_filters
 
 
 @dataclass
@@ -48,24 +46,21 @@ async def rebuild(
     profiles = out.profiles
     for stream, short in SHORT.items():
 
-        def handle(batch: Batch, short: str = short) -> None:
+        def handle(batch: Batch, stream: str = stream, short: str = short) -> None:
             for seq, subject, data in batch:
+                record = decode(stream, seq, subject, data)  # what the live service refuses too
+                if isinstance(record, Refusal):
+                    out.refused += 1
+                    continue
+                if record.system:
+                    continue
+                p = profiles.get(record.token)
+                if p is None:
+                    p = profiles[record.token] = blank(record.token)
                 try:
-                    t, _ = split_user_subject(subject)
-                    if not is_user_token(t):
-                        continue
-                    p = profiles.get(t)
-                    if p is None:
-                        p = profiles[t] = blank(t)
-                    if apply(p, orjson.loads(data), short, seq):
+                    if apply(p, record.event, short, seq):
                         settle_floor(p, short, seq)  # in order, once each: keep `applied` empty
-                except (
-                    CannotApply,
-                    SubjectError,
-                    orjson.JSONDecodeError,
-                    TypeError,
-                    AttributeError,
-                ):
+                except CannotApply:
                     out.refused += 1
             out.events += len(batch)
             if progress:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from engine.bus import Bus
+from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Batch
 from engine.errors import NerveError
 from engine.profiles.profile import apply, settle_floor
@@ -120,10 +120,13 @@ async def explain(
         if not upto:
             continue
         short = SHORT[stream]
-        for s, _, data in await bus.read_all(stream, filters[stream]):
+        for s, subject, data in await bus.read_all(stream, filters[stream]):
             if s > upto:
                 break
-            event = orjson.loads(data)
+            record = decode(stream, s, subject, data)  # refused live, so skipped here too
+            if isinstance(record, Refusal):
+                continue
+            event = record.event
             if apply(profile, event, short, s):
                 settle_floor(profile, short, s)
                 out.events.append({"stream": stream, "seq": s, **event})

@@ -24,9 +24,6 @@ class WorkingSet:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, UserState] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._cache)
-
     def forget(self, token: str) -> None:
         self._cache.pop(token, None)
 
