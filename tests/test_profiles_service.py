@@ -274,3 +274,13 @@ async def test_events_written_straight_to_the_bus_are_validated_and_must_match_t
     )
     profiles = await live_profiles(fresh)
     assert set(profiles) == {"carol"}
+
+
+async def test_a_rebuild_refuses_what_the_live_service_refuses(fresh: NATS) -> None:
+    """Replay reads through the same decoder as the live projection, so a payload filed under
+    another user's subject is refused by both rather than rebuilt into a profile nobody served."""
+    about_bob = event("item_viewed", user_id="bob")
+    await fresh.jetstream().publish("activity.alice.item_viewed", orjson.dumps(about_bob))
+    await publish(fresh, [event("item_viewed", user_id="carol")])
+    rebuilt = await rebuild(Bus(fresh))
+    assert set(rebuilt.profiles) == {"carol"} and rebuilt.refused == 1
