@@ -34,7 +34,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.bus.decode import Refusal, decode
+from engine.bus.decode import Record, Refusal, decode
 from engine.subjects import ACTIVITY
 
 log = logging.getLogger("nerve.warehouse")
@@ -75,7 +75,12 @@ def row(seq: int, subject: str, data: bytes) -> dict[str, Any] | None:
     record = decode(ACTIVITY, seq, subject, data)
     if isinstance(record, Refusal) or record.system:
         return None
-    e = record.event
+    return row_of(record)
+
+
+def row_of(record: Record) -> dict[str, Any]:
+    """The warehouse row of a decoded user event."""
+    seq, e = record.seq, record.event
     raw_props = e.get("properties")
     props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
     value = next((props[f] for f in VALUE_FIELDS if isinstance(props.get(f), int | float)), None)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.bus import Bus, Publisher
+from engine.bus.consumer import Delivery
 from engine.bus.reader import read_all
 from engine.events import parse_event
 from engine.profiles.store import ProfileStore
@@ -451,3 +453,70 @@ async def test_a_json_array_on_activity_is_dead_lettered_and_the_stream_moves_on
     dead = [orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "DEADLETTER")]
     reasons = [e["errors"][0]["reason"] for e in dead if e["source"] == "recommender"]
     assert reasons == ["not a JSON object", "not a JSON object"]
+
+
+async def test_non_json_and_misaddressed_messages_are_dead_lettered_while_others_update(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    """Bytes that are not JSON, and a valid event stored under another user's subject, are
+    dead-lettered with their reason; the lists of the users behind them keep updating."""
+    nc = fresh
+    misfiled = act("mallory", "item_viewed", "card-gold", category="cards")
+    async with running(nc) as service:
+        await nc.jetstream().publish("activity.x.item_viewed", b"\xff\xfenot json")
+        victim = f"activity.{user_token('victim')}.item_viewed"
+        await nc.jetstream().publish(victim, orjson.dumps(misfiled))
+        await send(nc, act("ivy", "item_viewed", "card-gold", category="cards"))
+        await until(nc, "ivy", "home", lambda m: True)
+        assert service.stats.deadlettered == 2
+    assert await lists(nc, "victim", "home") == []
+    dead = [orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "DEADLETTER")]
+    reasons = [e["errors"][0]["reason"] for e in dead if e["source"] == "recommender"]
+    assert reasons[0].startswith("not valid JSON")
+    assert reasons[1].startswith("subject: stored on activity.")
+
+
+class FailsOn(RecommenderService):
+    """A recommender whose processing fails whenever a batch holds `marker` (fault
+    injection: a message that reads well but cannot be processed, e.g. a model bug)."""
+
+    marker = b"explodes-on-processing"
+
+    async def process(self, deliveries: Sequence[Delivery]) -> None:
+        if any(self.marker in d.data for d in deliveries):
+            raise RuntimeError("injected failure")
+        await super().process(deliveries)
+
+
+async def test_a_message_that_always_fails_is_dead_lettered_and_its_batch_stored(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    """Before, a batch that kept failing was retried forever and every user waited; now it is
+    split, the good events are processed, and the culprit is dead-lettered with its error."""
+    nc = fresh
+    bus = Bus(nc)
+    service = FailsOn(bus, Serving(slots_config(), ItemCatalog()), await ProfileStore.open(bus))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await asyncio.wait_for(service.ready.wait(), 10)
+    try:
+        query = FailsOn.marker.decode()
+        bad = event("search_performed", user_id="jon", properties={"query": query})
+        await send(
+            nc,
+            bad,
+            act("kim", "item_viewed", "card-gold", category="cards"),
+        )
+        await until(nc, "kim", "home", lambda m: True, timeout=20)
+        deadline = asyncio.get_running_loop().time() + 20
+        while service.stats.deadlettered < 1:
+            assert asyncio.get_running_loop().time() < deadline, "never dead-lettered"
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    dead = [orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "DEADLETTER")]
+    mine = [e for e in dead if e["source"] == "recommender"]
+    assert len(mine) == 1
+    assert "injected failure" in mine[0]["reason"]
+    assert FailsOn.marker.decode() in base64.b64decode(mine[0]["raw_b64"]).decode()

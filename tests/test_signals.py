@@ -241,3 +241,27 @@ async def test_reference_crm_stores_leads_and_logs_outcomes_once(
     await asyncio.wait_for(run(nats_url, db, "crm-ref-2", lines.append, limit=1), 10)
     assert len(leads(db)) == 1
     assert len(await read_all(nc.jetstream(), "CRM")) == 1
+
+
+async def test_unreadable_messages_are_dead_lettered_once_not_on_every_replay(
+    fresh: NATS,
+) -> None:
+    """Before, the signals service skipped what it could not read and told nobody. Now what
+    arrives while it runs is dead-lettered (source signals) and the users behind it still get
+    their signals; a restart, which re-reads the window, does not dead-letter it again."""
+    nc = fresh
+    js = nc.jetstream()
+    await js.publish("activity.old.item_viewed", b"stored before the service started")
+    async with signals(nc) as svc:
+        await js.publish("activity.x.item_viewed", b"\x00 not json")
+        await js.publish("crm.y.crm_contact_logged", b"[]")
+        await send(nc, consent("cai"), view("cai"), simulate("cai"), simulate("cai"))
+        await wait_until(lambda: _count(nc, 1))
+        await wait_until(lambda: _true(svc.stats.deadlettered == 2))
+        assert svc.stats.refused == 3
+    async with signals(nc) as again:
+        await asyncio.sleep(0.5)
+        assert again.stats.refused == 3 and again.stats.deadlettered == 0
+    dead = [orjson.loads(d) for _, _, d in await read_all(js, "DEADLETTER")]
+    origins = sorted(d["origin"].split("#")[0] for d in dead if d["source"] == "signals")
+    assert origins == ["ACTIVITY", "CRM"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.bus import Bus, Publisher
+from engine.bus.reader import read_all
 from engine.events import parse_event
 from engine.services.warehouse import WarehouseService
 from engine.synth import generate
@@ -133,3 +135,25 @@ async def test_kill_9_while_writing_loses_and_duplicates_nothing(
     assert progress[0] < last, f"a kill must land while it is still writing: {progress}"
     await run_until(WarehouseService(Bus(fresh), tmp_path / "warehouse"), last)
     assert rows(tmp_path / "warehouse") == list(range(1, last + 1)), progress
+
+
+async def test_unreadable_messages_are_dead_lettered_not_dropped(
+    fresh: NATS, tmp_path: Path, history: list[bytes]
+) -> None:
+    """Before, the warehouse skipped what it could not decode and told nobody; now each such
+    message is in DEADLETTER (source warehouse, its raw bytes and reason) and the readable
+    events around it are written once."""
+    js = fresh.jetstream()
+    await publish(fresh, history[:5])
+    await js.publish("activity.x.item_viewed", b"not json at all")
+    await js.publish("activity.y.page_viewed", b"[1, 2]")
+    last = await publish(fresh, history[5:10])
+    service = WarehouseService(Bus(fresh), tmp_path / "wh", flush_seconds=0.1)
+    await run_until(service, last)
+    assert len(rows(tmp_path / "wh")) == 10
+    dead = [orjson.loads(d) for _, _, d in await read_all(js, "DEADLETTER")]
+    mine = [d for d in dead if d["source"] == "warehouse"]
+    assert [base64.b64decode(d["raw_b64"]) for d in mine] == [b"not json at all", b"[1, 2]"]
+    assert mine[0]["reason"].startswith("not valid JSON")
+    assert mine[1]["reason"] == "not a JSON object"
+    assert service.deadlettered == 2

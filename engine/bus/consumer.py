@@ -10,7 +10,7 @@ Reading without acknowledgement (`scan`, `tail`) is in `engine.bus.scanning`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from engine.bus.decode import Refusal
 from engine.bus.jsmeta import Batch, ack_info, stream_subject
 from engine.bus.scanning import scan, tail
 from engine.errors import FieldError
@@ -178,10 +179,18 @@ class PushConsumer:
             self._sub = None
 
 
-def refusals(source: str, refused: list[tuple[Delivery, str]]) -> list[DeadLetter]:
-    """Dead-letter records for deliveries a service refused, each with its reason and origin."""
+def refusals(source: str, refused: Sequence[tuple[Delivery | Refusal, str]]) -> list[DeadLetter]:
+    """Dead-letter records for messages a service refused, each with its reason and origin
+    (`<stream>#<seq>`); their ids hash source, origin and bytes, so refusing the same message
+    again (a re-read after a crash) is stored once within the duplicate window."""
     now = datetime.now(UTC)
     return [
-        DeadLetter.build(source, d.data, [FieldError("", reason)], now, f"{d.stream}#{d.seq}")
+        DeadLetter.build(
+            source,
+            d.data if isinstance(d, Delivery) else d.raw,
+            [FieldError("", reason)],
+            now,
+            f"{d.stream}#{d.seq}",
+        )
         for d, reason in refused
     ]

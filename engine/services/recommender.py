@@ -44,7 +44,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ import orjson
 from engine.bus import Bus, Conditional, Refusal, Subscription, decode
 from engine.bus.consumer import Delivery, PushConsumer, refusals
 from engine.bus.registry import Registry
+from engine.bus.retry import settle_batch
 from engine.events.requests import error_reply, parse_request
 from engine.profiles.profile import CannotApply, apply, settle_floor
 from engine.profiles.store import ProfileStore
@@ -65,6 +66,7 @@ from engine.replicas import owner
 from engine.settings import ACK_WAIT_S, Settings
 from engine.subjects import (
     CATALOG,
+    DEADLETTER,
     REQUEST_SUBJECT,
     SHORT,
     reco_subject,
@@ -199,23 +201,21 @@ class RecommenderService:
                 await by_stream[stream].ack(d)
 
     async def _process_until_done(self, deliveries: list[Delivery], stop: asyncio.Event) -> bool:
-        """Retry the same batch until it is stored (False if stopped first): acknowledgements
-        are cumulative, so moving on to the next batch would acknowledge this one. Effects are
-        idempotent."""
-        delay = 0.2
-        while True:
-            try:
-                await self.process(deliveries)
-                return True
-            except Exception:
-                log.exception("a batch of %d failed; retrying in %.1fs", len(deliveries), delay)
-                if stop.is_set():
-                    return False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        """Process the batch until it is stored (False if stopped first): acknowledgements are
+        cumulative, so moving on would acknowledge it. A message that fails on its own while
+        the broker answers is dead-lettered with its error (`engine.bus.retry`); effects are
+        idempotent, so what a retry repeats is stored once."""
+
+        async def give_up(d: Delivery, error: str) -> None:
+            await self._deadletter([(d, f"could not be processed: {error}")])
+
+        async def probe() -> None:
+            await self.bus.stream_messages(DEADLETTER)
+
+        return await settle_batch(deliveries, self.process, give_up, probe, stop)
 
     # -- the batch ------------------------------------------------------------------------------
-    async def process(self, deliveries: list[Delivery]) -> None:
+    async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Fold a batch into the working profiles, recompute the users it touches, publish the
         lists that changed and wait until they are stored."""
         self.stats.batches += 1

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from engine.bus import Bus, Conflict, Refusal, decode
-from engine.bus.consumer import Batch
+from engine.bus.consumer import Batch, refusals
 from engine.bus.registry import Registry
 from engine.events import parse_event
 from engine.ids import derived_uuid7
@@ -59,6 +59,8 @@ class SignalStats:
     anonymous: int = 0
     below_propensity: int = 0
     conflicts: int = 0
+    refused: int = 0
+    deadlettered: int = 0
 
 
 class SignalsService:
@@ -83,6 +85,8 @@ class SignalsService:
         self.ready = asyncio.Event()
         self._models: dict[str, Loaded] = {}
         self._registry: Registry | None = None  # opened on the first propensity check
+        self.live_from: dict[str, int] = {}
+        """Per stream, the first sequence stored after this service started."""
 
     @classmethod
     async def build(cls, bus: Bus, settings: Settings) -> SignalsService:
@@ -108,6 +112,9 @@ class SignalsService:
 
             return handle
 
+        for stream in SHORT:
+            _, newest = await self.bus.last_messages(stream, 1)
+            self.live_from[stream] = newest[0][0] + 1 if newest else 1
         async with contextlib.AsyncExitStack() as stack:
             for stream in SHORT:
                 await stack.enter_async_context(
@@ -122,16 +129,19 @@ class SignalsService:
                 await self.process(stream, batch)
 
     async def process(self, stream: str, batch: Batch) -> None:
+        refused: list[tuple[Refusal, str]] = []
         for seq, subject, data in batch:
             self.stats.events += 1
             record = decode(stream, seq, subject, data)
-            if isinstance(record, Refusal) or record.system:
-                continue  # the profiles service dead-letters what cannot be read
-            if owner(record.token, self.replicas) != self.replica:
+            if isinstance(record, Refusal):
+                refused.append((record, record.reason))
+                continue
+            if record.system or owner(record.token, self.replicas) != self.replica:
                 continue
             try:
                 firings = self.detector.observe(record.token, record.event, stream, seq)
-            except (CannotApply, AttributeError, TypeError):
+            except (CannotApply, AttributeError, TypeError) as exc:
+                refused.append((Refusal(stream, seq, subject, data, str(exc)), str(exc)))
                 continue
             for f in firings:
                 self.stats.firings += 1
@@ -139,6 +149,21 @@ class SignalsService:
                     await self.emit(f)
                 except Exception:
                     log.exception("could not publish the %s signal of %s", f.topic, f.token)
+        await self._deadletter(stream, refused)
+
+    async def _deadletter(self, stream: str, refused: list[tuple[Refusal, str]]) -> None:
+        """Dead-letter what this service could not read or apply. Only messages stored after
+        it started: the window it re-reads on every start was dead-lettered when it arrived
+        (the records' ids hash their bytes, so a re-send is stored once anyway)."""
+        live = [(r, reason) for r, reason in refused if r.seq >= self.live_from.get(stream, 1)]
+        self.stats.refused += len(refused)
+        if not live:
+            return
+        try:
+            await self.bus.deadletter(refusals("signals", live))
+            self.stats.deadlettered += len(live)
+        except Exception:
+            log.exception("could not dead-letter %d message(s) of %s", len(live), stream)
 
     async def emit(self, f: Firing) -> bool:
         """Publish a firing as an interest_signal unless a rule holds it back; True if stored."""

@@ -8,12 +8,14 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from engine.bus import Bus
-from engine.bus.consumer import Batch
+from engine.bus import Bus, Refusal, decode
+from engine.bus.consumer import Batch, refusals
+from engine.errors import PublishError
 from engine.settings import Settings
 from engine.subjects import ACTIVITY
-from engine.warehouse import Warehouse, row
+from engine.warehouse import Warehouse, row_of
 
 log = logging.getLogger("nerve.warehouse")
 
@@ -32,6 +34,7 @@ class WarehouseService:
         self.flush_events = flush_events
         self.flush_seconds = flush_seconds
         self.written = 0
+        self.deadlettered = 0
 
     @classmethod
     async def build(cls, bus: Bus, settings: Settings) -> WarehouseService:
@@ -68,12 +71,30 @@ class WarehouseService:
                 await self.flush(pending)
 
     async def flush(self, pending: Batch) -> None:
+        """Write what is pending; what cannot be read is dead-lettered first (before the
+        chunk's sequence is recorded, so a crash in between re-reads it). While the broker
+        refuses the dead letters, the chunk stays pending and is tried again."""
         chunk = pending[:]
-        pending.clear()
         # decoding and writing both run off the event loop, which other services share
-        self.written += await asyncio.to_thread(self._write, chunk)
+        rows, refused = await asyncio.to_thread(self._decode, chunk)
+        if refused:
+            try:
+                await self.bus.deadletter(refusals("warehouse", refused))
+            except PublishError as exc:
+                log.warning("could not dead-letter %d message(s): %s; retrying", len(refused), exc)
+                return
+            self.deadlettered += len(refused)
+        del pending[: len(chunk)]
+        await asyncio.to_thread(self.warehouse.append, rows, chunk[0][0], chunk[-1][0])
+        self.written += len(rows)
 
-    def _write(self, chunk: Batch) -> int:
-        rows = [r for seq, subject, data in chunk if (r := row(seq, subject, data))]
-        self.warehouse.append(rows, chunk[0][0], chunk[-1][0])
-        return len(rows)
+    @staticmethod
+    def _decode(chunk: Batch) -> tuple[list[dict[str, Any]], list[tuple[Refusal, str]]]:
+        rows, refused = [], []
+        for seq, subject, data in chunk:
+            record = decode(ACTIVITY, seq, subject, data)
+            if isinstance(record, Refusal):
+                refused.append((record, record.reason))
+            elif not record.system:
+                rows.append(row_of(record))
+        return rows, refused
