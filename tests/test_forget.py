@@ -52,7 +52,7 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
     own_broker: EmbeddedBroker,
 ) -> None:
     assert own_broker.url
-    nc: NATS = await connect(own_broker.url, "forget-test")
+    nc: NATS = await connect(own_broker.admin_url, "forget-test")
     try:
         bus = Bus(nc)
         await bus.provision()
@@ -143,3 +143,32 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
     restarted.start()
     restarted.stop()
     assert files_containing(own_broker.data_dir, needles) == []
+
+
+async def test_a_forgotten_user_stays_forgotten(fresh: NATS) -> None:
+    """Before, a request for a forgotten user's recommendations stored a new list under their
+    id seconds after the erasure, and their next event made a new profile. The tombstone
+    written by `nerve forget` stops both; other users are served as before."""
+    from engine.subjects import REQUEST_SUBJECT
+    from tests.reco_world import publish_world
+    from tests.test_recommender_service import act, lists, running, send, until
+
+    nc = fresh
+    bus = Bus(nc)
+    await publish_world(nc)
+    gone, token = "gone-4b1d@example.com", user_token("gone-4b1d@example.com")
+    async with running(nc):
+        await send(nc, act(gone, "item_viewed", "card-gold", category="cards"))
+        await until(nc, gone, "home", lambda m: True)
+        await forget(bus, token)
+        assert await lists(nc, gone, "home") == []
+        ask = orjson.dumps({"user_id": gone, "slot": "home"})
+        reply = orjson.loads((await nc.request(REQUEST_SUBJECT, ask, timeout=5)).data)
+        assert reply["error"]["status"] == 410 and reply["error"]["field"] == "user_id"
+        await send(nc, act(gone, "item_viewed", "loan-personal", category="loans"))
+        await send(nc, act("stays", "item_viewed", "card-gold", category="cards"))
+        await until(nc, "stays", "home", lambda m: True)
+        assert await lists(nc, gone, "home") == []
+    await drain(nc, await service(nc))
+    assert await read_profile(await ProfileStore.open(bus), gone) is None
+    assert await read_profile(await ProfileStore.open(bus), "stays") is not None

@@ -97,6 +97,10 @@ class DurableConsumer:
     async def term(self, delivery: Delivery) -> None:
         await delivery.msg.term()
 
+    async def backlog(self) -> int:
+        """Messages waiting for this consumer: not yet delivered, or not yet acknowledged."""
+        return await _backlog(self.js, self.stream, self.durable)
+
     async def ack_floor(self) -> int:
         """The stream sequence at and below which every message has been acknowledged."""
         info = await self.js.consumer_info(self.stream, self.durable)
@@ -172,11 +176,20 @@ class PushConsumer:
         """Acknowledge `delivery` and every message delivered before it."""
         await delivery.msg.ack()
 
+    async def backlog(self) -> int:
+        """Messages waiting for this consumer: not yet delivered, or not yet acknowledged."""
+        return await _backlog(self.js, self.stream, self.durable)
+
     async def stop(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+async def _backlog(js: JetStreamContext, stream: str, durable: str) -> int:
+    info = await js.consumer_info(stream, durable)
+    return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
 
 def refusals(source: str, refused: Sequence[tuple[Delivery | Refusal, str]]) -> list[DeadLetter]:

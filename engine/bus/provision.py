@@ -55,6 +55,8 @@ class Bucket:
     history: int
     description: str
     erasable: bool = False
+    max_age: float = 0.0
+    """Seconds a value lives (0: forever)."""
 
 
 def bucket_stream(b: Bucket, replicas: int) -> StreamConfig:
@@ -67,7 +69,8 @@ def bucket_stream(b: Bucket, replicas: int) -> StreamConfig:
         allow_rollup_hdrs=True,
         deny_delete=not b.erasable,
         discard=DiscardPolicy.NEW,
-        duplicate_window=120.0,
+        duplicate_window=min(120.0, b.max_age) if b.max_age else 120.0,
+        max_age=b.max_age,
         max_consumers=-1,
         max_msgs=-1,
         max_msg_size=-1,
@@ -157,6 +160,8 @@ BUCKETS = (
     ),
     Bucket("registry", 16, "active.<slot> and model.<version>: which model serves, model cards"),
     Bucket("imports", 1, "Import checkpoints: file hash -> last line applied"),
+    Bucket("tombstones", 1, "Erased users: a keyed hash of each token, never served again"),
+    Bucket("health", 1, "Each running service's progress, for /healthz", max_age=60.0),
 )
 OBJECT_STORES = (("models", "Model artifacts: arrays and JSON, no pickle"),)
 

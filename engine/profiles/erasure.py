@@ -8,6 +8,10 @@ DEADLETTER records whose raw bytes mention one of the ids. Each message is delet
 with the server's secure erase, which overwrites its bytes in the block files; a filtered purge
 would only mark them deleted and leave them readable on disk until the block is compacted.
 
+Before anything is erased, a tombstone is written for each token (`engine.profiles.tombstones`):
+the services check it on the serving path, so no request or late event creates a list, a
+profile or a signal under the id again.
+
 Running services are told on the core subject `nerve.control.forget` (not stored) to drop the
 user from their caches. Then a `user_forgotten` event with counts only is appended to ACTIVITY,
 so the log shows that an erasure happened without saying whose.
@@ -31,6 +35,7 @@ from engine.bus.consumer import Batch
 from engine.events import parse_event
 from engine.ids import uuid7
 from engine.profiles.store import ProfileStore
+from engine.profiles.tombstones import Tombstones
 from engine.subjects import DEADLETTER, decode_token, user_filters, user_token
 from engine.warehouse import Warehouse
 
@@ -60,7 +65,9 @@ async def forget(bus: Bus, token: str, warehouse: Path | None = None) -> Erasure
     def add(name: str, n: int) -> None:
         report.erased[name] = report.erased.get(name, 0) + n
 
+    tombstones = await Tombstones.open(bus)
     for t in tokens:
+        await tombstones.add(t)  # first: from here on nothing is created under the id
         await bus.announce_forget(t)
         for stream, subject in user_filters(t).items():
             add(stream, await bus.erase_subject(stream, subject))

@@ -33,8 +33,10 @@ import orjson
 
 from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Delivery, DurableConsumer, refusals
+from engine.health import beating
 from engine.profiles.profile import CannotApply, apply, settle_floor
 from engine.profiles.store import ProfileStore, Slot, blank
+from engine.profiles.tombstones import Tombstones
 from engine.settings import ACK_WAIT_S, MAX_DELIVER, Settings
 from engine.subjects import SHORT, SubjectError, is_user_token, split_user_subject
 
@@ -69,6 +71,8 @@ class ProfileService:
     ) -> None:
         self.bus = bus
         self.store = store
+        self.forgotten: Tombstones | frozenset[str] = frozenset()
+        """Erased users, whose events no longer make a profile (set in `run`)."""
         self.ready = asyncio.Event()
         self.durable = durable
         self.batch = batch
@@ -106,7 +110,7 @@ class ProfileService:
             if isinstance(record, Refusal):
                 refused.append((d, record.reason))
                 continue
-            if record.system:
+            if record.system or record.token in self.forgotten:
                 self.stats.skipped += 1
                 continue
             try:
@@ -124,6 +128,7 @@ class ProfileService:
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self.forgotten = await Tombstones.open(self.bus)
         consumers = [
             self.bus.durable(
                 name, self.durable, max_deliver=self.max_deliver, ack_wait=self.ack_wait
@@ -133,8 +138,15 @@ class ProfileService:
         for c in consumers:
             await c.start()
         self.ready.set()
+
+        async def progress() -> tuple[int, int]:
+            s = self.stats
+            behind = sum([await c.backlog() for c in consumers])
+            return s.applied + s.skipped + s.deadlettered, behind
+
         try:
-            await asyncio.gather(*(self._loop(c, SHORT[c.stream], stop) for c in consumers))
+            async with beating(self.bus, self.durable, progress):
+                await asyncio.gather(*(self._loop(c, SHORT[c.stream], stop) for c in consumers))
         finally:
             for c in consumers:
                 await c.stop()
@@ -275,6 +287,8 @@ class ProfileService:
 
     def forget(self, token: str) -> None:
         """Drop a user from the caches (after `nerve forget`)."""
+        if isinstance(self.forgotten, Tombstones):
+            self.forgotten.note(token)
         self.cache.pop(token, None)
         self.store.keyring.forget(token)
 

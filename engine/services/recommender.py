@@ -50,13 +50,15 @@ from typing import Any
 
 import orjson
 
-from engine.bus import Bus, Conditional, Refusal, Subscription, decode
+from engine.bus import Bus, Conditional, Record, Refusal, Subscription, decode
 from engine.bus.consumer import Delivery, PushConsumer, refusals
 from engine.bus.registry import Registry
 from engine.bus.retry import settle_batch
 from engine.events.requests import error_reply, parse_request
+from engine.health import beating
 from engine.profiles.profile import CannotApply, apply, settle_floor
 from engine.profiles.store import ProfileStore
+from engine.profiles.tombstones import Tombstones
 from engine.recommender.core import Serving
 from engine.recommender.lists import QUIET_TYPES, Last, Stats, UserState, build_event, signature
 from engine.recommender.loading import load_active
@@ -111,6 +113,8 @@ class RecommenderService:
         self._reload_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.source = "given"
+        self.forgotten: Tombstones | frozenset[str] = frozenset()
+        """Erased users: nothing is computed or stored for them again (set in `run`)."""
 
     @classmethod
     async def build(cls, bus: Bus, settings: Settings) -> RecommenderService:
@@ -134,8 +138,13 @@ class RecommenderService:
     def owns(self, token: str) -> bool:
         return owner(token, self.replicas) == self.replica
 
+    def serves(self, record: Record) -> bool:
+        """A user event of a user this replica owns and that was not forgotten."""
+        return not record.system and self.owns(record.token) and record.token not in self.forgotten
+
     # -- running ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self.forgotten = await Tombstones.open(self.bus)
         registry = await self.bus.registry()
         await self.reload(registry)
         consumers = [
@@ -145,6 +154,9 @@ class RecommenderService:
 
         async def on_published() -> None:
             self._spawn(self.reload(registry))
+
+        async def progress() -> tuple[int, int]:
+            return self.stats.events, sum([await c.backlog() for c in consumers])
 
         subs: list[Subscription] = [
             await self.bus.serve(REQUEST_SUBJECT, self._request),
@@ -162,7 +174,8 @@ class RecommenderService:
                 self.serving.versions(),
             )
             try:
-                await self._work(consumers, stop, registry)
+                async with beating(self.bus, self.durable, progress):
+                    await self._work(consumers, stop, registry)
             finally:
                 for c in consumers:
                     await c.stop()
@@ -226,7 +239,9 @@ class RecommenderService:
             record = decode(d.stream, d.seq, d.subject, d.data)
             if isinstance(record, Refusal):
                 refused.append((d, record.reason))
-            elif not record.system and self.owns(record.token):
+            elif (
+                not record.system and self.owns(record.token) and record.token not in self.forgotten
+            ):
                 grouped.setdefault(record.token, []).append((d, record.event))
         states = await self.users.states(list(grouped))
         now_ms = time.time_ns() // 1_000_000
@@ -299,6 +314,8 @@ class RecommenderService:
         return lost
 
     def _forget(self, token: str) -> None:
+        if isinstance(self.forgotten, Tombstones):
+            self.forgotten.note(token)
         self.users.forget(token)
         self.store.keyring.forget(token)
 
@@ -317,6 +334,9 @@ class RecommenderService:
         if not self.owns(token):
             return None
         self.stats.requests += 1
+        if token in self.forgotten:
+            field = "user_id" if req.user_id else "anonymous_id"
+            return error_reply(field, "this user was forgotten (nerve forget)", 410)
         try:
             return await self.answer(token, req.slot, req.k, req.context.item_id)
         except Exception as exc:  # the requester must hear something

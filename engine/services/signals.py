@@ -33,9 +33,11 @@ from engine.bus import Bus, Conflict, Refusal, decode
 from engine.bus.consumer import Batch, refusals
 from engine.bus.registry import Registry
 from engine.events import parse_event
+from engine.health import beating
 from engine.ids import derived_uuid7
 from engine.profiles.profile import CannotApply, time_ms
 from engine.profiles.store import ProfileStore
+from engine.profiles.tombstones import Tombstones
 from engine.recommender.core import Loaded
 from engine.recommender.loading import load_active
 from engine.recommender.slots import SignalDef, load_slots
@@ -86,6 +88,7 @@ class SignalsService:
         self._models: dict[str, Loaded] = {}
         self._registry: Registry | None = None  # opened on the first propensity check
         self.live_from: dict[str, int] = {}
+        self.forgotten: Tombstones | frozenset[str] = frozenset()
         """Per stream, the first sequence stored after this service started."""
 
     @classmethod
@@ -103,6 +106,7 @@ class SignalsService:
             log.info("signals: no topic defined; idle")
             await stop.wait()
             return
+        self.forgotten = forgotten = await Tombstones.open(self.bus)
         longest = max(d.window_days for d in self.definitions.values())
         since = datetime.now(UTC) - timedelta(days=longest)
 
@@ -116,10 +120,13 @@ class SignalsService:
             _, newest = await self.bus.last_messages(stream, 1)
             self.live_from[stream] = newest[0][0] + 1 if newest else 1
         async with contextlib.AsyncExitStack() as stack:
+            sub = await self.bus.on_forget(forgotten.note)
+            stack.push_async_callback(sub.unsubscribe)
             for stream in SHORT:
                 await stack.enter_async_context(
                     self.bus.tail(stream, 0, feeder(stream), since=since)
                 )
+            await stack.enter_async_context(beating(self.bus, self.name, self._progress))
             self.ready.set()
             while not stop.is_set():
                 try:
@@ -127,6 +134,10 @@ class SignalsService:
                 except TimeoutError:
                     continue
                 await self.process(stream, batch)
+
+    async def _progress(self) -> tuple[int, int]:
+        """(events read, batches waiting) for the heartbeat."""
+        return self.stats.events, self.queue.qsize()
 
     async def process(self, stream: str, batch: Batch) -> None:
         refused: list[tuple[Refusal, str]] = []
@@ -137,6 +148,8 @@ class SignalsService:
                 refused.append((record, record.reason))
                 continue
             if record.system or owner(record.token, self.replicas) != self.replica:
+                continue
+            if record.token in self.forgotten:
                 continue
             try:
                 firings = self.detector.observe(record.token, record.event, stream, seq)

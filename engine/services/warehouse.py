@@ -13,6 +13,7 @@ from typing import Any
 from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Batch, refusals
 from engine.errors import PublishError
+from engine.health import beating
 from engine.settings import Settings
 from engine.subjects import ACTIVITY
 from engine.warehouse import Warehouse, row_of
@@ -56,7 +57,12 @@ class WarehouseService:
             pending.extend(batch)
             arrived.set()
 
-        async with self.bus.tail(ACTIVITY, start, handle):
+        async def progress() -> tuple[int, int]:
+            done = self.warehouse.state()["last_seq"]
+            _, newest = await self.bus.last_messages(ACTIVITY, 1)
+            return done, max(0, (newest[0][0] if newest else 0) - done)
+
+        async with self.bus.tail(ACTIVITY, start, handle), beating(self.bus, self.name, progress):
             self.ready.set()
             last_flush = time.monotonic()
             while not stop.is_set():

@@ -1,0 +1,58 @@
+"""Heartbeats: a service with work waiting and no progress is reported stuck."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+
+from engine.bus import Bus
+from engine.health import heartbeat, report
+from tests.conftest import event
+from tests.test_profiles_service import drain, publish, service
+
+
+async def wait_for(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_work_waiting_without_progress_is_stuck_and_progress_clears_it(
+    fresh: NATS,
+) -> None:
+    bus = Bus(fresh)
+    state = {"done": 7, "behind": 3}
+
+    async def progress() -> tuple[int, int]:
+        return state["done"], state["behind"]
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(heartbeat(bus, "wedged.test", progress, stop, interval=0.05))
+    try:
+
+        async def stuck() -> bool:
+            return (await report(bus, after=0.3))["stuck"] == ["wedged.test"]
+
+        await wait_for(stuck)
+        state["done"] = 8  # it moved: no longer stuck
+
+        async def moving() -> bool:
+            return (await report(bus, after=0.3))["stuck"] == []
+
+        await wait_for(moving, timeout=2)
+        state["behind"] = 0  # idle with nothing waiting: never stuck
+        await asyncio.sleep(0.5)
+        assert (await report(bus, after=0.3))["stuck"] == []
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_running_service_reports_its_progress(fresh: NATS) -> None:
+    await publish(fresh, [event("item_viewed", user_id=f"h-{i}") for i in range(20)])
+    await drain(fresh, await service(fresh))
+    found = (await report(Bus(fresh)))["services"]
+    [name] = [n for n in found if n.startswith("profiles.")]
+    assert found[name]["done"] == 20 and found[name]["stuck"] is False  # type: ignore[index]
