@@ -4,6 +4,13 @@ One data dir holds one server. The first `nerve` command that needs the broker s
 an exclusive lock on `<data_dir>/broker.lock` and writes `<data_dir>/broker.json` with its URL;
 any other `nerve` command run meanwhile on the same data dir reads that file and connects to the
 running server instead of starting a second one on the same store (which would corrupt it).
+
+Authentication is always on: every start generates the missing component credentials and
+writes the server's `authorization` block (`engine.credentials`); there is no anonymous user.
+`broker_url` yields the URL with the admin user and password in it, for the operator commands
+run on the data dir's machine (and code that connects with a URL only); the runner replaces
+it with each service's own credential. `reload` makes the running server re-read its
+authorization (SIGHUP) after `nerve credentials` changed it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine import credentials, credstore
 from engine.errors import BrokerError, ConfigError
 from engine.settings import BrokerSettings
 
@@ -119,6 +127,8 @@ class EmbeddedBroker:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
+        credstore.ensure_components(self.data_dir)
+        auth = credstore.write_auth_config(self.data_dir)
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(
             "# written by nerve on every start; edit the flags, not this file\n"
@@ -129,6 +139,7 @@ class EmbeddedBroker:
             f"  store_dir: {json.dumps(str(store))}\n"
             f"  sync_interval: {json.dumps(self.settings.sync_interval)}\n"
             "}\n"
+            f"include {json.dumps(str(auth.relative_to(self.data_dir)))}\n"
         )
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - child keeps it
         self._proc = subprocess.Popen(
@@ -177,6 +188,16 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def url_for(self, name: str) -> str:
+        """The URL with component (or issued credential) `name`'s user and password in it."""
+        assert self.url is not None, "the broker is not started"
+        return credentials.url_with(self.url, credstore.component(self.data_dir, name))
+
+    @property
+    def admin_url(self) -> str:
+        """The URL with the admin credential in it (operator commands, tests)."""
+        return self.url_for("admin")
+
     def __enter__(self) -> EmbeddedBroker:
         self.start()
         return self
@@ -192,5 +213,31 @@ def broker_url(settings: BrokerSettings) -> Iterator[str]:
         yield settings.nats_url
         return
     with EmbeddedBroker(settings) as broker:
-        assert broker.url is not None
-        yield broker.url
+        yield broker.admin_url
+
+
+def reload(data_dir: Path) -> int | None:
+    """Make the embedded server running on `data_dir` re-read its config (SIGHUP); returns
+    its pid, or None when none runs (the next start reads the new config anyway)."""
+    info = data_dir.resolve() / "broker.json"
+    try:
+        pid = int(json.loads(info.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm")
+        if comm.exists() and not comm.read_text().startswith("nats-server"):
+            return None  # a stale broker.json: that pid is some other process now
+        os.kill(pid, signal.SIGHUP)
+    except OSError:  # ProcessLookupError among them: it is gone
+        return None
+    return pid
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the embedded server running on `data_dir`, or None."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        url = str(json.loads((data_dir.resolve() / "broker.json").read_text())["url"])
+        if _reachable(url):
+            return url
+    return None

@@ -1,10 +1,14 @@
 """The client for services that are not Nerve (a CRM, a marketing tool): receive interest
-signals, publish CRM events. Needs only a NATS URL; nothing else of the engine runs in-process.
+signals, publish CRM events. Needs a NATS URL and, for a secured broker, the credential file an
+operator issued with `nerve credentials add my-crm --role crm` (role crm: publish `crm.>`,
+consume SIGNALS; nothing else); nothing else of the engine runs in-process.
 
 ```python
 from engine.client import CrmContact, NerveClient
 
-async with await NerveClient.connect("nats://127.0.0.1:4222") as nerve:
+async with await NerveClient.connect(
+    "nats://127.0.0.1:4222", credentials=".nerve/credentials/my-crm.json"
+) as nerve:
     async for signal in nerve.interest_signals(topic="loan", durable="my-crm"):
         print(signal.user_id, signal.topic, signal.score, [e.event_id for e in signal.evidence])
         contact = CrmContact(user_id=signal.user_id, offer=signal.offer or "loan-personal",
@@ -21,6 +25,9 @@ idempotent by `signal.id`. A message that is not a
 valid signal is terminated (never redelivered) and logged. `publish` validates the event with
 the same models the engine uses and stores it in the CRM stream with its id as `Nats-Msg-Id`
 (a retry is stored once).
+
+For a site's backend: `mint_identity_token(secret, user_id, site_key=...)` makes the signed
+identity token a page passes to `Nerve.identify(userId, token)` (`engine.identity`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -36,14 +44,25 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.bus.connection import auth_options
+from engine.credentials import Credential, Tls
 from engine.errors import EventRejected
 from engine.events import parse_event, parse_event_json
 from engine.events.catalog import InterestSignal as SignalProperties
 from engine.events.producers import check_producer
+from engine.identity import mint_identity_token, verify_identity_token
 from engine.ids import uuid7
 from engine.subjects import SIGNALS, signal_filter
 
 log = logging.getLogger("nerve.client")
+
+__all__ = [
+    "CrmContact",
+    "InterestSignal",
+    "NerveClient",
+    "mint_identity_token",
+    "verify_identity_token",
+]
 
 
 Evidence = SignalProperties.Evidence
@@ -112,9 +131,29 @@ class NerveClient:
         self._in_hand: dict[int, Any] = {}
 
     @classmethod
-    async def connect(cls, url: str, name: str = "nerve-client") -> NerveClient:
+    async def connect(
+        cls,
+        url: str,
+        name: str = "nerve-client",
+        *,
+        credentials: str | Path | Credential | None = None,
+        tls: Tls | None = None,
+    ) -> NerveClient:
+        """Connect to `url` as `credentials`: the file `nerve credentials add` wrote (or a
+        NATS `.creds` file), or a loaded `Credential`; none connects as the URL says (an open
+        dev server, or `nats://user:password@host`). `tls` adds TLS (CA, client cert)."""
+        cred = (
+            Credential.load(Path(credentials))
+            if isinstance(credentials, str | Path)
+            else credentials
+        )
         nc = await nats.connect(
-            url, name=name, max_reconnect_attempts=-1, connect_timeout=5, error_cb=_log_error
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            connect_timeout=5,
+            error_cb=_log_error,
+            **auth_options(cred, tls),
         )
         return cls(nc)
 

@@ -2,13 +2,17 @@
 
 NerveError
 ├── ConfigError            a setting or flag is wrong (the CLI exits 2)
-├── BrokerError            the broker cannot be started or reached
+├── BrokerError            the broker cannot be started, reached or used
 │   ├── BrokerUnavailable  no server answered at `url` within the retry budget
-│   └── NoAnswer           a core request on `subject` got no reply
+│   ├── NoAnswer           a core request on `subject` got no reply
+│   └── PublishError       the broker did not acknowledge a publish within its budget
+│       └── BrokerDown     ... because the client is not connected (or its buffer is full)
 ├── Conflict               a conditional publish lost its race (`subject` moved past `expected`)
 ├── ProvisionError         a stream / bucket exists with a config we cannot change
-├── EventRejected          an input failed validation: `errors` lists (field, reason)
-└── PublishError           the broker did not acknowledge a publish in time
+└── EventRejected          an input failed validation: `errors` lists (field, reason)
+
+Every `BrokerError` raised while serving HTTP is a temporary condition of the broker, not a
+fault of the request: the gateway answers it with 503 and `Retry-After` (`engine.gateway.app`).
 """
 
 from __future__ import annotations
@@ -88,10 +92,18 @@ class EventRejected(NerveError):
         self.errors = errors
 
 
-class PublishError(NerveError):
-    """The broker did not acknowledge a publish (timeout, no stream, server error)."""
+class PublishError(BrokerError):
+    """The broker did not acknowledge a publish (timeout, no stream, server error).
+
+    A message whose publish failed may still have been stored (its ack may be what was lost):
+    re-send it with the same message id and the stream keeps one copy."""
 
     def __init__(self, subject: str, reason: str) -> None:
         super().__init__(f"publish to {subject} failed: {reason}")
         self.subject = subject
         self.reason = reason
+
+
+class BrokerDown(PublishError):
+    """A publish was not sent at all, or lost with its connection: the client is not connected
+    to the broker (reconnecting, closed, its outbound buffer full) or the server is gone."""

@@ -3,6 +3,13 @@
 Each service (`engine/services/`) is built from `(Bus, Settings)` by the one table `SERVICES`
 and runs as an asyncio task; a Ctrl-C or SIGTERM sets one stop event, every service finishes
 its current batch, then the process exits with 130 / 143.
+
+Least privilege also in one process: provisioning (and `--import`) runs on an `admin`
+connection that is closed before any service starts, and every service gets its own `Bus`
+connected with its own credential (`engine.credentials`: the embedded broker's per-component
+ones, or the one `--nats-creds` gave every component), so a service cannot do more than its job
+even when all of them share a process. (The gateway's app opens its own connection, as the
+`gateway` credential; the `Bus` handed to its `build` stays idle.)
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from engine.bus import Bus
+from engine.credentials import redact, tls_of
+from engine.credstore import for_component
 from engine.importer import import_file
 from engine.services.gateway import GatewayService
 from engine.services.profiles import ProfileService
@@ -79,13 +88,27 @@ async def run_services(
     services: ServiceSettings | None = None,
 ) -> int:
     """Run `names` on the broker at `url` until SIGINT/SIGTERM; returns the signal number."""
+    embedded = broker.embedded or (broker.nats_url is None and broker.nats_creds is None)
     settings = Settings(
-        broker=broker.model_copy(update={"nats_url": url}),
+        broker=broker.model_copy(update={"nats_url": url, "embedded": embedded}),
         gateway=gateway or GatewaySettings(),
         recommender=recommender or RecommenderOptions(),
         services=services or ServiceSettings(),
     )
     return await run(settings, names, import_path=import_path, console=console, visitors=visitors)
+
+
+async def connect_as(settings: Settings, component: str) -> Bus:
+    """A `Bus` connected as `component`, with that component's credential."""
+    broker = settings.broker
+    assert broker.nats_url is not None
+    return await Bus.connect(
+        broker.nats_url,
+        f"nerve-{component}",
+        timeout=broker.connect_timeout,
+        credential=for_component(broker, component),
+        tls=tls_of(broker),
+    )
 
 
 async def run(
@@ -98,9 +121,13 @@ async def run(
 ) -> int:
     """Provision, import `import_path`, build and run `names`; returns the stopping signal."""
     console = console or Console()
-    url = settings.broker.nats_url
-    assert url is not None
-    bus = await Bus.connect(url, "nerve-services", timeout=settings.broker.connect_timeout)
+    admin = await connect_as(settings, "admin")
+    try:
+        await admin.provision()
+        if import_path is not None:
+            await _import(admin, import_path, console)
+    finally:
+        await admin.close()
     stop = asyncio.Event()
     received: list[int] = []
     loop = asyncio.get_running_loop()
@@ -112,12 +139,11 @@ async def run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     tasks: list[asyncio.Task[Any]] = []
+    buses: list[Bus] = []
     try:
-        await bus.provision()
-        if import_path is not None:
-            await _import(bus, import_path, console)
         for name in (n for n in SERVICES if n in names):
-            service = await SERVICES[name](bus, settings)
+            buses.append(await connect_as(settings, name))
+            service = await SERVICES[name](buses[-1], settings)
             tasks.append(asyncio.create_task(service.run(stop), name=name))
             if name == "gateway":  # wait until it listens, so its address can be printed
                 await _started(service, tasks[-1])
@@ -125,9 +151,10 @@ async def run(
         if visitors:
             from engine.synth import visitors as trickle
 
-            tasks.append(asyncio.create_task(trickle(bus, visitors, stop), name="visitors"))
+            buses.append(await connect_as(settings, "visitors"))
+            tasks.append(asyncio.create_task(trickle(buses[-1], visitors, stop), name="visitors"))
             console.print(f"visitors: a trickle of synthetic visitors among {visitors:,} users")
-        console.print(f"NATS {url}. Ctrl-C stops.")
+        console.print(f"NATS {redact(settings.broker.nats_url or '')}. Ctrl-C stops.")
         _quiet_gc(settings.services)
         await _until_stopped(tasks, stop)
     finally:
@@ -136,7 +163,8 @@ async def run(
         await asyncio.gather(*tasks, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await bus.close()
+        for bus in buses:
+            await bus.close()
     return received[0] if received else 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 _DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)$")
 ACK_WAIT_S = 30.0
@@ -39,6 +39,20 @@ class BrokerSettings(BaseModel):
         ),
     )
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to keep trying")
+    nats_creds: Path | None = Field(
+        default=None,
+        description="Credential for --nats-url: a NATS .creds file or a Nerve credential file "
+        "(`nerve credentials add`); without it the engine connects as the URL says",
+    )
+    nats_tls_ca: Path | None = Field(default=None, description="CA bundle to verify the broker")
+    nats_tls_cert: Path | None = Field(default=None, description="Client certificate (mTLS)")
+    nats_tls_key: Path | None = Field(default=None, description="Client certificate's key")
+    embedded: bool = Field(
+        default=False,
+        description="The broker at nats_url is this data dir's embedded one: each component "
+        "connects with its own credential from <data_dir>/credentials (set by the runner, "
+        "not an option)",
+    )
 
     @field_validator("sync_interval")
     @classmethod
@@ -46,6 +60,12 @@ class BrokerSettings(BaseModel):
         if value != "always" and not _DURATION.match(value):
             raise ValueError("must be 'always' or a duration such as 500ms, 1s, 2m")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> BrokerSettings:
+        if self.nats_tls_key is not None and self.nats_tls_cert is None:
+            raise ValueError("--nats-tls-key needs --nats-tls-cert (its certificate)")
+        return self
 
 
 class StreamSettings(BaseModel):
@@ -71,7 +91,9 @@ class StreamSettings(BaseModel):
 
 
 class SiteKey(BaseModel):
-    """A public site key: which origins may use it, and how fast."""
+    """A public site key: which origins may use it, how fast, and the secret its site's backend
+    signs identity tokens with (`engine.identity`). Without a secret the key is anonymous-only:
+    no event naming a `user_id` and no known user's list is ever accepted with it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,6 +101,17 @@ class SiteKey(BaseModel):
     origins: tuple[str, ...] = ("*",)
     rate_per_s: float = Field(default=5000, gt=0, description="Events per second, sustained")
     burst: int = Field(default=20_000, ge=1, description="Events allowed in one burst")
+    identity_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC secret of the site's identity tokens (server-side only, >= 16 chars)",
+    )
+
+    @field_validator("identity_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("an identity secret needs at least 16 characters")
+        return value
 
 
 class GatewaySettings(BaseModel):
@@ -91,7 +124,12 @@ class GatewaySettings(BaseModel):
     site_keys: tuple[SiteKey, ...] = ()
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Larger bodies get 413")
     max_batch: int = Field(default=500, ge=1, description="Events per request")
-    ack_timeout_s: float = Field(default=5.0, gt=0)
+    ack_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Budget of one publish (re-sends and the wait for a lost connection "
+        "included): past it the gateway answers 503 with Retry-After",
+    )
     internal_tokens: tuple[str, ...] = Field(
         default=(),
         description="Bearer tokens of internal callers (profiles API); none = API closed",
@@ -103,6 +141,20 @@ class GatewaySettings(BaseModel):
         "without asking the recommender",
     )
     request_timeout_s: float = Field(default=2.0, gt=0, description="Wait for reco.request")
+    max_streams_per_key: int = Field(
+        default=10_000, ge=1, description="Open live streams per site key (429 beyond)"
+    )
+    max_streams_per_client: int = Field(
+        default=16,
+        ge=1,
+        description="Open live streams per client address (429 beyond); behind a proxy every "
+        "browser shares its address, so raise it there",
+    )
+    demo_site: str | None = Field(
+        default=None,
+        description="The site key whose backend the demo bank plays (/demo-site/: its key and "
+        "sign-in); unset = not served",
+    )
 
 
 class RecommenderOptions(BaseModel):

@@ -40,10 +40,17 @@ CATALOG = "CATALOG"
 RECOMMENDATIONS = "RECOMMENDATIONS"
 SIGNALS = "SIGNALS"
 DEADLETTER = "DEADLETTER"
+GAVE_UP = "GAVEUP"
+"""The server's advisories of messages a consumer stopped redelivering (`max_deliver`)."""
 SHORT = {ACTIVITY: "activity", CRM: "crm"}
 """The user streams by the short name a profile's positions use."""
 
 REQUEST_SUBJECT = "reco.request"
+TOMBSTONE_SALT_SUBJECT = "$KV.tombstones.salt"
+"""The `salt` key of the `tombstones` bucket, written once by provisioning (admin)."""
+PROFILE_REQUEST_SUBJECT = "nerve.profiles.get"
+"""Core request/reply: the profiles service answers with a user's decrypted profile, so the
+internet-facing gateway needs no profile key (`GET /v1/profiles/{user}`)."""
 FORGET_SUBJECT = "nerve.control.forget"
 ANON_PREFIX = "~~"
 SYSTEM_TOKEN = "~system"
@@ -110,6 +117,11 @@ def crm_subject(token: str, event_type: str) -> str:
 def deadletter_subject(source: str) -> str:
     """`dlq.<source>`: where inputs rejected by `source` are kept with their reason."""
     return f"dlq.{_escape(source)}"
+
+
+def max_deliveries_subject(stream: str = "*", consumer: str = "*") -> str:
+    """The advisory the server publishes when `consumer` of `stream` gives up on a message."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
 
 
 def reco_subject(token: str, slot: str) -> str:

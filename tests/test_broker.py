@@ -99,3 +99,26 @@ def test_server_stops_when_nerve_is_killed(tmp_path: Path) -> None:
     else:
         os.kill(server_pid, signal.SIGKILL)
         pytest.fail("nats-server outlived its parent")
+
+
+async def test_auth_is_always_on_and_credentials_survive_a_restart(tmp_path: Path) -> None:
+    """The config the broker writes on every start includes the authorization block; the
+    credentials are generated once (a restart must not lock out the services' files)."""
+    from engine import credstore
+    from engine.broker import reload
+    from engine.bus import AuthRefused
+
+    settings = BrokerSettings(data_dir=tmp_path)
+    with EmbeddedBroker(settings) as b:
+        assert b.url is not None
+        first = credstore.component(tmp_path, "admin")
+        assert "include" in (tmp_path / "nats-server.conf").read_text()
+        with pytest.raises(AuthRefused):
+            await connect(b.url, "anonymous", timeout=5)
+        with broker_url(settings) as url:
+            assert url == b.admin_url and f":{first.password}@" in url
+    assert reload(tmp_path) is None  # nothing runs: nothing to signal
+    with EmbeddedBroker(settings) as b:
+        assert credstore.component(tmp_path, "admin") == first
+        nc = await connect(b.admin_url, "admin", timeout=5)
+        await nc.close()

@@ -110,7 +110,7 @@ def test_up_serves_the_gateway_and_stops_everything_on_a_signal(
             raise AssertionError("gateway did not come up")
         r = httpx.post(
             f"{base}/v1/events",
-            content=orjson.dumps([event(), event()]),
+            content=orjson.dumps([event(user_id=None, anonymous_id=f"a-{i}") for i in range(2)]),
             headers={"X-Nerve-Site-Key": "cli-test-key", "Content-Type": "application/json"},
         )
         assert r.status_code == 202 and r.json()["accepted"] == 2

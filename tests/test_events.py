@@ -46,7 +46,7 @@ def test_crm_types_are_stored_under_the_crm_stream() -> None:
         ({"time": 1767225600}, "time", "RFC 3339"),
         ({"schema_version": 9}, "schema_version", "unknown version"),
         ({"user_id": None}, "user_id", "required"),
-        ({"user_id": "bad\nid"}, "user_id", "pattern"),
+        ({"user_id": "bad\nid"}, "user_id", "control"),
         ({"source": "Web Site"}, "source", "pattern"),
         ({"properties": {"page_type": "moon"}}, "properties.page_type", "home"),
         ({"surprise": 1}, "surprise", "unknown field"),
@@ -128,3 +128,67 @@ def test_cloudevents_with_a_wrong_spec_or_unknown_data_are_refused() -> None:
         from_cloudevent({"specversion": "0.3", "type": "page_viewed"})
     with pytest.raises(EventRejected, match=r"data\.oops"):
         from_cloudevent({"specversion": "1.0", "data": {"oops": 1}})
+
+
+@pytest.mark.parametrize(
+    ("char", "kind"),
+    [
+        ("\x00", "control"),
+        ("\x7f", "control"),
+        ("\x85", "control"),  # C1: NEL
+        ("\x9b", "control"),  # C1: CSI, the terminal escape
+        ("\u202e", "bidirectional"),  # RIGHT-TO-LEFT OVERRIDE
+        ("\u2066", "bidirectional"),  # LEFT-TO-RIGHT ISOLATE
+        ("\u200f", "bidirectional"),  # RIGHT-TO-LEFT MARK
+        ("\u061c", "bidirectional"),  # ARABIC LETTER MARK
+        ("\u200b", "invisible"),  # ZERO WIDTH SPACE
+        ("\ufeff", "invisible"),  # BYTE ORDER MARK
+        ("\u2028", "line separator"),
+    ],
+)
+@pytest.mark.parametrize("field", ["user_id", "anonymous_id"])
+def test_ids_with_control_bidi_or_invisible_characters_are_refused_with_the_code_point(
+    char: str, kind: str, field: str
+) -> None:
+    got = reasons(event("page_viewed", **{"user_id": None, field: f"ann{char}ie"}))
+    assert kind in got[field], got
+    assert f"U+{ord(char):04X}" in got[field]
+
+
+def test_visible_unicode_ids_are_still_accepted() -> None:
+    assert parse_event(event(user_id="José Müller-Łukasz 李")).user_id == "José Müller-Łukasz 李"
+
+
+def test_a_uuid_in_any_case_is_one_user_and_one_subject() -> None:
+    lower = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    upper = parse_event(event(user_id=lower.upper(), anonymous_id=lower.upper()))
+    assert upper.user_id == lower and upper.anonymous_id == lower
+    assert upper.subject == parse_event(event(user_id=lower)).subject
+    assert parse_event(event(user_id="Ann-B")).user_id == "Ann-B"  # other ids keep their case
+
+
+def test_an_event_id_that_is_a_uuid_is_stored_lowercase_so_a_resend_deduplicates() -> None:
+    eid = "0190a6e2-7c1d-7b3e-9f00-ABCDEFABCDEF"
+    assert parse_event(event(id=eid)).id == eid.lower()
+    ulid = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    assert parse_event(event(id=ulid)).id == ulid
+
+
+def test_time_may_lie_at_most_seven_days_before_received_at() -> None:
+    now = datetime.now(UTC)
+    stamp = now.isoformat()
+    ok = event(time=(now - timedelta(days=6, hours=23)).isoformat(), received_at=stamp)
+    assert parse_event(ok, now=now)
+    old = event(time=(now - timedelta(days=8)).isoformat(), received_at=stamp)
+    with pytest.raises(EventRejected) as info:
+        parse_event(old, now=now)
+    assert [(e.field, e.reason) for e in info.value.errors] == [
+        ("time", "more than 7 days before received_at (older history: `nerve import`)")
+    ]
+    assert parse_event(old, now=now, max_age=None)  # a caller may lift the bound
+
+
+def test_history_without_received_at_has_no_lower_bound() -> None:
+    """`nerve import` and producers' clients send no `received_at`: years-old events pass."""
+    now = datetime.now(UTC)
+    assert parse_event(event(time="2019-05-01T10:00:00Z"), now=now)

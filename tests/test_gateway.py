@@ -20,13 +20,19 @@ from engine.gateway import SITE_KEY_HEADER, GatewayState, create_app
 from engine.gateway.live import LatestPerSlot
 from engine.gateway.recommendations import sse_events
 from engine.ids import uuid7
-from engine.profiles.store import ProfileStore
 from engine.settings import GatewaySettings, SiteKey
-from engine.subjects import reco_subject
-from tests.conftest import count, event
+from engine.subjects import reco_subject, user_token
+from tests.conftest import count
+from tests.conftest import event as known_event
 
 KEY = "test-site-key"
 HEADERS = {SITE_KEY_HEADER: KEY}
+
+
+def event(etype: str = "page_viewed", **fields: Any) -> dict[str, Any]:
+    """A valid event of an anonymous visitor (what a browser with only a site key may send;
+    a `user_id` needs an identity token, see tests/test_identity.py)."""
+    return known_event(etype, **{"user_id": None, "anonymous_id": "anon-1", **fields})
 
 
 def make_app(nats_url: str, **settings: Any) -> FastAPI:
@@ -50,10 +56,10 @@ def malformed(i: int) -> Any:
         event(type="no_such_type"),
         event(id="123"),
         event(time="yesterday"),
-        event(user_id=None),
+        event(anonymous_id=None),
         event("simulator_used", properties={"simulator": "loan", "amount": 0, "term_months": 1}),
         event("item_viewed", item_id=None),
-        event("item_purchased", properties={"value": "lots"}),
+        event("item_viewed", properties={"position": "first"}),
         event(time=future),
         "just a string",
         event("crm_contact_logged"),
@@ -66,7 +72,9 @@ async def test_1000_events_with_100_malformed_end_as_900_and_100(
 ) -> None:
     batch: list[Any] = []
     for i in range(1000):
-        batch.append(malformed(i) if i % 10 == 3 else event("item_viewed", user_id=f"u{i % 37}"))
+        batch.append(
+            malformed(i) if i % 10 == 3 else event("item_viewed", anonymous_id=f"a{i % 37}")
+        )
     valid = [e for i, e in enumerate(batch) if i % 10 != 3]
     for start in range(0, 1000, 100):
         r = await client.post("/v1/events", json=batch[start : start + 100], headers=HEADERS)
@@ -264,11 +272,26 @@ async def test_cors_per_site_key_and_the_demo_files(fresh: NATS, nats_url: str) 
             assert (await c.get("/demo/nothing.html")).status_code == 404
 
 
-def reco_list(n: int, slot: str = "home") -> bytes:
-    """A recommendations_updated event as the recommender stores it (only what the gateway
-    reads: its id and items)."""
-    items = [{"item_id": f"item-{n}", "score": 1.0}]
-    return orjson.dumps({"id": uuid7(), "properties": {"slot": slot, "items": items, "n": n}})
+def reco_list(n: int, slot: str = "home", user: str = "u1", anonymous: bool = False) -> bytes:
+    """A valid recommendations_updated event of `user` as the recommender stores it; `n` is
+    carried as its `activity_seq`."""
+    rid = uuid7()
+    items = [{"item_id": f"item-{n}", "position": 0, "score": 1.0, "reason": "popular"}]
+    props = {"recommendation_id": rid, "slot": slot, "items": items}
+    event: dict[str, Any] = {
+        "id": rid,
+        "type": "recommendations_updated",
+        "time": datetime.now(UTC).isoformat(),
+        "source": "recommender",
+        "properties": {**props, "activity_seq": n, "crm_seq": 0},
+        ("anonymous_id" if anonymous else "user_id"): user,
+    }
+    return orjson.dumps(event)
+
+
+def n_of(frame: bytes) -> int:
+    n: int = orjson.loads(frame.split(b"data: ", 1)[1])["properties"]["activity_seq"]
+    return n
 
 
 async def test_a_full_buffer_keeps_the_newest_list_of_each_slot() -> None:
@@ -280,7 +303,7 @@ async def test_a_full_buffer_keeps_the_newest_list_of_each_slot() -> None:
     assert len(unread) == 2
     first, second = [orjson.loads(await unread.get())["properties"] for _ in range(2)]
     assert (first["slot"], second["slot"]) == ("similar", "home")  # in order of arrival
-    assert second["n"] == 150  # not a stale list
+    assert second["activity_seq"] == 150  # not a stale list
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(unread.get(), 0.05)
 
@@ -297,7 +320,7 @@ async def test_a_stalled_stream_resumes_with_the_newest_list_and_skips_what_is_n
     fresh: NATS, bus: Bus
 ) -> None:
     state = GatewayState(GatewaySettings())
-    state.open(bus, await ProfileStore.open(bus))
+    state.open(bus)
     frames = sse_events(stalled_browser(), state, "u1", {"home"})
     assert await anext(frames) == b": connected\n\n"  # subscribed; now the browser stalls
     for n in range(150):  # more than the old 100-message queue held
@@ -306,7 +329,7 @@ async def test_a_stalled_stream_resumes_with_the_newest_list_and_skips_what_is_n
     await fresh.flush()
     await asyncio.sleep(0.2)
     frame = await asyncio.wait_for(anext(frames), 2)
-    assert orjson.loads(frame.split(b"data: ", 1)[1])["properties"]["n"] == 149
+    assert n_of(frame) == 149
     # the browser reads again: a message that is not JSON is skipped, the stream goes on
     waiting = asyncio.ensure_future(anext(frames))
     await fresh.publish(reco_subject("u1", "home"), b"{not json")
@@ -314,7 +337,7 @@ async def test_a_stalled_stream_resumes_with_the_newest_list_and_skips_what_is_n
     await asyncio.sleep(0.2)
     await fresh.publish(reco_subject("u1", "home"), reco_list(150))
     frame = await asyncio.wait_for(waiting, 2)
-    assert orjson.loads(frame.split(b"data: ", 1)[1])["properties"]["n"] == 150
+    assert n_of(frame) == 150
     assert state.metrics.get("stream_skipped_total") == 1
     await frames.aclose()
 
@@ -330,16 +353,17 @@ async def test_the_stream_sends_lists_over_http_with_a_site_key(fresh: NATS, nat
         while not server.started:
             await asyncio.sleep(0.02)
         async with httpx.AsyncClient(base_url=base, timeout=5) as c:
-            assert (await c.get("/v1/recommendations/u2/stream")).status_code == 401
-            url = f"/v1/recommendations/u2/stream?slots=home&site_key={KEY}"
+            assert (await c.get("/v1/recommendations/a2/stream")).status_code == 401
+            url = f"/v1/recommendations/a2/stream?slots=home&anonymous=true&site_key={KEY}"
             async with c.stream("GET", url) as r:
                 lines = r.aiter_lines()
                 assert await anext(lines) == ": connected"
-                await fresh.publish(reco_subject("u2", "home"), reco_list(7))
+                subject = reco_subject(user_token(None, "a2"), "home")
+                await fresh.publish(subject, reco_list(7, user="a2", anonymous=True))
                 assert await anext(lines) == ""
                 got = [await anext(lines) for _ in range(3)]
         assert got[0].startswith("id: ") and got[1] == "event: recommendations"
-        assert orjson.loads(got[2].removeprefix("data: "))["properties"]["n"] == 7
+        assert orjson.loads(got[2].removeprefix("data: "))["properties"]["activity_seq"] == 7
     finally:
         server.should_exit = True
         await task

@@ -56,3 +56,31 @@ async def test_a_running_service_reports_its_progress(fresh: NATS) -> None:
     found = (await report(Bus(fresh)))["services"]
     [name] = [n for n in found if n.startswith("profiles.")]
     assert found[name]["done"] == 20 and found[name]["stuck"] is False  # type: ignore[index]
+
+
+async def test_healthz_is_503_and_names_a_stuck_service(fresh: NATS, nats_url: str) -> None:
+    """Before, /healthz said ok while the recommender retried one batch forever. Now a
+    service whose heartbeat shows work waiting and no progress for a minute makes it 503."""
+    import time
+
+    import httpx
+    import orjson
+
+    from engine.gateway import create_app
+    from engine.settings import GatewaySettings
+
+    kv = await Bus(fresh).kv("health")
+    now = time.time()
+    beat = {"at": now, "done": 41, "behind": 12, "moved_at": now - 120}
+    await kv.put("recommender-0-of-1.host-1", orjson.dumps(beat))
+    await kv.put("profiles.host-2", orjson.dumps({**beat, "moved_at": now, "behind": 0}))
+    app = create_app(GatewaySettings(), nats_url, 5)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            sick = await http.get("/healthz")
+            await kv.put("recommender-0-of-1.host-1", orjson.dumps({**beat, "moved_at": now}))
+            well = await http.get("/healthz")
+    assert sick.status_code == 503 and sick.json()["stuck"] == ["recommender-0-of-1.host-1"]
+    assert sick.json()["services"]["profiles.host-2"]["stuck"] is False
+    assert well.status_code == 200 and well.json()["status"] == "ok"

@@ -210,6 +210,9 @@ async def test_profiles_api_is_for_internal_callers_only(fresh: NATS, nats_url: 
         site_keys=(SiteKey(key="site-key-123"),), internal_tokens=("internal-secret",)
     )
     app = create_app(settings, nats_url, 5)
+    svc, stop = await service(fresh), asyncio.Event()  # the gateway asks it: it holds the keys
+    task = asyncio.create_task(svc.run(stop))
+    await asyncio.wait_for(svc.ready.wait(), 10)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
@@ -221,8 +224,15 @@ async def test_profiles_api_is_for_internal_callers_only(fresh: NATS, nats_url: 
             missing = await c.get(
                 "/v1/profiles/nobody", headers={"Authorization": "Bearer internal-secret"}
             )
+        stop.set()
+        await task
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            down = await c.get(
+                "/v1/profiles/user-1", headers={"Authorization": "Bearer internal-secret"}
+            )
     assert ok.status_code == 200 and sum(ok.json()["counts"].values()) == 10
     assert (site.status_code, wrong.status_code, missing.status_code) == (401, 403, 404)
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
 
 
 async def test_the_service_survives_its_stream_being_recreated(fresh: NATS) -> None:

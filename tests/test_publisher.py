@@ -1,12 +1,15 @@
+import asyncio
+
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
+from engine.broker import EmbeddedBroker
 from engine.bus import Outgoing, Publisher
 from engine.bus.reader import read_all
 from engine.errors import PublishError
 from engine.events import parse_event, parse_event_json
-from tests.conftest import count, event
+from tests.conftest import count, event, reset_streams
 
 
 async def test_published_events_read_back_identical_and_in_order(fresh: NATS) -> None:
@@ -41,3 +44,22 @@ async def test_big_batches_are_pipelined_through_a_small_window(fresh: NATS) -> 
     acks = await publisher.publish(msgs)
     assert len({a.seq for a in acks}) == 2000
     assert await count(fresh, "ACTIVITY") == 2000
+
+
+async def test_streams_reset_between_tests_start_empty_while_a_removal_lags(
+    fresh: NATS, broker: EmbeddedBroker
+) -> None:
+    """The cause of a 2051 == 2000 failure above: nats-server renames a deleted stream's
+    directory to `.<name>` and removes it in the background; a delete of the same name while
+    that is still on disk silently keeps the files, and the re-created stream recovers them.
+    Here a removal that lags (a stand-in `.ACTIVITY` left for 0.5 s) must not resurrect the
+    51 messages: `reset_streams` waits for it."""
+    store = broker.data_dir / "jetstream"
+    [streams] = list(store.glob("jetstream/*/streams"))
+    publisher = Publisher(fresh)
+    await publisher.publish_events([parse_event(event()) for _ in range(51)])
+    lagging = streams / ".ACTIVITY"
+    lagging.mkdir()
+    asyncio.get_running_loop().call_later(0.5, lagging.rmdir)
+    await reset_streams(fresh, store)
+    assert await count(fresh, "ACTIVITY") == 0

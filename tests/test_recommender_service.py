@@ -294,17 +294,21 @@ async def test_gateway_serves_stored_then_asks_and_refuses_bad_input(
     fresh: NATS, nats_url: str, world: dict[str, str]
 ) -> None:
     import httpx
+    from pydantic import SecretStr
 
     from engine.gateway import SITE_KEY_HEADER, create_app
+    from engine.identity import mint_identity_token
     from engine.settings import GatewaySettings, SiteKey
 
     nc = fresh
-    app = create_app(
-        GatewaySettings(site_keys=(SiteKey(key="site-key-1"),), internal_tokens=("secret",)),
-        nats_url,
-        5,
-    )
-    headers = {SITE_KEY_HEADER: "site-key-1"}
+    site = SiteKey(key="site-key-1", identity_secret=SecretStr("recommender-test-secret"))
+    app = create_app(GatewaySettings(site_keys=(site,), internal_tokens=("secret",)), nats_url, 5)
+
+    def signed_in(user: str) -> dict[str, str]:  # a known user's lists need their token
+        tok = mint_identity_token("recommender-test-secret", user, site_key="site-key-1")
+        return {SITE_KEY_HEADER: "site-key-1", "X-Nerve-Identity": tok}
+
+    headers = signed_in("eve")
     async with running(nc), app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
@@ -333,7 +337,7 @@ async def test_gateway_serves_stored_then_asks_and_refuses_bad_input(
             # a new model: stored lists are no longer fresh, so the gateway asks
             await publish_model(nc, make("popular").fit(interactions_funds()), "trending")
             await asyncio.sleep(0.3)
-            r = await http.get("/v1/recommendations/zed?slot=trending", headers=headers)
+            r = await http.get("/v1/recommendations/zed?slot=trending", headers=signed_in("zed"))
             assert r.headers["x-nerve-source"] == "computed"
             assert [
                 (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,8 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-KEY = "demo-site-key"
+KEY = "widget-site-key"
+SECRET = "widget-test-identity-secret"
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
@@ -72,6 +74,8 @@ async def gateway(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
             "up",
             "--site-keys",
             KEY,
+            "--demo-site",
+            KEY,
             "--port",
             str(port),
             "--services",
@@ -79,6 +83,7 @@ async def gateway(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
         ],
         stdout=subprocess.DEVNULL,
         stderr=log,
+        env={**os.environ, "NERVE_SITE_SECRETS": f"{KEY}={SECRET}"},
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
@@ -335,3 +340,71 @@ async def test_the_only_global_is_nerve(gateway: str, browser: Any) -> None:
         }"""
     )
     assert added == ["Nerve"]
+
+
+async def stored_events(nats_url: str, subjects: str, check: Any) -> list[dict[str, Any]]:
+    """The ACTIVITY events on `subjects`, polled until `check` holds (or 5 s)."""
+    nc: NATS = await connect(nats_url, "widget-check", timeout=5)
+    try:
+        for _ in range(50):
+            found = [
+                orjson.loads(d) for _, _, d in await read_all(nc.jetstream(), "ACTIVITY", subjects)
+            ]
+            if check(found):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    return found
+
+
+async def test_sign_in_gets_a_token_from_the_site_backend_and_events_name_the_user(
+    gateway: str, browser: Any, nats_url: str
+) -> None:
+    page = await browser.new_page()
+    sent = await posted(page)
+    lists: list[int] = []  # statuses of the signed-in customer's list requests
+    page.on(
+        "response",
+        lambda r: lists.append(r.status) if "/v1/recommendations/cust-widget-1" in r.url else None,
+    )
+    await page.goto(gateway + "/demo/account.html")
+    await accept(page)
+    await page.fill("#login input[name=user]", "cust-widget-1")
+    await page.click("#login button")
+    await page.wait_for_function("localStorage.getItem('nerve_uid') === 'cust-widget-1'")
+    deadline = time.monotonic() + 5
+    while not lists:  # the widget reloads the customer's list with the token
+        assert time.monotonic() < deadline, "no list request for the signed-in customer"
+        await asyncio.sleep(0.05)
+    assert lists[0] == 200, lists
+    assert "cust-widget-1" in await page.text_content("#who")
+    assert await page.evaluate("localStorage.getItem('nerve_idt')")  # the token, not a secret
+    await page.goto(gateway + "/demo/loans.html")
+    await page.click("#simulate")
+    linked = await stored_events(
+        nats_url, "activity.cust-widget-1.>", lambda es: len({e["type"] for e in es}) >= 2
+    )
+    types = {e["type"] for e in linked}
+    assert {"user_identified", "simulator_used"} <= types, types
+    identified = next(e for e in sent if e["type"] == "user_identified")
+    assert identified["properties"]["method"] == "token"
+    # the widget never sends consent of record
+    assert not [e for e in sent if e["type"] == "consent_updated"]
+
+
+async def test_identify_without_a_token_names_no_user(gateway: str, browser: Any) -> None:
+    page = await browser.new_page()
+    sent = await posted(page)
+    await page.goto(gateway + "/demo/")
+    await accept(page)
+    await page.evaluate(
+        "Nerve.identify('cust-no-token'); Nerve.track('page_viewed', {title: 'marker'});"
+        " Nerve.flush()"
+    )
+    deadline = time.monotonic() + 5
+    while not [e for e in sent if e["properties"].get("title") == "marker"]:
+        assert time.monotonic() < deadline, "the marker event was not sent"
+        await asyncio.sleep(0.05)
+    assert not [e for e in sent if e.get("user_id")]
+    assert await page.evaluate("localStorage.getItem('nerve_uid')") is None

@@ -7,14 +7,22 @@
  *   <template>optional card markup: elements with data-field="name|reason|url|image|price"</template>
  * </nerve-recommendations>
  *
- * JS API (the only global): Nerve.track(type, props, fields), Nerve.identify(userId),
- * Nerve.consent(bool), Nerve.page(), Nerve.flush(), Nerve.reset(). Queued calls made before the
- * script loaded (window.Nerve = window.Nerve || {q: []}; Nerve.q.push([name, ...args])) run first.
- * DOM events on the element: nerve:rendered, nerve:click, nerve:error.
+ * JS API (the only global): Nerve.init({siteKey, endpoint}), Nerve.track(type, props, fields),
+ * Nerve.identify(userId, token), Nerve.consent(bool), Nerve.page(), Nerve.flush(), Nerve.reset().
+ * Queued calls made before the script loaded (window.Nerve = window.Nerve || {q: []};
+ * Nerve.q.push([name, ...args])) run first. DOM events: nerve:rendered, nerve:click, nerve:error.
+ *
+ * Identity: the page never asserts a user id on its own say-so. identify() takes the token the
+ * site's backend signed for the signed-in customer (engine.identity); the widget sends it as
+ * ?identity= (beacons and EventSource cannot send headers) with the events that name the user and
+ * with the user's list and stream requests. Once the token has expired the widget acts as the
+ * anonymous visitor again until the page calls identify() with a fresh one (a site re-mints it on
+ * each page it renders). Consent given in the banner travels as context.consent (analytics,
+ * personalization); consent of record (marketing) comes from the site's backend, never from here.
  */
 (function () {
   "use strict";
-  var script = document.currentScript || document.querySelector("script[data-site-key]");
+  var script = document.currentScript || document.querySelector("script[data-site-key], script[src*='widget.js']");
   var cfg = {
     endpoint: ((script && script.dataset.endpoint) || "").replace(/\/$/, ""),
     key: (script && script.dataset.siteKey) || "",
@@ -28,6 +36,7 @@
   var timer = null;
   var consentGiven = !cfg.requireConsent || read("consent") === "1";
   var userId = read("uid");
+  var idToken = read("idt");
   var anonId = consentGiven ? read("aid") || write("aid", uuid()) : null;
   var failures = 0;
   var pausedUntil = 0;
@@ -54,8 +63,14 @@
     for (var k in params) if (params[k] !== undefined && params[k] !== null) q += "&" + k + "=" + encodeURIComponent(params[k]);
     return cfg.endpoint + path + (path.indexOf("?") < 0 ? "?" : "&") + q;
   }
+  function tokenExp(t) {
+    try { return JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp * 1000; } catch (e) { return 0; }
+  }
+  function identified() {
+    return !!(userId && idToken && tokenExp(idToken) > Date.now());
+  }
   function who() {
-    return userId ? { user_id: userId } : { anonymous_id: anonId };
+    return identified() ? { user_id: userId } : { anonymous_id: anonId };
   }
   function safeUrl(u) {
     if (!u) return null;
@@ -70,6 +85,7 @@
     for (var k in w) ev[k] = w[k];
     for (k in fields || {}) ev[k] = fields[k];
     ev.context = { page_url: location.href.slice(0, 2000), referrer: document.referrer.slice(0, 2000) || undefined, library: "nerve.js/1" };
+    if (cfg.requireConsent) ev.context.consent = { analytics: true, personalization: true };
     if (queue.length >= 100) queue.shift();
     queue.push(ev);
     if (queue.length >= 10) flush();
@@ -80,8 +96,10 @@
     clearTimeout(timer);
     timer = null;
     if (!queue.length || !consentGiven) return;
-    var body = JSON.stringify(queue.splice(0, queue.length));
-    var to = url("/v1/events");
+    var batch = queue.splice(0, queue.length);
+    var body = JSON.stringify(batch);
+    var named = batch.some(function (e) { return e.user_id; });
+    var to = url("/v1/events", { identity: named ? idToken : undefined });
     if (beacon && navigator.sendBeacon && navigator.sendBeacon(to, new Blob([body], { type: "text/plain" }))) return;
     fetch(to, { method: "POST", body: body, keepalive: true, headers: { "Content-Type": "text/plain" } }).catch(function () {});
   }
@@ -125,7 +143,7 @@
     if (!id) return Promise.reject(new Error("no consent"));
     var ctl = new AbortController();
     var t = setTimeout(function () { ctl.abort(); }, cfg.timeoutMs);
-    return fetch(url("/v1/recommendations/" + encodeURIComponent(id), { slot: slot, k: k, item: item, anonymous: w.user_id ? undefined : "true" }), { signal: ctl.signal })
+    return fetch(url("/v1/recommendations/" + encodeURIComponent(id), { slot: slot, k: k, item: item, anonymous: w.user_id ? undefined : "true", identity: w.user_id ? idToken : undefined }), { signal: ctl.signal })
       .then(function (r) {
         clearTimeout(t);
         if (!r.ok) throw new Error("HTTP " + r.status);
@@ -144,7 +162,7 @@
     var id = w.user_id || w.anonymous_id;
     var slots = widgets.filter(function (x) { return x.live; }).map(function (x) { return x.slotName; });
     if (!id || !slots.length) return;
-    source = new EventSource(url("/v1/recommendations/" + encodeURIComponent(id) + "/stream", { slots: slots.join(","), anonymous: w.user_id ? undefined : "true" }));
+    source = new EventSource(url("/v1/recommendations/" + encodeURIComponent(id) + "/stream", { slots: slots.join(","), anonymous: w.user_id ? undefined : "true", identity: w.user_id ? idToken : undefined }));
     source.addEventListener("recommendations", function (m) {
       backoff = 1000;
       var ev = JSON.parse(m.data);
@@ -351,27 +369,33 @@
     track: function (type, props, fields) { var ok = track(type, props, fields); if (ok && type === "simulator_used") flush(); return ok; },
     page: page,
     flush: function () { flush(); },
-    identify: function (id) {
-      if (!id || id === userId) return;
-      if (consentGiven && anonId) track("user_identified", { method: "login" }, { user_id: String(id), anonymous_id: anonId });
+    init: function (o) {
+      if (o && o.siteKey) cfg.key = String(o.siteKey);
+      if (o && o.endpoint !== undefined) cfg.endpoint = String(o.endpoint).replace(/\/$/, "");
+    },
+    identify: function (id, token) {
+      if (!id || !token) { console.warn("Nerve.identify(userId, token): a token signed by the site's backend is required"); return; }
+      id = String(id);
+      var same = id === userId && identified();
       flush();
-      userId = write("uid", String(id));
+      userId = write("uid", id);
+      idToken = write("idt", String(token));
+      if (!same && consentGiven && anonId) { track("user_identified", { method: "token" }, { user_id: id, anonymous_id: anonId }); flush(); }
       relisten();
-      widgets.forEach(function (w) { w.load(); });
+      if (!same) widgets.forEach(function (w) { w.load(); });
     },
     consent: function (yes) {
       consentGiven = !!yes;
       write("consent", yes ? "1" : "0");
       if (!yes) { queue = []; return; }
       anonId = anonId || read("aid") || write("aid", uuid());
-      track("consent_updated", { analytics: true, personalization: true, marketing: false });
-      flush();
       widgets.forEach(function (w) { w.load(); });
       listen();
     },
     reset: function () {
       flush();
       userId = write("uid", null);
+      idToken = write("idt", null);
       anonId = consentGiven ? write("aid", uuid()) : null;
       relisten();
     },

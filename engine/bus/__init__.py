@@ -1,7 +1,7 @@
 """The only package that talks to NATS: `Bus` is the door; the modules beside it do the work."""
 
 from engine.bus.bus import Bus, Conflict, NoAnswer, Subscription
-from engine.bus.connection import ConnectionState, connect
+from engine.bus.connection import AuthRefused, ConnectionState, accepts, connect
 from engine.bus.decode import Record, Refusal, decode
 from engine.bus.kv import JetStreamKV, KeyValueStore
 from engine.bus.pipeline import MSG_ID, Ack, Conditional
@@ -13,6 +13,7 @@ __all__ = [
     "MSG_ID",
     "OBJECT_STORES",
     "Ack",
+    "AuthRefused",
     "Bus",
     "Conditional",
     "Conflict",
@@ -26,6 +27,7 @@ __all__ = [
     "Refusal",
     "Report",
     "Subscription",
+    "accepts",
     "connect",
     "decode",
     "provision",

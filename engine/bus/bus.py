@@ -22,15 +22,25 @@ from nats.js.errors import NotFoundError
 
 from engine.bus import reader
 from engine.bus.connection import ConnectionState, connect
-from engine.bus.consumer import Batch, Delivery, DurableConsumer, PushConsumer, scan, tail
+from engine.bus.consumer import (
+    GIVE_UP_AFTER,
+    Batch,
+    Delivery,
+    DurableConsumer,
+    PushConsumer,
+    scan,
+    tail,
+)
+from engine.bus.gaveup import GiveUp, sweep
 from engine.bus.kv import JetStreamKV, erase_subject
 from engine.bus.pipeline import Ack, Conditional, publish_conditional
 from engine.bus.provision import Report, provision
 from engine.bus.publisher import Outgoing, Publisher
 from engine.bus.registry import Registry
+from engine.credentials import Credential, Tls
 from engine.errors import BrokerUnavailable, Conflict, NoAnswer
 from engine.events import DeadLetter, Envelope
-from engine.settings import ACK_WAIT_S, MAX_DELIVER, StreamSettings
+from engine.settings import ACK_WAIT_S, StreamSettings
 from engine.subjects import FORGET_SUBJECT, PUBLISHED_SUBJECT
 
 
@@ -61,10 +71,13 @@ class Bus:
         timeout: float = 10.0,
         state: ConnectionState | None = None,
         ack_timeout: float = 5.0,
+        credential: Credential | None = None,
+        tls: Tls | None = None,
     ) -> Bus:
-        """Connect (retrying for `timeout` seconds; `BrokerUnavailable` after that)."""
+        """Connect as `credential` (none: as the URL says), retrying for `timeout` seconds;
+        `BrokerUnavailable` after that, `AuthRefused` at once if the server refuses it."""
         state = state or ConnectionState()
-        nc = await connect(url, name, timeout=timeout, state=state)
+        nc = await connect(url, name, timeout=timeout, state=state, credential=credential, tls=tls)
         return cls(nc, state=state, ack_timeout=ack_timeout)
 
     async def close(self) -> None:
@@ -162,7 +175,7 @@ class Bus:
         stream: str,
         durable: str,
         *,
-        max_deliver: int = MAX_DELIVER,
+        max_deliver: int = GIVE_UP_AFTER,
         ack_wait: float = ACK_WAIT_S,
         filter_subject: str | None = None,
     ) -> DurableConsumer:
@@ -186,6 +199,13 @@ class Bus:
     ) -> PushConsumer:
         """A durable push consumer with cumulative acknowledgement (created on `start`)."""
         return PushConsumer(self._js, stream, durable, on_message, ack_wait=ack_wait)
+
+    async def sweep_gave_up(
+        self, stream: str, durable: str, give_up: GiveUp, stop: asyncio.Event
+    ) -> None:
+        """Dead-letter (through `give_up`) each message `durable` of `stream` stopped
+        redelivering, until `stop` (`engine.bus.gaveup`)."""
+        await sweep(self._js, stream, durable, give_up, stop)
 
     async def stream_messages(self, stream: str) -> int:
         """How many messages `stream` holds (0 if it does not exist)."""

@@ -1,15 +1,23 @@
-"""Connecting to NATS: retries with backoff, never-ending reconnects, errors that are reported."""
+"""Connecting to NATS: retries with backoff, never-ending reconnects, errors that are reported,
+and the credential (`engine.credentials.Credential`) and TLS files a connection presents.
+
+A server that refuses the credential (authorization violation) is not retried until the
+timeout: the first refusal ends the attempt with `AuthRefused`, which names the user.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import ssl
 import time
+from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 
-from engine.errors import BrokerUnavailable
+from engine.credentials import Credential, Tls, redact
+from engine.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("nerve.bus")
 
@@ -32,28 +40,71 @@ class ConnectionState:
         }
 
 
+class AuthRefused(BrokerUnavailable):
+    """The server answered but refused the credential (or its absence)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.args = (f"NATS at {url} refused the connection: {reason}",)
+
+
+def auth_options(credential: Credential | None, tls: Tls | None) -> dict[str, Any]:
+    """nats-py connect options for `credential` and `tls` (none: as the URL says)."""
+    opts: dict[str, Any] = {}
+    if credential is not None:
+        if credential.creds_file is not None:
+            if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it, lazily
+                raise ConfigError(
+                    f"{credential.creds_file} is a NATS .creds file: it needs the nkeys "
+                    "package (pip install nkeys), or use a `nerve credentials` file"
+                )
+            opts["user_credentials"] = str(credential.creds_file)
+        else:
+            opts["user"], opts["password"] = credential.user, credential.password
+        opts["inbox_prefix"] = credential.inbox_prefix
+    if tls is not None:
+        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+        if tls.cert is not None:
+            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
+        opts["tls"] = context
+    return opts
+
+
+def _refusal(text: str) -> bool:
+    lowered = text.lower()
+    return "authorization violation" in lowered or "authentication" in lowered
+
+
 async def connect(
     url: str,
     name: str,
     *,
     timeout: float = 10.0,
     state: ConnectionState | None = None,
+    credential: Credential | None = None,
+    tls: Tls | None = None,
 ) -> NATS:
-    """Connect to `url`, retrying every 0.25 s for up to `timeout` seconds.
+    """Connect to `url` as `credential`, retrying every 0.25 s for up to `timeout` seconds.
 
     Once connected the client reconnects forever (nats-py's default gives up after about two
     minutes), and every asynchronous error is logged and recorded in `state` rather than lost.
-    Raises `BrokerUnavailable` if no server answered within `timeout`.
+    Raises `BrokerUnavailable` if no server answered within `timeout`, `AuthRefused` at once
+    when the server refused the credential.
     """
     state = state or ConnectionState()
-
-    client: list[NATS] = []
+    shown = redact(url)
+    nc = NATS()
+    connected = False
     first_error: list[str] = []
+    refused = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"
-        if not client:  # still connecting: remember why, report once at the deadline
-            first_error[:] = [str(exc) or type(exc).__name__]
+        if not connected:  # still connecting: remember why, report once at the deadline
+            if not refused.is_set():  # a refusal is the reason, not the resets that follow it
+                first_error[:] = [str(exc) or type(exc).__name__]
+            if _refusal(text):
+                refused.set()
             return
         state.last_error = text
         if "slow consumer" in text.lower():
@@ -62,33 +113,66 @@ async def connect(
 
     async def on_disconnect() -> None:
         state.connected, state.since = False, time.time()
-        if client and (client[0].is_closed or client[0].is_draining):
-            return  # our own close(), not a failure
+        if not connected or nc.is_closed or nc.is_draining:
+            return  # never connected (reported once by connect), or our own close()
         log.warning("disconnected from NATS; reconnecting")
 
     async def on_reconnect() -> None:
         state.connected, state.since = True, time.time()
         log.info("reconnected to NATS")
 
+    options: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": min(2.0, timeout),
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,  # also retries the first connection until timeout
+        "reconnect_time_wait": 0.25,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+    }
+    attempt = asyncio.ensure_future(nc.connect(url, **options, **auth_options(credential, tls)))
+    waiter = asyncio.ensure_future(refused.wait())
     try:
-        nc = await asyncio.wait_for(
-            nats.connect(
-                url,
-                name=name,
-                connect_timeout=min(2.0, timeout),
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,  # also retries the first connection until timeout
-                reconnect_time_wait=0.25,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            ),
-            timeout,
+        done, _ = await asyncio.wait(
+            [attempt, waiter], timeout=timeout, return_when="FIRST_COMPLETED"
         )
-    except TimeoutError:
-        raise BrokerUnavailable(url, first_error[0] if first_error else "timed out") from None
-    except Exception as exc:  # nats-py raises several unrelated types here
-        raise BrokerUnavailable(url, str(exc) or type(exc).__name__) from None
+    finally:
+        waiter.cancel()
+    if attempt not in done:
+        attempt.cancel()
+        await asyncio.gather(attempt, return_exceptions=True)
+        await _abandon(nc)
+        reason = first_error[0] if first_error else "timed out"
+        if refused.is_set():
+            who = credential.user if credential and credential.user else "this client"
+            raise AuthRefused(shown, f"{who}: {reason}")
+        raise BrokerUnavailable(shown, reason)
+    exc = attempt.exception()
+    if exc is not None:  # nats-py raises several unrelated types here
+        await _abandon(nc)
+        raise BrokerUnavailable(shown, str(exc) or type(exc).__name__) from None
+    connected = True
     state.connected, state.since = True, time.time()
-    client.append(nc)
     return nc
+
+
+async def _abandon(nc: NATS) -> None:
+    """Close a client whose first connection did not succeed (no reconnect loop left behind)."""
+    try:
+        await asyncio.wait_for(nc.close(), 2.0)
+    except Exception as exc:  # a half-open client may fail to close in several ways
+        log.debug("closing an abandoned connection: %s", exc)
+
+
+async def accepts(
+    url: str, credential: Credential | None, tls: Tls | None = None, timeout: float = 2.0
+) -> bool:
+    """True when the server at `url` accepts `credential` now, False when it refuses it;
+    `BrokerUnavailable` when no server answers."""
+    try:
+        nc = await connect(url, "nerve-probe", timeout=timeout, credential=credential, tls=tls)
+    except AuthRefused:
+        return False
+    await nc.close()
+    return True

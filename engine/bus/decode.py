@@ -21,7 +21,8 @@ from engine.events import parse_event
 from engine.subjects import SubjectError, is_user_token, split_user_subject
 
 _NO_FUTURE_CHECK = datetime(9000, 1, 1, tzinfo=UTC)
-"""Stored events are not refused for their time: it was checked when they were accepted."""
+"""Stored events are not refused for their time (neither bound of the gateway's window): it
+was checked when they were accepted, and a rebuild must fold what the live services folded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def decode(stream: str, seq: int, subject: str, raw: bytes) -> Record | Refusal:
     if not isinstance(event, dict):
         return Refusal(stream, seq, subject, raw, "not a JSON object")
     try:
-        envelope = parse_event(event, now=_NO_FUTURE_CHECK)
+        envelope = parse_event(event, now=_NO_FUTURE_CHECK, max_age=None)
     except EventRejected as exc:
         return Refusal(stream, seq, subject, raw, "; ".join(str(e) for e in exc.errors))
     if envelope.subject != subject:

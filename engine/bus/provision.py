@@ -7,7 +7,9 @@ retention) is refused with a `ProvisionError` naming the field, before anything 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +21,22 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
+from engine.bus.pipeline import EXPECTED_LAST_SUBJECT_SEQ
 from engine.errors import ProvisionError
 from engine.settings import StreamSettings
-from engine.subjects import ACTIVITY, CATALOG, CRM, DEADLETTER, RECOMMENDATIONS, SIGNALS
+from engine.subjects import (
+    ACTIVITY,
+    CATALOG,
+    CRM,
+    DEADLETTER,
+    GAVE_UP,
+    RECOMMENDATIONS,
+    SIGNALS,
+    TOMBSTONE_SALT_SUBJECT,
+    max_deliveries_subject,
+)
 
 DAY = 86_400.0
 IMMUTABLE = ("storage", "retention")
@@ -150,6 +163,13 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
             "Rejected inputs with reason and raw bytes, dlq.<source>",
             max_age=s.deadletter_max_age_days * DAY,
         ),
+        cfg(
+            GAVE_UP,
+            [max_deliveries_subject()],
+            "Server advisories: a consumer stopped redelivering a message (max_deliver); the "
+            "consumer's service dead-letters it, even if it was down when the advisory came",
+            max_age=s.deadletter_max_age_days * DAY,
+        ),
     ]
 
 
@@ -266,4 +286,20 @@ async def provision(js: JetStreamContext, settings: StreamSettings | None = None
         await _ensure_bucket(js, b, settings.replicas, report)
     for name, description in OBJECT_STORES:
         await _ensure_object_store(js, name, description, settings.replicas, report)
+    await _ensure_salt(js, report)
     return report
+
+
+async def _ensure_salt(js: JetStreamContext, report: Report) -> None:
+    """The tombstones' salt (`engine.profiles.tombstones`): made once, here, by the admin
+    credential, so no service needs to write it (a concurrent provisioning loses the
+    compare-and-set and keeps the other's)."""
+    try:
+        await js.get_msg("KV_tombstones", subject=TOMBSTONE_SALT_SUBJECT, direct=True)
+        return
+    except NotFoundError:
+        pass
+    headers = {EXPECTED_LAST_SUBJECT_SEQ: "0"}
+    with contextlib.suppress(APIError):  # another provisioning wrote it first
+        await js.publish(TOMBSTONE_SALT_SUBJECT, secrets.token_bytes(32), headers=headers)
+        report.created.append("kv:tombstones/salt")

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 
 import typer
 
-from engine.cli import crm, log, profiles, reco, services  # noqa: F401  (they register their commands)
+from engine.cli import (  # noqa: F401  (they register their commands)
+    credentials,
+    crm,
+    log,
+    profiles,
+    reco,
+    services,
+)
 from engine.cli.app import app
 from engine.cli.toolkit import err
 from engine.errors import ConfigError, NerveError

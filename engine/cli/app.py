@@ -7,7 +7,11 @@ import typer
 from engine.cli.toolkit import (
     ConnectTimeout,
     DataDir,
+    NatsCreds,
     NatsServer,
+    NatsTlsCa,
+    NatsTlsCert,
+    NatsTlsKey,
     NatsUrl,
     SyncInterval,
     config_error,
@@ -21,7 +25,7 @@ app = typer.Typer(
     help=(
         "Nerve: a personalization and next-best-offer engine on a NATS JetStream log.\n\n"
         "Without --nats-url every command starts (or reuses) an embedded nats-server whose "
-        "store lives in the data dir."
+        "store lives in the data dir; it takes no anonymous connections (see `nerve credentials`)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -37,6 +41,10 @@ def global_options(
     nats_server: NatsServer = None,
     sync_interval: SyncInterval = default(BrokerSettings, "sync_interval"),
     connect_timeout: ConnectTimeout = default(BrokerSettings, "connect_timeout"),
+    nats_creds: NatsCreds = None,
+    nats_tls_ca: NatsTlsCa = None,
+    nats_tls_cert: NatsTlsCert = None,
+    nats_tls_key: NatsTlsKey = None,
 ) -> None:
     """Options shared by every command (give them before the command's name)."""
     try:
@@ -46,6 +54,10 @@ def global_options(
             server_binary=nats_server,
             sync_interval=sync_interval,
             connect_timeout=connect_timeout,
+            nats_creds=nats_creds,
+            nats_tls_ca=nats_tls_ca,
+            nats_tls_cert=nats_tls_cert,
+            nats_tls_key=nats_tls_key,
         )
     except ValueError as exc:
         raise config_error(exc) from None

@@ -1,12 +1,23 @@
-"""Commands that run services: up, run, demo."""
+"""Commands that run services: up, run, demo.
+
+Site keys are public (`--site-keys`); the identity secret of each, with which its site's backend
+signs identity tokens (`engine.identity`), is private and comes separately: `--site-secrets` /
+`NERVE_SITE_SECRETS` as `KEY=SECRET,...` (prefer the variable: a flag shows in `ps`). A key
+without a secret serves anonymous visitors only. `nerve demo` generates its site key and secret
+on first start into `<data dir>/demo/site.json` (mode 0600) and plays that site's backend.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 from engine.bus import Bus
 from engine.cli.app import app
@@ -40,6 +51,27 @@ SiteKeys = Annotated[
         show_envvar=True,
         help="Comma-separated public site keys, each optionally with its allowed origins: "
         "KEY@https://shop.example|https://www.shop.example (default: any origin).",
+    ),
+]
+SiteSecrets = Annotated[
+    str,
+    typer.Option(
+        "--site-secrets",
+        envvar="NERVE_SITE_SECRETS",
+        show_envvar=True,
+        help="Comma-separated KEY=SECRET: the identity secret (>= 16 chars) each site's backend "
+        "signs identity tokens with; a key without one accepts anonymous visitors only. "
+        "Prefer the environment variable (a flag shows in ps).",
+    ),
+]
+DemoSite = Annotated[
+    str,
+    typer.Option(
+        "--demo-site",
+        envvar="NERVE_DEMO_SITE",
+        show_envvar=True,
+        help="Serve the demo bank's backend (/demo-site/: its site key and a sign-in that mints "
+        "identity tokens) for this site key, which needs a secret. For demos and tests only.",
     ),
 ]
 InternalTokens = Annotated[
@@ -113,26 +145,54 @@ def _reco(config: Path | None, replicas: int, replica: int) -> RecommenderOption
         raise config_error(exc) from None
 
 
+def _secrets(site_secrets: str, keys: set[str]) -> dict[str, str]:
+    """`KEY=SECRET,...` as a dict; every KEY must be one of `keys`."""
+    found: dict[str, str] = {}
+    for entry in site_secrets.split(","):
+        if not entry.strip():
+            continue
+        key, sep, secret = entry.strip().partition("=")
+        if not sep or not secret:
+            raise ConfigError(f"--site-secrets: {key!r}: expected KEY=SECRET")
+        if key not in keys:
+            raise ConfigError(f"--site-secrets: {key!r} is not one of --site-keys")
+        found[key] = secret
+    return found
+
+
 def _gateway(
-    host: str, port: int, site_keys: str, internal_tokens: str, rate_limit: float, burst: int
+    host: str,
+    port: int,
+    site_keys: str,
+    internal_tokens: str,
+    rate_limit: float,
+    burst: int,
+    site_secrets: str = "",
+    demo_site: str = "",
 ) -> GatewaySettings:
+    entries = [k.strip().partition("@") for k in site_keys.split(",") if k.strip()]
+    found = _secrets(site_secrets, {e[0] for e in entries})
     try:
         keys = tuple(
             SiteKey(
-                key=k.strip().partition("@")[0],
-                origins=tuple(o for o in k.strip().partition("@")[2].split("|") if o) or ("*",),
+                key=key,
+                origins=tuple(o for o in origins.split("|") if o) or ("*",),
                 rate_per_s=rate_limit,
                 burst=burst,
+                identity_secret=SecretStr(found[key]) if key in found else None,
             )
-            for k in site_keys.split(",")
-            if k.strip()
+            for key, _, origins in entries
         )
     except ValueError as exc:
         raise config_error(exc, "--site-keys: ") from None
     if not keys:
         raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
+    if demo_site and demo_site not in found:
+        raise ConfigError(f"--demo-site: {demo_site!r} needs a secret in --site-secrets")
     tokens = tuple(t.strip() for t in internal_tokens.split(",") if t.strip())
-    return GatewaySettings(host=host, port=port, site_keys=keys, internal_tokens=tokens)
+    return GatewaySettings(
+        host=host, port=port, site_keys=keys, internal_tokens=tokens, demo_site=demo_site or None
+    )
 
 
 @app.command()
@@ -140,6 +200,8 @@ def up(
     host: Host = HOST,
     port: Port = PORT,
     site_keys: SiteKeys = "",
+    site_secrets: SiteSecrets = "",
+    demo_site: DemoSite = "",
     internal_tokens: InternalTokens = "",
     rate_limit: RateLimit = RATE_LIMIT,
     burst: Burst = BURST,
@@ -169,7 +231,9 @@ def up(
     unknown = sorted(set(names) - set(SERVICES))
     if unknown or not names:
         raise ConfigError(f"--services: unknown {unknown or 'none'}; from {', '.join(SERVICES)}")
-    gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
+    gateway = _gateway(
+        host, port, site_keys, internal_tokens, rate_limit, burst, site_secrets, demo_site
+    )
     reco = _reco(config, replicas, replica)
     _serve(names, gateway, reco, _services(ack_wait_s=ack_wait, gc_tuning=gc_tuning), import_file)
 
@@ -208,7 +272,23 @@ def _serve(
     exit_on_signal(with_broker(work))
 
 
-DEMO_SITE_KEY = "demo-site-key"
+def demo_site_key(data_dir: Path) -> SiteKey:
+    """The demo site's key and identity secret, generated on first use into
+    `<data_dir>/demo/site.json` (mode 0600: the secret is the demo backend's alone)."""
+    path = data_dir / "demo" / "site.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        site = {
+            "key": "demo-" + secrets.token_urlsafe(12),
+            "identity_secret": secrets.token_urlsafe(32),
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(site, f)
+    try:
+        return SiteKey.model_validate(json.loads(path.read_text()))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {first_error(exc)}; delete it to generate a new one") from None
 
 
 @app.command()
@@ -235,7 +315,8 @@ def demo(
                 history, users=users, days=days, seed=42, progress=lambda n: bar.advance(task, n)
             )
         out.print(f"generated {summary.events:,} events of {users:,} users -> {history}")
-    gateway = GatewaySettings(host=host, port=port, site_keys=(SiteKey(key=DEMO_SITE_KEY),))
+    site = demo_site_key(settings.data_dir)
+    gateway = GatewaySettings(host=host, port=port, site_keys=(site,), demo_site=site.key)
 
     async def prepare(bus: Bus) -> None:
         from engine.importer import import_file
@@ -272,7 +353,7 @@ def demo(
         "Or:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
         '-H \'Content-Type: application/json\' -d \'{{"type":"page_viewed","time":'
         '"{t}","anonymous_id":"visitor-1"}}\''.format(
-            h=host, p=port, k=DEMO_SITE_KEY, t=datetime.now(UTC).isoformat(timespec="seconds")
+            h=host, p=port, k=site.key, t=datetime.now(UTC).isoformat(timespec="seconds")
         ),
         highlight=False,
     )
@@ -287,6 +368,8 @@ def run(
     host: Host = HOST,
     port: Port = PORT,
     site_keys: SiteKeys = "",
+    site_secrets: SiteSecrets = "",
+    demo_site: DemoSite = "",
     internal_tokens: InternalTokens = "",
     rate_limit: RateLimit = RATE_LIMIT,
     burst: Burst = BURST,
@@ -309,6 +392,8 @@ def run(
         raise ConfigError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     gateway = None
     if service == "gateway":
-        gateway = _gateway(host, port, site_keys, internal_tokens, rate_limit, burst)
+        gateway = _gateway(
+            host, port, site_keys, internal_tokens, rate_limit, burst, site_secrets, demo_site
+        )
     services = _services(ack_wait_s=ack_wait, flush_events=flush_events, gc_tuning=gc_tuning)
     _serve((service,), gateway, reco, services)

@@ -32,6 +32,8 @@ from rich.progress import (
 
 from engine.broker import broker_url
 from engine.bus import Bus
+from engine.credentials import tls_of
+from engine.credstore import for_component
 from engine.errors import ConfigError
 from engine.settings import BrokerSettings
 from engine.subjects import user_token
@@ -87,6 +89,42 @@ ConnectTimeout = Annotated[
         help="Seconds to keep trying to reach NATS before giving up.",
     ),
 ]
+NatsCreds = Annotated[
+    Path | None,
+    typer.Option(
+        "--nats-creds",
+        envvar="NERVE_NATS_CREDS",
+        show_envvar=True,
+        help="Credential for --nats-url: a NATS .creds file or a `nerve credentials add` file.",
+    ),
+]
+NatsTlsCa = Annotated[
+    Path | None,
+    typer.Option(
+        "--nats-tls-ca",
+        envvar="NERVE_NATS_TLS_CA",
+        show_envvar=True,
+        help="Connect with TLS, trusting this CA bundle.",
+    ),
+]
+NatsTlsCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--nats-tls-cert",
+        envvar="NERVE_NATS_TLS_CERT",
+        show_envvar=True,
+        help="Client certificate for mutual TLS (with --nats-tls-key).",
+    ),
+]
+NatsTlsKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--nats-tls-key",
+        envvar="NERVE_NATS_TLS_KEY",
+        show_envvar=True,
+        help="The client certificate's private key.",
+    ),
+]
 User = Annotated[str, typer.Argument(help="The user id (or anonymous id with --anonymous).")]
 Anonymous = Annotated[bool, typer.Option("--anonymous", help="USER is an anonymous id.")]
 SlotsFile = Annotated[
@@ -123,15 +161,21 @@ def with_broker(
     work: Callable[[str], Coroutine[Any, Any, T]], settings: BrokerSettings | None = None
 ) -> T:
     """Run `work(url)` to completion with the configured broker's URL; an embedded broker is
-    started for it and stopped afterwards."""
+    started for it and stopped afterwards (its URL then carries the admin credential: see
+    `engine.broker.broker_url`)."""
     with broker_url(settings or broker()) as url:
         return asyncio.run(work(url))
 
 
 @asynccontextmanager
-async def connected(url: str, name: str, timeout: float) -> AsyncIterator[Bus]:
-    """A `Bus` on `url` (client name `name`) for the block; closed after it."""
-    bus = await Bus.connect(url, name, timeout=timeout)
+async def connected(
+    url: str, name: str, timeout: float, settings: BrokerSettings | None = None
+) -> AsyncIterator[Bus]:
+    """A `Bus` on `url` (client name `name`) for the block; closed after it. With `settings`
+    it connects with their admin credential (operator commands) and TLS files."""
+    credential = for_component(settings, "admin") if settings else None
+    tls = tls_of(settings) if settings else None
+    bus = await Bus.connect(url, name, timeout=timeout, credential=credential, tls=tls)
     try:
         yield bus
     finally:
@@ -147,7 +191,7 @@ def with_bus(
     settings = settings or broker()
 
     async def run(url: str) -> T:
-        async with connected(url, name, settings.connect_timeout) as bus:
+        async with connected(url, name, settings.connect_timeout, settings) as bus:
             return await work(bus)
 
     return with_broker(run, settings)
@@ -196,7 +240,11 @@ __all__ = [
     "Anonymous",
     "ConnectTimeout",
     "DataDir",
+    "NatsCreds",
     "NatsServer",
+    "NatsTlsCa",
+    "NatsTlsCert",
+    "NatsTlsKey",
     "NatsUrl",
     "SlotsFile",
     "SyncInterval",

@@ -4,6 +4,14 @@ An event on the wire is a JSON object with the fields of `Envelope`; its `proper
 validated by the catalog model of its `type` and `schema_version`. `parse_event` is the one
 entry point that turns untrusted input into an `Envelope` or raises `EventRejected` listing
 each bad field with its reason.
+
+Identifiers (`user_id`, `anonymous_id`, `item_id`) refuse control, bidi and invisible
+characters (`engine.ids.unsafe_character`), and a UUID among them, or as the event `id`, is
+stored in lowercase (`engine.ids.canonical_id`): one UUID is one user whatever its case.
+An event's `time` may lie at most a day ahead of `now` and, when the event carries a
+`received_at` (the gateway stamps every event it receives), at most `max_age` (default
+`MAX_PAST`, 7 days) before it. History without `received_at` (`nerve import`, producers'
+own clients) has no lower bound.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -26,6 +35,7 @@ from pydantic import (
 
 from engine.errors import EventRejected, FieldError
 from engine.events.catalog import CATALOG, CrmContactLogged, Properties
+from engine.ids import canonical_id, unsafe_character
 from engine.subjects import SYSTEM_TOKEN, activity_subject, crm_subject, user_token
 
 ID_PATTERN = (
@@ -37,9 +47,20 @@ _ID = re.compile(ID_PATTERN)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 MAX_FUTURE = timedelta(days=1)
 """An event stamped further ahead than this is refused: a producer's clock is wrong."""
+MAX_EVENT_BYTES = 256 * 1024
+"""The largest event accepted, as compact JSON. A real event is a few hundred bytes (a
+`recommendations_updated` of 100 entries a few tens of KiB); the cap keeps every event well
+inside the broker's 1 MiB `max_payload`, so a big one is refused with its reason (4xx at the
+gateway) instead of failing at the broker. Checked only for types with open properties
+(`page_viewed`'s free annotations): every other field has its own length limit."""
+MAX_PAST = timedelta(days=7)
+"""How far before its `received_at` an event's `time` may lie. A browser queues events while
+offline for minutes or hours, not weeks; anything older arriving live is a replay, a forged
+history or a broken clock, and would rewrite profiles and recent-activity windows in the past.
+A week leaves room for a device that was offline over a long weekend. Older history goes in
+with `nerve import`, which stamps no `received_at`."""
 CRM_TYPES = frozenset({CrmContactLogged.type_name})
 """Types that belong in the CRM stream rather than ACTIVITY."""
 SYSTEM_TYPES = frozenset(p.type_name for p in CATALOG if p.system)
@@ -49,7 +70,17 @@ OUTPUT_TYPES = frozenset(p.type_name for p in CATALOG if p.output)
 """Types Nerve produces itself (`recommendations_updated`); never accepted from producers."""
 
 PropertiesClass = type[Properties]
-UserId = Annotated[str, Field(min_length=1, max_length=128, pattern=_PRINTABLE)]
+
+
+def _identifier(value: str) -> str:
+    reason = unsafe_character(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return canonical_id(value)
+
+
+UserId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_identifier)]
+"""A user, anonymous or item id: visible characters only; a UUID in lowercase."""
 
 
 class Consent(BaseModel):
@@ -102,7 +133,7 @@ class Envelope(BaseModel):
     def _id(cls, value: str) -> str:
         if not _ID.match(value):
             raise ValueError("must be a UUID (UUIDv7 recommended) or a ULID")
-        return value
+        return canonical_id(value)
 
     @field_validator("time", "received_at", mode="before")
     @classmethod
@@ -176,8 +207,13 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
     return out
 
 
-def parse_event(data: Any, *, now: datetime | None = None) -> Envelope:
-    """Validate one decoded JSON value as an event, or raise `EventRejected` naming each field."""
+def parse_event(
+    data: Any, *, now: datetime | None = None, max_age: timedelta | None = MAX_PAST
+) -> Envelope:
+    """Validate one decoded JSON value as an event, or raise `EventRejected` naming each field.
+
+    `time` may be at most `MAX_FUTURE` after `now` (default: the clock) and, for an event
+    with a `received_at`, at most `max_age` before that (None: no lower bound)."""
     if not isinstance(data, dict):
         raise EventRejected([FieldError("", f"an event is a JSON object, not {_kind(data)}")])
     etype = data.get("type")
@@ -207,6 +243,14 @@ def parse_event(data: Any, *, now: datetime | None = None) -> Envelope:
     if event.time > (now or datetime.now(UTC)) + MAX_FUTURE:
         hours = int(MAX_FUTURE.total_seconds() // 3600)
         errors.append(FieldError("time", f"more than {hours} h in the future (producer clock?)"))
+    if model.properties_model.model_config.get("extra") == "allow":
+        size = len(event.to_json())
+        if size > MAX_EVENT_BYTES:
+            errors.append(FieldError("", f"event of {size} bytes exceeds {MAX_EVENT_BYTES}"))
+    received = event.received_at
+    if max_age is not None and received is not None and event.time < received - max_age:
+        reason = f"more than {_span(max_age)} before received_at (older history: `nerve import`)"
+        errors.append(FieldError("time", reason))
     if errors:
         raise EventRejected(errors)
     return event
@@ -219,6 +263,11 @@ def parse_event_json(raw: bytes | str) -> Envelope:
     except orjson.JSONDecodeError as exc:
         raise EventRejected([FieldError("", f"not valid JSON: {exc}")]) from None
     return parse_event(data)
+
+
+def _span(delta: timedelta) -> str:
+    days, seconds = delta.days, delta.seconds
+    return f"{days} days" if days and not seconds else f"{int(delta.total_seconds())} s"
 
 
 def _kind(value: Any) -> str:

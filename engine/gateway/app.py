@@ -1,20 +1,48 @@
-"""`create_app`: the gateway's FastAPI application, its shared state and its routers."""
+"""`create_app`: the gateway's FastAPI application, its shared state and its routers.
+
+The outage contract. While the broker is unreachable, overloaded or slow, every route that
+needs it answers **503 with `Retry-After`** (seconds) within a bounded time, never 500 and never
+a hang: a publish (`POST /v1/events`) within the gateway's `ack_timeout_s` (the publisher's
+budget for the whole call, its re-sends and its wait for a lost connection included; see
+`engine.bus.publisher`), a read within its own timeout. Routes that catch the broker's errors
+answer so themselves; whatever they do not catch — any `BrokerError` (`PublishError`,
+`BrokerDown`, `NoAnswer`, ...) or a nats-py error meaning "unavailable" — is answered here by
+`on_broker_error`. Anything else unexpected is a 500 (`on_unexpected`), logged with its
+traceback.
+
+What a client should do with a 503 (or a timeout, or a reset connection): wait `Retry-After`
+and send the **same events with the same ids** again. The broker may have stored some of a
+refused batch (an ack can be lost after the write), but it keeps one copy per id inside the
+ACTIVITY stream's duplicate window, so a retry with the same ids stores each event exactly
+once; a retry with fresh ids, or none (the gateway then assigns new ones), may store twice.
+
+Every 5xx is counted in `/metrics` as `http_errors_total{status, cause}` by the
+`count_errors` middleware. The cause is what the answering code set in `request.state`
+(`engine.gateway.ops.ERROR_CAUSE`); when a route built its own 5xx without one, a 503 with
+`Retry-After` counts as `broker_unavailable` (the gateway's convention for "the broker
+refused; retry") and any other as `unavailable` (503) or `internal`.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from engine import __version__
 from engine.bus import Bus
-from engine.gateway import assets, events, ops, profiles, recommendations
+from engine.bus.pipeline import NATS_ERROR, broker_unavailable
+from engine.credentials import Credential, Tls
+from engine.errors import BrokerError
+from engine.gateway import assets, demo, events, ops, profiles, recommendations
 from engine.gateway.auth import Refused
+from engine.gateway.ops import ERROR_CAUSE
 from engine.gateway.state import GatewayState
-from engine.profiles.store import ProfileStore
+from engine.profiles.tombstones import Tombstones
 from engine.settings import GatewaySettings
 from engine.subjects import CATALOG
 
@@ -27,7 +55,22 @@ def new_state(settings: GatewaySettings) -> GatewayState:
         "events_total", "counter", "Events by outcome: accepted, duplicate, rejected"
     )
     state.metrics.describe("nats_connected", "gauge", "1 when the gateway is connected to NATS")
+    state.metrics.describe("http_errors_total", "counter", "HTTP answers >= 500 by status, cause")
+    state.metrics.describe(
+        "stored_refused_total", "counter", "Stored lists not served: not a valid list of the user"
+    )
+    state.metrics.describe(
+        "streams_refused_total", "counter", "Live streams refused over the per-key/client caps"
+    )
+    state.metrics.describe(
+        "stream_skipped_total", "counter", "Live messages skipped: not a valid list of the user"
+    )
     return state
+
+
+log = logging.getLogger("nerve.gateway")
+RETRY_AFTER_S = 1
+"""What a 503 from a broker outage tells the client to wait before sending the same ids again."""
 
 
 async def refused(_request: Request, exc: Exception) -> JSONResponse:
@@ -35,8 +78,50 @@ async def refused(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
 
-def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float = 10.0) -> FastAPI:
-    """The gateway application; it connects to `nats_url` on start-up and closes on shutdown."""
+async def on_broker_error(request: Request, exc: Exception) -> JSONResponse:
+    """A broker error no route caught: 503 + `Retry-After` when the broker is unavailable
+    (every `BrokerError`; nats-py's timeouts, closed or reconnecting connection...), else 500."""
+    if not broker_unavailable(exc):
+        log.error("unexpected NATS error on %s", request.url.path, exc_info=exc)
+        setattr(request.state, ERROR_CAUSE, "nats_error")
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+    setattr(request.state, ERROR_CAUSE, "broker_unavailable")
+    detail = f"the broker is unavailable, retry with the same ids: {exc}"
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """The last resort: 500. Starlette runs it outside the middleware, so it counts itself."""
+    request.app.state.gateway.metrics.inc("http_errors_total", status="500", cause="internal")
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+async def count_errors(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """HTTP middleware: count every answer >= 500 in `http_errors_total` by status and cause."""
+    response = await call_next(request)
+    status = response.status_code
+    if status >= 500:
+        cause = getattr(request.state, ERROR_CAUSE, None)
+        if cause is None and status == 503:
+            cause = "broker_unavailable" if "retry-after" in response.headers else "unavailable"
+        metrics = request.app.state.gateway.metrics
+        metrics.inc("http_errors_total", status=str(status), cause=cause or "internal")
+    return response
+
+
+def create_app(
+    settings: GatewaySettings,
+    nats_url: str,
+    connect_timeout: float = 10.0,
+    *,
+    credential: Credential | None = None,
+    tls: Tls | None = None,
+) -> FastAPI:
+    """The gateway application; it connects to `nats_url` as `credential` (the `gateway` one
+    under `nerve up`; none: as the URL says) on start-up and closes on shutdown."""
     state = new_state(settings)
 
     @asynccontextmanager
@@ -47,14 +132,18 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
             timeout=connect_timeout,
             state=state.connection,
             ack_timeout=settings.ack_timeout_s,
+            credential=credential,
+            tls=tls,
         )
         try:
-            state.open(bus, await ProfileStore.open(bus))
+            forgotten = await Tombstones.open(bus)
+            state.open(bus, forgotten)
 
             async def on_model() -> None:
                 state.model_switched = time.time()
 
             await bus.on_model_published(on_model)
+            await bus.on_forget(forgotten.note)
             async with bus.follow(CATALOG, state.catalog.update):
                 yield
         finally:
@@ -69,7 +158,11 @@ def create_app(settings: GatewaySettings, nats_url: str, connect_timeout: float 
     )
     app.state.gateway = state
     app.add_exception_handler(Refused, refused)
+    app.add_exception_handler(BrokerError, on_broker_error)
+    app.add_exception_handler(NATS_ERROR, on_broker_error)
+    app.add_exception_handler(Exception, on_unexpected)
     app.middleware("http")(assets.cors)
-    for module in (events, profiles, recommendations, ops, assets):
+    app.middleware("http")(count_errors)  # the outermost: it sees CORS' answers too
+    for module in (events, profiles, recommendations, ops, demo, assets):
         app.include_router(module.router)
     return app

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ SCRIPT = WIDGETS / "nerve.js"
 DEMO = (WIDGETS / "demo").resolve()
 PREFLIGHT = {
     "Access-Control-Allow-Methods": "GET, POST",
-    "Access-Control-Allow-Headers": "Content-Type, X-Nerve-Site-Key",
+    "Access-Control-Allow-Headers": "Content-Type, X-Nerve-Site-Key, X-Nerve-Identity",
     "Access-Control-Max-Age": "600",
     "Vary": "Origin",
 }
@@ -72,17 +73,36 @@ async def demo_catalog(request: Request) -> Response:
     return Response(orjson.dumps(items), media_type="application/json")
 
 
+SAFE_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+"""What a demo path may contain once decoded: the characters RFC 3986 allows unescaped in a
+path. Every demo file and catalogue item id is named so; anything else (a NUL, `%ff`, a
+backslash, a space, a control character) is answered 404 before the file system sees it: a
+NUL used to raise inside `Path.resolve` (a 500)."""
+
+
+def demo_target(path: str) -> Path | None:
+    """The file `path` names under `widgets/demo/`, or None (then: 404)."""
+    if not SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
+        return None
+    try:
+        target = (DEMO / (path or "index.html")).resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_relative_to(DEMO):
+            return None
+        if target.is_file():
+            return target
+    except (OSError, ValueError):  # a name too long, a loop of links...
+        return None
+    parts = path.strip("/").split("/")
+    if len(parts) == 2 and "." not in parts[1]:  # /demo/<category>/<item>
+        return DEMO / "item.html"
+    return None
+
+
 @router.get("/demo/{path:path}")
 async def demo_file(path: str) -> Response:
-    target = (DEMO / (path or "index.html")).resolve()
-    if target.is_dir():
-        target = target / "index.html"
-    if not target.is_relative_to(DEMO):
+    target = demo_target(path)
+    if target is None:
         return JSONResponse({"detail": "not found"}, status_code=404)
-    if not target.exists():
-        parts = path.strip("/").split("/")
-        if len(parts) == 2 and "." not in parts[1]:  # /demo/<category>/<item>
-            target = DEMO / "item.html"
-        else:
-            return JSONResponse({"detail": "not found"}, status_code=404)
     return FileResponse(target, headers={"Cache-Control": "no-cache"})

@@ -7,9 +7,16 @@ headers (`sendBeacon`, `EventSource`), as `?site_key=`; the key must be known an
 browser is never told it may call with a key the routes would refuse.
 
 Routes take the checks as FastAPI dependencies (`require_internal`,
-`require_site_or_internal`); a refusal raises `Refused`, which the app renders as
-`{"detail": ...}` with its status. `POST /v1/events` calls `check_site` itself, to count its
-refusals in its request metrics.
+`require_site_or_internal`, `require_reader`); a refusal raises `Refused`, which the app
+renders as `{"detail": ...}` with its status. `POST /v1/events` calls `check_site` itself, to
+count its refusals in its request metrics.
+
+Identity: a page proves its signed-in customer with a token its site's backend minted
+(`engine.identity`), sent as `X-Nerve-Identity` or, where headers cannot be sent, `?identity=`.
+`identity` verifies it against the site key's `identity_secret`. Reading a known user's lists
+or live stream needs such a token for exactly that user, or an internal bearer token
+(`require_reader`); an anonymous id (`?anonymous=true`) needs none: it is a random id only its
+browser knows.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from fastapi import Request
 
 from engine.errors import NerveError
 from engine.gateway.state import gateway_state
+from engine.identity import Identity, InvalidIdentity, verify_identity_token
 from engine.settings import SiteKey
 
 SITE_KEY_HEADER = "X-Nerve-Site-Key"
+IDENTITY_HEADER = "X-Nerve-Identity"
 
 
 class Refused(NerveError):
@@ -92,3 +101,46 @@ def require_site_or_internal(request: Request) -> None:
         check_internal(request, state.settings.internal_tokens)
     else:
         check_site(request, state.keys)
+
+
+def identity_token_of(request: Request) -> str | None:
+    """The identity token a request sends (header first, then the query parameter)."""
+    return request.headers.get(IDENTITY_HEADER) or request.query_params.get("identity")
+
+
+def identity(site: SiteKey, token: str, user_id: str | None = None) -> Identity:
+    """What `token` proves on `site` (for `user_id`, when given); else `InvalidIdentity`."""
+    if site.identity_secret is None:
+        raise InvalidIdentity("this site key has no identity secret (anonymous ids only)")
+    return verify_identity_token(
+        token, site.identity_secret.get_secret_value(), site_key=site.key, user_id=user_id
+    )
+
+
+def is_internal_call(request: Request) -> bool:
+    """True when the request names an internal caller (its token is checked separately)."""
+    return bool(request.headers.get("authorization"))
+
+
+def require_reader(request: Request, user_id: str, anonymous: bool = False) -> None:
+    """Dependency of a user's lists and stream: an internal caller; or a good site key and,
+    for a known user (not `anonymous`), an identity token for exactly `user_id`."""
+    state = gateway_state(request)
+    if is_internal_call(request):
+        check_internal(request, state.settings.internal_tokens)
+        return
+    site = check_site(request, state.keys)
+    if anonymous:
+        return
+    token = identity_token_of(request)
+    if not token:
+        raise Refused(
+            401,
+            f"a known user's recommendations need an identity token for that user "
+            f"({IDENTITY_HEADER} header or ?identity=); anonymous ids need none "
+            f"(?anonymous=true)",
+        )
+    try:
+        identity(site, token, user_id)
+    except InvalidIdentity as exc:
+        raise Refused(403, f"identity token refused: {exc.reason}") from None

@@ -9,11 +9,23 @@ What a request gets back:
   refused event, its index, its id and every field with its reason.
 * 422 — every event was refused; same body. Refused events go to DEADLETTER either way.
 * 400 — the body is not JSON (dead-lettered whole, raw bytes kept).
-* 401 / 403 — no site key / unknown key or origin not allowed for it (not dead-lettered:
-  unauthenticated input is never stored, or anyone could fill the store).
+* 401 / 403 — no site key / unknown key or origin not allowed for it, or a bad internal token
+  (not dead-lettered: unauthenticated input is never stored, or anyone could fill the store).
 * 413 — body over `max_body_bytes` or more than `max_batch` events (the client is told; nothing
   is stored). 429 — the key's rate limit, with `Retry-After`. 503 — the broker did not
   acknowledge; nothing was stored, so the client may retry (with the same ids).
+
+Who may send what is `engine.events.producers`: with a site key the producer is `site`
+(behavioural events; one naming a `user_id` only with a valid identity token for that user, in
+`X-Nerve-Identity` or `?identity=`); with `Authorization: Bearer <internal token>` it is
+`server` (purchases, consent of record, CRM events, ...). A token that fails verification does
+not fail the request: each event that needed it is refused with the token's problem as its
+reason, and the rest are stored.
+
+Refused input costs rate budget like accepted input: a body that is not JSON takes one event
+of the key's budget before it is dead-lettered, a refused event one like any other, so a key
+limited to R events/s with burst B writes at most B + R·t records to DEADLETTER in t seconds.
+Server-side producers have no rate limit (they hold a secret).
 
 The gateway assigns an id to an event that has none and always sets `received_at`. Clients that
 retry should send their own ids: a retried event with a gateway-assigned id is a new event.
@@ -22,6 +34,7 @@ retry should send their own ids: a retried event with a gateway-assigned id is a
 from __future__ import annotations
 
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,8 +48,16 @@ from engine.cloudevents import from_cloudevent
 from engine.errors import EventRejected, FieldError, PublishError
 from engine.events import DeadLetter, Envelope, parse_event
 from engine.events.producers import check_producer
-from engine.gateway.auth import Refused, check_site
+from engine.gateway.auth import (
+    Refused,
+    check_internal,
+    check_site,
+    identity,
+    identity_token_of,
+    is_internal_call,
+)
 from engine.gateway.state import GatewayState, gateway_state
+from engine.identity import InvalidIdentity
 from engine.ids import uuid7
 from engine.settings import GatewaySettings
 
@@ -69,6 +90,43 @@ def buckets_for(settings: GatewaySettings) -> dict[str, TokenBucket]:
     return {k.key: TokenBucket(k.rate_per_s, k.burst) for k in settings.site_keys}
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: its producer (`site` or `server`), the origin its dead letters
+    name, its rate budget (None: unlimited) and the user its identity token proved (or why
+    the token it sent proves nothing)."""
+
+    producer: str
+    origin: str
+    bucket: TokenBucket | None = None
+    identified: str | None = None
+    token_problem: str | None = None
+
+
+def caller_of(request: Request, state: GatewayState) -> Caller:
+    """The `Caller` of `request`, or `Refused` when its credentials are missing or wrong."""
+    if is_internal_call(request):
+        check_internal(request, state.settings.internal_tokens)
+        return Caller("server", "server")
+    site = check_site(request, state.keys)
+    origin = f"site:{site.key[:8]}"
+    bucket = state.buckets[site.key]
+    token = identity_token_of(request)
+    if not token:
+        return Caller("site", origin, bucket)
+    try:
+        return Caller("site", origin, bucket, identified=identity(site, token).user_id)
+    except InvalidIdentity as exc:
+        return Caller("site", origin, bucket, token_problem=exc.reason)
+
+
+def charge(caller: Caller, n: int) -> None:
+    """Take `n` events from the caller's budget, or `Reply` 429 with `Retry-After`."""
+    wait = caller.bucket.take(n) if caller.bucket is not None else 0.0
+    if wait:
+        raise Reply(429, {"detail": "rate limit"}, {"Retry-After": f"{max(1, round(wait))}"})
+
+
 @dataclass
 class Triage:
     """A decoded batch split into events to store and refusals to dead-letter."""
@@ -78,9 +136,19 @@ class Triage:
     deadletters: list[DeadLetter] = field(default_factory=list)
 
 
-def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -> Triage:
-    """Validate each item; refusals carry their index, id and reasons and a dead-letter record."""
+def triage(
+    items: list[Any],
+    caller: Caller,
+    *,
+    cloudevents: bool,
+    now: datetime,
+    forgotten: Container[str] = frozenset(),
+) -> Triage:
+    """Validate each item; refusals carry their index, id and reasons and a dead-letter record.
+    An event of a user erased by `nerve forget` (`forgotten` tokens) is refused: nothing is
+    stored under their id again."""
     out = Triage()
+    origin = caller.origin
     stamp = now.isoformat().replace("+00:00", "Z")
     for index, item in enumerate(items):
         event_id = item.get("id") if isinstance(item, dict) else None
@@ -90,7 +158,16 @@ def triage(items: list[Any], *, cloudevents: bool, origin: str, now: datetime) -
                 data = {**data, "received_at": stamp}
                 data.setdefault("id", uuid7())
                 event_id = data["id"]
-            event = check_producer("site", parse_event(data, now=now))
+            event = check_producer(
+                caller.producer,
+                parse_event(data, now=now),
+                identified=caller.identified,
+                token_problem=caller.token_problem,
+            )
+            if event.user_token in forgotten:
+                field_name = "user_id" if event.user_id else "anonymous_id"
+                reason = "this user was forgotten (nerve forget); nothing is stored for them"
+                raise EventRejected([FieldError(field_name, reason)])
         except EventRejected as exc:
             errors = [{"field": e.field, "reason": e.reason} for e in exc.errors]
             out.rejected.append({"index": index, "id": event_id, "errors": errors})
@@ -145,7 +222,7 @@ async def ingest(
 ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
     """Check, decode, triage and store one request's events; `Reply` for an early answer."""
     try:
-        site = check_site(request, state.keys)
+        caller = caller_of(request, state)
     except Refused as exc:
         raise Reply(exc.status, {"detail": exc.detail}) from None
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -153,12 +230,11 @@ async def ingest(
         raise Reply(415, {"detail": f"unsupported content type {ctype!r}"})
     raw = await read_body(request, state.settings.max_body_bytes)
     now = datetime.now(UTC)
-    origin = f"site:{site.key[:8]}"
-    items = await decode_batch(state, raw, origin, now)
-    wait = state.buckets[site.key].take(len(items))
-    if wait:
-        raise Reply(429, {"detail": "rate limit"}, {"Retry-After": f"{max(1, round(wait))}"})
-    result = triage(items, cloudevents=ctype in CE_TYPES, origin=origin, now=now)
+    items = await decode_batch(state, raw, caller, now)
+    charge(caller, len(items))
+    result = triage(
+        items, caller, cloudevents=ctype in CE_TYPES, now=now, forgotten=state.forgotten
+    )
     return 202 if result.events else 422, await store(state, result), None
 
 
@@ -175,13 +251,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def decode_batch(state: GatewayState, raw: bytes, origin: str, now: datetime) -> list[Any]:
-    """The items of a body; a body that is not JSON is dead-lettered whole (400)."""
+async def decode_batch(state: GatewayState, raw: bytes, caller: Caller, now: datetime) -> list[Any]:
+    """The items of a body; a body that is not JSON is dead-lettered whole (400), once the
+    caller's budget paid for it (429 and nothing stored when it cannot)."""
     try:
         decoded = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        charge(caller, 1)
         errors = [FieldError("", f"body is not valid JSON: {exc}")]
-        record = DeadLetter.build("gateway", raw, errors, now, origin, record_id=uuid7())
+        record = DeadLetter.build("gateway", raw, errors, now, caller.origin, record_id=uuid7())
         try:
             await state.bus.deadletter([record])
         except PublishError as perr:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
+from engine import health
 from engine.gateway.assets import WIDGETS
 from engine.gateway.auth import require_internal
 from engine.gateway.state import gateway_state
@@ -14,17 +17,38 @@ from engine.recommender.stats import click_through
 
 router = APIRouter()
 
+ERROR_CAUSE = "error_cause"
+"""The `request.state` attribute a route sets to name the cause of a 5xx it answers; the app's
+`count_errors` middleware reads it into `http_errors_total{status, cause}`."""
+
 
 @router.get("/", include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/demo/" if (WIDGETS / "demo").is_dir() else "/docs")
 
 
-@router.get("/healthz", summary="Liveness and broker connection")
+@router.get("/healthz", summary="Liveness, broker connection, and services that are stuck")
 async def healthz(request: Request) -> JSONResponse:
-    state = gateway_state(request).connection
-    body = {"status": "ok" if state.connected else "degraded", "nats": state.as_dict()}
-    return JSONResponse(body, status_code=200 if state.connected else 503)
+    """200 when the gateway is connected and no service is stuck; else 503 with the reason.
+    `services` lists every service's heartbeat (`engine.health`): `stuck` is true for one with
+    work waiting and no progress for `engine.health.STUCK_AFTER_S` seconds."""
+    gateway = gateway_state(request)
+    state = gateway.connection
+    body: dict[str, object] = {"nats": state.as_dict()}
+    stuck: list[str] = []
+    if state.connected:
+        with contextlib.suppress(Exception):  # the bucket may be missing or the broker slow
+            found = await asyncio.wait_for(health.report(gateway.bus), 2.0)
+            body["services"] = found["services"]
+            stuck = list(found["stuck"])  # type: ignore[call-overload]
+    body["stuck"] = stuck
+    ok = state.connected and not stuck
+    body["status"] = "ok" if ok else "degraded"
+    if not state.connected:
+        setattr(request.state, ERROR_CAUSE, "broker_disconnected")
+    elif stuck:
+        setattr(request.state, ERROR_CAUSE, "service_stuck")
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -5,8 +5,18 @@ The stream, `GET /v1/recommendations/{user}/stream?slots=home,similar&site_key=`
 subscription on `reco.<user>.*` per connected browser, dropped when the browser goes; each
 `recommendations_updated` of a requested slot is sent as `event: recommendations` with `id:`
 the recommendation id; a comment every 15 s keeps proxies from closing it. A browser that
-reads slowly gets the newest list of each slot (see `live.LatestPerSlot`); a message that is
-not a list is skipped and counted (`stream_skipped_total`), not allowed to end the stream.
+reads slowly gets the newest list of each slot (see `live.LatestPerSlot`).
+
+Who may read: a known user's lists and stream need an identity token for exactly that user (or
+an internal bearer token); an anonymous id (`anonymous=true`) needs only the site key
+(`auth.require_reader`). Open streams are capped per site key and per client address
+(`GatewaySettings.max_streams_per_key` / `max_streams_per_client`; 429 with `Retry-After`).
+
+Nothing is served that is not a list for this user: a message on `reco.<user>.<slot>` (stored
+or live) and a reply to `reco.request` are validated with the `recommendations_updated` model
+and must name this user and slot. A stored one that fails is not served (the recommender is
+asked instead, `stored_refused_total`); a live one is skipped and counted
+(`stream_skipped_total`), never allowed to end the stream; a reply that fails is a 503.
 """
 
 from __future__ import annotations
@@ -21,12 +31,17 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from engine.bus import NoAnswer
-from engine.gateway.auth import require_site_or_internal
-from engine.gateway.live import LatestPerSlot
+from engine.errors import EventRejected
+from engine.events import parse_event
+from engine.events.catalog import RecommendationsUpdated
+from engine.gateway.auth import is_internal_call, require_reader, site_key_of
+from engine.gateway.live import LatestPerSlot, StreamLease
+from engine.gateway.ops import ERROR_CAUSE
 from engine.gateway.state import GatewayState, gateway_state
-from engine.ids import uuid7_time_ms
+from engine.ids import canonical_id, unsafe_character, uuid7_time_ms
 from engine.recommender.catalog import ItemCatalog
 from engine.subjects import (
     RECOMMENDATIONS,
@@ -40,8 +55,25 @@ from engine.subjects import (
 SLOT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 HEARTBEAT_S = 15.0
 ITEM_FIELDS = ("name", "url", "image", "category", "value")
+STREAM_RETRY_S = 5
 
-router = APIRouter(dependencies=[Depends(require_site_or_internal)])
+router = APIRouter(dependencies=[Depends(require_reader)])
+
+
+def valid_list(data: Any, token: str, slot: str) -> dict[str, Any] | None:
+    """`data` (bytes or decoded JSON) as served when it is a valid `recommendations_updated`
+    of the user with subject token `token` for `slot`; else None."""
+    try:
+        event = parse_event(orjson.loads(data) if isinstance(data, bytes) else data)
+    except (EventRejected, orjson.JSONDecodeError):
+        return None
+    props = event.properties
+    if not isinstance(props, RecommendationsUpdated) or props.slot != slot:
+        return None
+    if event.user_token != token:
+        return None
+    served: dict[str, Any] = orjson.loads(event.to_json())
+    return served
 
 
 def enrich(event: dict[str, Any], catalog: ItemCatalog) -> dict[str, Any]:
@@ -59,6 +91,20 @@ def enrich(event: dict[str, Any], catalog: ItemCatalog) -> dict[str, Any]:
 
 def token_of(user_id: str, anonymous: bool) -> str:
     return user_token(None, user_id) if anonymous else user_token(user_id, None)
+
+
+def user_problem(user_id: str) -> str | None:
+    """Why `user_id` (a path parameter) is not an id, or None: the rules of events' ids."""
+    if not user_id or len(user_id) > 128:
+        return "1-128 chars"
+    return unsafe_character(user_id)
+
+
+def gone(anonymous: bool) -> JSONResponse:
+    """410 for a user erased by `nerve forget`: nothing is computed or stored for them."""
+    field = "anonymous_id" if anonymous else "user_id"
+    body = {"errors": [{"field": field, "reason": "this user was forgotten (nerve forget)"}]}
+    return JSONResponse(body, status_code=410)
 
 
 def bad(field: str, reason: str) -> JSONResponse:
@@ -80,11 +126,13 @@ def recommendation(
 
 
 async def stored_list(state: GatewayState, token: str, slot: str) -> dict[str, Any] | None:
-    """The newest stored list of a user's slot, or None."""
+    """The newest stored list of a user's slot when it is a valid one (see `valid_list`)."""
     found = await state.bus.last(RECOMMENDATIONS, reco_subject(token, slot))
     if found is None:
         return None
-    stored: dict[str, Any] = orjson.loads(found[1])
+    stored = valid_list(found[1], token, slot)
+    if stored is None:
+        state.metrics.inc("stored_refused_total")
     return stored
 
 
@@ -121,11 +169,16 @@ async def get_recommendations(
         return bad("slot", "not a slot name")
     if k is not None and not 1 <= k <= 100:
         return bad("k", "between 1 and 100")
-    if not user_id or len(user_id) > 128:
-        return bad("user_id", "1-128 chars")
+    problem = user_problem(user_id)
+    if problem:
+        return bad("user_id", problem)
+    user_id = canonical_id(user_id)
+    token = token_of(user_id, anonymous)
+    if token in state.forgotten:
+        return gone(anonymous)
     stored = None
     if item is None:
-        stored = await stored_list(state, token_of(user_id, anonymous), slot)
+        stored = await stored_list(state, token, slot)
         if stored is not None and is_fresh(state, stored, k):
             return recommendation(state, stored, k, "stored")
     body: dict[str, Any] = {"slot": slot, "anonymous_id" if anonymous else "user_id": user_id}
@@ -141,7 +194,12 @@ async def get_recommendations(
         if stored is not None:
             return recommendation(state, stored, k, "stale")
         state.metrics.inc("recommendations_total", source="unavailable")
-        return JSONResponse({"detail": "the recommender did not answer"}, status_code=503)
+        setattr(request.state, ERROR_CAUSE, "recommender_unavailable")
+        return JSONResponse(
+            {"detail": "the recommender did not answer"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
     data = orjson.loads(reply)
     if "error" in data:
         e = data["error"]
@@ -149,32 +207,44 @@ async def get_recommendations(
             {"errors": [{"field": e["field"], "reason": e["reason"]}]},
             status_code=e.get("status", 422),
         )
-    return recommendation(state, data, None, "computed")
+    computed = valid_list(data, token, slot)
+    if computed is None:
+        state.metrics.inc("recommendations_total", source="invalid")
+        return JSONResponse({"detail": "the recommender's answer is not a list"}, status_code=503)
+    return recommendation(state, computed, None, "computed")
 
 
-def sse_frame(data: bytes, catalog: ItemCatalog) -> bytes | None:
-    """One `event: recommendations` frame, or None when `data` is not a list."""
-    try:
-        event = enrich(orjson.loads(data), catalog)
-        event_id = event["id"].encode()
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return None
-    return b"id: " + event_id + b"\nevent: recommendations\ndata: " + orjson.dumps(event) + b"\n\n"
+def sse_frame(event: dict[str, Any], catalog: ItemCatalog) -> bytes:
+    """One `event: recommendations` frame of a valid list (see `valid_list`)."""
+    event = enrich(event, catalog)
+    head = b"id: " + event["id"].encode() + b"\nevent: recommendations\ndata: "
+    return head + orjson.dumps(event) + b"\n\n"
 
 
 async def sse_events(
-    request: Request, state: GatewayState, token: str, wanted: set[str]
+    request: Request,
+    state: GatewayState,
+    token: str,
+    wanted: set[str],
+    lease: StreamLease | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """The frames of one browser's stream, until it disconnects."""
+    """The frames of one browser's stream, until it disconnects (then `lease` is released)."""
     unread = LatestPerSlot()
 
     async def on_list(subject: str, data: bytes) -> None:
         slot = last_token(subject)
-        if not wanted or slot in wanted:
-            unread.put(slot, data)
+        if wanted and slot not in wanted:
+            return
+        # validated on arrival: a bad message must not displace an unread good list
+        event = valid_list(data, token, slot)
+        if event is None:
+            state.metrics.inc("stream_skipped_total")
+            return
+        unread.put(slot, orjson.dumps(event))
 
-    sub = await state.bus.listen(reco_filter(token), on_list)
+    sub = None
     try:
+        sub = await state.bus.listen(reco_filter(token), on_list)
         yield b": connected\n\n"
         while True:
             try:
@@ -184,32 +254,48 @@ async def sse_events(
                     return
                 yield b": ping\n\n"
                 continue
-            frame = sse_frame(data, state.catalog)
-            if frame is None:
-                state.metrics.inc("stream_skipped_total")
-                continue
-            yield frame
+            yield sse_frame(orjson.loads(data), state.catalog)
     finally:
-        with contextlib.suppress(Exception):  # the connection may be closing with the app
-            await sub.unsubscribe()
+        if lease is not None:
+            lease.release()
+        if sub is not None:
+            with contextlib.suppress(Exception):  # the connection may be closing with the app
+                await sub.unsubscribe()
 
 
 @router.get(
     "/v1/recommendations/{user_id}/stream",
     summary="Live updates of a user's lists (Server-Sent Events)",
     description="`event: recommendations`, `data:` the recommendations_updated event with "
-    "catalogue details, `id:` its recommendation id. Site key as `site_key=` (EventSource "
-    "cannot send headers).",
+    "catalogue details, `id:` its recommendation id. Site key as `site_key=` and a known "
+    "user's identity token as `identity=` (EventSource cannot send headers).",
+    responses={429: {"description": "Too many open streams for this key or client address"}},
 )
 async def stream(
     user_id: str, request: Request, slots: str = "", anonymous: bool = False
 ) -> Response:
-    if not user_id or len(user_id) > 128:
-        return bad("user_id", "1-128 chars")
+    problem = user_problem(user_id)
+    if problem:
+        return bad("user_id", problem)
+    user_id = canonical_id(user_id)
+    state = gateway_state(request)
+    if token_of(user_id, anonymous) in state.forgotten:
+        return gone(anonymous)
+    key = "internal" if is_internal_call(request) else site_key_of(request) or ""
+    client = request.client.host if request.client else "unknown"
+    lease = state.streams.open(key, client)
+    if lease is None:
+        state.metrics.inc("streams_refused_total")
+        return JSONResponse(
+            {"detail": "too many open live streams for this site key or client address"},
+            status_code=429,
+            headers={"Retry-After": str(STREAM_RETRY_S)},
+        )
     wanted = {s for s in slots.split(",") if s}
-    events = sse_events(request, gateway_state(request), token_of(user_id, anonymous), wanted)
+    events = sse_events(request, state, token_of(user_id, anonymous), wanted, lease)
     return StreamingResponse(
         events,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(lease.release),  # when the stream never started
     )

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 
 from engine.bus import Bus, ConnectionState
+from engine.gateway.live import StreamLimits
 from engine.metrics import Metrics
-from engine.profiles.store import ProfileStore
+from engine.profiles.tombstones import Tombstones
 from engine.recommender.catalog import ItemCatalog
 from engine.settings import GatewaySettings, SiteKey
 
@@ -20,8 +21,10 @@ if TYPE_CHECKING:  # events.py depends on this module
 
 @dataclass
 class GatewayState:
-    """The gateway's settings and connections. `bus` and `profiles` exist while the app's
-    lifespan runs (they are opened on start-up); the rest from construction."""
+    """The gateway's settings and connections. `bus` and `forgotten` exist while the app's
+    lifespan runs (they are opened on start-up); the rest from construction. The gateway
+    holds no profile store: it cannot decrypt profiles (the profiles service answers the
+    internal profiles API)."""
 
     settings: GatewaySettings
     metrics: Metrics = field(default_factory=Metrics)
@@ -33,11 +36,17 @@ class GatewayState:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     """Per site key, its rate limit (see `events.buckets_for`)."""
     keys: dict[str, SiteKey] = field(init=False)
+    streams: StreamLimits = field(init=False)
+    """Open live streams per site key and client address, against their caps."""
+    forgotten: Tombstones | frozenset[str] = frozenset()
+    """Users erased by `nerve forget`: their events and lists are refused (410)."""
     _bus: Bus | None = None
-    _profiles: ProfileStore | None = None
 
     def __post_init__(self) -> None:
         self.keys = {k.key: k for k in self.settings.site_keys}
+        self.streams = StreamLimits(
+            self.settings.max_streams_per_key, self.settings.max_streams_per_client
+        )
 
     @property
     def bus(self) -> Bus:
@@ -45,19 +54,13 @@ class GatewayState:
             raise RuntimeError("the gateway is not started (its lifespan has not run)")
         return self._bus
 
-    @property
-    def profiles(self) -> ProfileStore:
-        if self._profiles is None:
-            raise RuntimeError("the gateway is not started (its lifespan has not run)")
-        return self._profiles
-
-    def open(self, bus: Bus, profiles: ProfileStore) -> None:
+    def open(self, bus: Bus, forgotten: Tombstones | frozenset[str] = frozenset()) -> None:
         """Attach what the lifespan connected; a fresh catalogue is filled from CATALOG."""
-        self._bus, self._profiles = bus, profiles
+        self._bus, self.forgotten = bus, forgotten
         self.catalog = ItemCatalog()
 
     def close(self) -> None:
-        self._bus = self._profiles = None
+        self._bus = None
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -6,10 +6,10 @@ recommender compute and store a new list under their id seconds after the erasur
 next event re-created a profile.
 
 A tombstone is a key of the `tombstones` bucket: HMAC-SHA256 of the subject token under a
-random per-installation salt (the bucket's `salt` key), so the bucket lists no user id and
-cannot be checked against a list of guessed ids without that salt. The services load every
-tombstone on start and add new ones when `nerve forget` announces them (it writes the tombstone
-before announcing), so the check on the serving path is a set lookup.
+random per-installation salt (the bucket's `salt` key, made once by provisioning), so the
+bucket lists no user id and cannot be checked against a list of guessed ids without that salt.
+The services load every tombstone on start and add new ones when `nerve forget` announces them
+(it writes the tombstone before announcing), so the check on the serving path is a set lookup.
 
 Lifting a tombstone (a forgotten customer who signs up again and consents) is an explicit
 operator act: `Tombstones.lift`.
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 
 from engine.bus import Bus, JetStreamKV
+from engine.errors import ConfigError
 
 BUCKET = "tombstones"
 _SALT_KEY = "salt"
@@ -40,18 +40,16 @@ class Tombstones:
         """The bucket's tombstones (the salt is made on first use)."""
         kv = await bus.kv(BUCKET)
         salt = await kv.get(_SALT_KEY)
-        if salt is None:  # written only if still absent: concurrent first uses agree
-            await kv.write_many([(_SALT_KEY, secrets.token_bytes(32), 0)])
-            salt = await kv.get(_SALT_KEY)
-            assert salt is not None
+        if salt is None:  # provisioning makes it (admin): services cannot write it
+            raise ConfigError("the tombstones bucket has no salt: run `nerve init`")
         known = {k for k in await kv.keys() if k != _SALT_KEY}
         return cls(kv, salt, known)
 
     def key(self, token: str) -> str:
         return hmac.new(self.salt, token.encode(), hashlib.sha256).hexdigest()
 
-    def __contains__(self, token: str) -> bool:
-        return self.key(token) in self.known
+    def __contains__(self, token: object) -> bool:
+        return isinstance(token, str) and self.key(token) in self.known
 
     def note(self, token: str) -> None:
         """Remember a tombstone written elsewhere (the forget announcement)."""

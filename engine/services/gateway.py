@@ -1,7 +1,9 @@
 """The gateway as a service: the HTTP app (`engine.gateway`) served by uvicorn until `stop`.
 
 The app opens its own broker connection in its lifespan (it is also served on its own, e.g.
-by tests and `uvicorn engine.gateway:...`), so this wrapper only owns the server.
+by tests and `uvicorn engine.gateway:...`), as the `gateway` credential of the broker settings
+(`engine.credstore.for_component`), so this wrapper only owns the server; the `Bus` the
+runner hands `build` is not used for requests.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Generator
 import uvicorn
 
 from engine.bus import Bus
+from engine.credentials import Credential, Tls, tls_of
+from engine.credstore import for_component
 from engine.gateway import create_app
 from engine.settings import GatewaySettings, Settings
 
@@ -28,10 +32,18 @@ class _Server(uvicorn.Server):
 class GatewayService:
     name = "gateway"
 
-    def __init__(self, settings: GatewaySettings, nats_url: str, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        nats_url: str,
+        connect_timeout: float,
+        *,
+        credential: Credential | None = None,
+        tls: Tls | None = None,
+    ) -> None:
         self.settings = settings
         config = uvicorn.Config(
-            create_app(settings, nats_url, connect_timeout),
+            create_app(settings, nats_url, connect_timeout, credential=credential, tls=tls),
             host=settings.host,
             port=settings.port,
             log_level="warning",
@@ -42,8 +54,15 @@ class GatewayService:
 
     @classmethod
     async def build(cls, bus: Bus, settings: Settings) -> GatewayService:
-        assert settings.broker.nats_url is not None
-        return cls(settings.gateway, settings.broker.nats_url, settings.broker.connect_timeout)
+        broker = settings.broker
+        assert broker.nats_url is not None
+        return cls(
+            settings.gateway,
+            broker.nats_url,
+            broker.connect_timeout,
+            credential=for_component(broker, "gateway"),
+            tls=tls_of(broker),
+        )
 
     def describe(self) -> str:
         base = f"http://{self.settings.host}:{self.settings.port}"

@@ -14,8 +14,11 @@ superseded revisions the bucket drops cannot be read once the user's key is eras
 
 An event the projection cannot apply (not JSON, a missing field) is dead-lettered with the reason
 and its raw bytes at once, since retrying cannot help. An unexpected error is retried: the event
-is negatively acknowledged with a growing delay and dead-lettered at its last delivery
-(`max_deliver`), so one poison message never stalls the stream.
+is negatively acknowledged with a growing delay and dead-lettered when it fails on its
+`max_deliver`-th delivery, so one poison message never stalls the stream. Deliveries caused by
+kills and timeouts do not count against it: the server keeps redelivering a message up to
+`engine.bus.consumer.GIVE_UP_AFTER` times, and what it gives up on then (a message that takes
+the service down every time) is dead-lettered from the GAVEUP stream.
 """
 
 from __future__ import annotations
@@ -33,12 +36,20 @@ import orjson
 
 from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Delivery, DurableConsumer, refusals
+from engine.events.requests import error_reply
 from engine.health import beating
 from engine.profiles.profile import CannotApply, apply, settle_floor
+from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore, Slot, blank
 from engine.profiles.tombstones import Tombstones
 from engine.settings import ACK_WAIT_S, MAX_DELIVER, Settings
-from engine.subjects import SHORT, SubjectError, is_user_token, split_user_subject
+from engine.subjects import (
+    PROFILE_REQUEST_SUBJECT,
+    SHORT,
+    SubjectError,
+    is_user_token,
+    split_user_subject,
+)
 
 log = logging.getLogger("nerve.profiles")
 
@@ -129,14 +140,10 @@ class ProfileService:
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.forgotten = await Tombstones.open(self.bus)
-        consumers = [
-            self.bus.durable(
-                name, self.durable, max_deliver=self.max_deliver, ack_wait=self.ack_wait
-            )
-            for name in SHORT
-        ]
+        consumers = [self.bus.durable(name, self.durable, ack_wait=self.ack_wait) for name in SHORT]
         for c in consumers:
             await c.start()
+        answering = await self.bus.serve(PROFILE_REQUEST_SUBJECT, self.answer)
         self.ready.set()
 
         async def progress() -> tuple[int, int]:
@@ -144,10 +151,18 @@ class ProfileService:
             behind = sum([await c.backlog() for c in consumers])
             return s.applied + s.skipped + s.deadlettered, behind
 
+        async def give_up(r: Refusal) -> None:
+            await self.bus.deadletter(refusals("profiles", [(r, r.reason)]))
+            self.stats.deadlettered += 1
+
+        loops = [self._loop(c, SHORT[c.stream], stop) for c in consumers]
+        sweeps = [self.bus.sweep_gave_up(n, self.durable, give_up, stop) for n in SHORT]
         try:
             async with beating(self.bus, self.durable, progress):
-                await asyncio.gather(*(self._loop(c, SHORT[c.stream], stop) for c in consumers))
+                await asyncio.gather(*loops, *sweeps)
         finally:
+            with contextlib.suppress(Exception):
+                await answering.unsubscribe()
             for c in consumers:
                 await c.stop()
 
@@ -284,6 +299,23 @@ class ProfileService:
         self.cache.move_to_end(token)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
+
+    async def answer(self, data: bytes) -> bytes:
+        """The reply to a profile request: `{"user_id"|"anonymous_id": ...}` gets the stored
+        profile (`Profile` JSON), `{"error": {...}}` when there is none or the request is bad.
+        A fresh key cache per request: a key erased by `nerve forget` is never served again."""
+        try:
+            req = orjson.loads(data)
+            anonymous = "anonymous_id" in req
+            user = req["anonymous_id"] if anonymous else req["user_id"]
+            if not isinstance(user, str) or not user:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            return error_reply("user_id", "a profile request names user_id or anonymous_id")
+        found = await read_profile(self.store.fresh(), user, anonymous=anonymous)
+        if found is None:
+            return error_reply("user_id", f"no profile for {user!r}", 404)
+        return orjson.dumps(found.model_dump(mode="json"))
 
     def forget(self, token: str) -> None:
         """Drop a user from the caches (after `nerve forget`)."""

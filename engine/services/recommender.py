@@ -173,9 +173,10 @@ class RecommenderService:
                 len(self.serving.config.slots),
                 self.serving.versions(),
             )
+            sweeps = [self.bus.sweep_gave_up(n, self.durable, self._gave_up, stop) for n in SHORT]
             try:
                 async with beating(self.bus, self.durable, progress):
-                    await self._work(consumers, stop, registry)
+                    await asyncio.gather(self._work(consumers, stop, registry), *sweeps)
             finally:
                 for c in consumers:
                     await c.stop()
@@ -383,6 +384,10 @@ class RecommenderService:
                     self.serving.with_model(loaded)
                     self.stats.reloads += 1
                     log.info("slot %s now served by %s (%s)", slot, loaded.version, loaded.name)
+
+    async def _gave_up(self, r: Refusal) -> None:
+        await self.bus.deadletter(refusals("recommender", [(r, r.reason)]))
+        self.stats.deadlettered += 1
 
     async def _deadletter(self, refused: list[tuple[Delivery, str]]) -> None:
         records = refusals("recommender", refused)

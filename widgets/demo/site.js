@@ -51,8 +51,46 @@
     });
   }
 
+  // The bank's session (a cookie on a real site): who is signed in. The identity token for
+  // Nerve comes from the bank's backend, which mints it with the site's secret; it is fetched
+  // again on each page so that it is always fresh (it lives an hour).
+  function signIn(user) {
+    return fetch("/demo-site/sign-in", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user_id: user })
+    }).then(function (r) {
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    }).then(function (s) {
+      localStorage.setItem("demo_customer", s.user_id);
+      Nerve.identify(s.user_id, s.token);
+      return s;
+    });
+  }
+  function signOut() {
+    localStorage.removeItem("demo_customer");
+    Nerve.reset();
+  }
+  // The account page's sign-in form (the bank's own login; the demo has no passwords).
+  function account() {
+    var form = document.getElementById("login");
+    if (!form) return;
+    var who = document.getElementById("who");
+    function show() { who.textContent = "Signed in as: " + (localStorage.getItem("demo_customer") || "nobody (anonymous)"); }
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      signIn(form.user.value).then(show, function (err) { who.textContent = "Sign-in failed: " + err.message; });
+    });
+    document.getElementById("logout").onclick = function () { signOut(); show(); };
+    show();
+  }
+
   window.addEventListener("load", function () {
     if (window.Nerve && window.Nerve.consent) banner();
+    var customer = localStorage.getItem("demo_customer");
+    if (customer && window.Nerve && window.Nerve.identify) signIn(customer).catch(function () {});
+    account();
     listings();
   });
 })();

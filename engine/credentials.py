@@ -1,0 +1,283 @@
+"""Broker credentials: who may connect to NATS, and what each may publish and subscribe.
+
+The embedded nats-server never takes anonymous connections. On its first start it generates
+one credential per component (`COMPONENTS`) under `<data_dir>/credentials/` (directory 0700,
+each file 0600: a JSON object with `user`, `password`, `role` and `inbox_prefix`), and the
+server's `authorization` block (`credentials/nats-auth.conf`, 0600, included by the server
+config) gives each user the allow-lists below; everything not allowed is denied. `nerve
+credentials add NAME --role crm|reader|admin` issues one for an outside service and `nerve
+credentials revoke NAME` withdraws it: both rewrite the authorization block and reload the
+running server (SIGHUP), so a revoked user is refused, and disconnected, without a restart.
+
+Passwords are random (256 bits) and stored in plain text in those 0600 files: the `bcrypt`
+package is not a dependency, so the server config cannot carry hashes. Whoever can read the
+data dir is an operator, and operator commands (`nerve init`, `import`, `forget`, `train`, ...)
+on that machine connect as `admin`.
+
+Who holds which credential:
+
+| credential | held by |
+| --- | --- |
+| `admin` | operator commands on the data dir's machine; provisioning and import in `nerve up` |
+| `gateway` | the HTTP gateway (the internet-facing process) |
+| `profiles`, `recommender`, `signals`, `warehouse` | the service of that name, each its own |
+| `visitors` | the demo's synthetic visitors (`nerve demo`) |
+| role `crm` | an outside CRM service (`nerve credentials add NAME --role crm`) |
+| role `reader` | an outside read-only consumer (`--role reader`) |
+| role `admin` | an outside operator tool (`--role admin`) |
+
+What each may do (✓ allowed; everything else is denied; admin may do everything; every
+role may also look up account limits and stream names):
+
+| may | gateway | profiles | recommender | signals | warehouse | visitors | crm | reader |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| publish `activity.>` | ✓ | | | | | ✓ | | |
+| publish `crm.>` | | | | | | | ✓ | |
+| publish `reco.>` (lists) | | | ✓ | | | | | |
+| publish `signals.>` | | | | ✓ | | | | |
+| publish `dlq.>` | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
+| request `reco.request` | ✓ | | | | | | | |
+| answer `reco.request` | | | ✓ | | | | | |
+| request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | |
+| answer `nerve.profiles.get` | | ✓ | | | | | | |
+| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | | | ✓ |
+| read CRM | | ✓ | ✓ | ✓ | | | | |
+| read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | |
+| read CATALOG | ✓ | | ✓ | | | ✓ | | |
+| read RECOMMENDATIONS | ✓ | | ✓ | | | | | ✓ |
+| read SIGNALS | | | | ✓ | | | ✓ | ✓ |
+| read KV `profiles` | | ✓ | ✓ | ✓ | | | | |
+| read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | |
+| write KV `profiles`, `userkeys` | | ✓ | | | | | | |
+| read KV `registry`, objects `models` | | | ✓ | ✓ | | | | |
+| read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | | | | |
+| write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | | | |
+| read KV `health` (for `/healthz`) | ✓ | | | | | | | |
+| core `reco.>` (live lists) | ✓ | | | | | | | |
+| core `model_published` | ✓ | | ✓ | | | | | |
+| core `nerve.control.forget` | ✓ | ✓ | ✓ | ✓ | | | | |
+| create/update/delete/purge streams | | | | | | | | |
+| delete messages (secure erasure) | | | | | | | | |
+
+Every credential except admin may also subscribe only to its own reply inbox,
+`_INBOX_<user>.>` (the client sets that prefix, `Credential.inbox_prefix`), so one credential
+cannot read the replies another receives. "Reads" means: stream info, consumer create / info /
+next / delete, acknowledgements and flow control, direct and stored message gets of that
+stream (KV bucket `b` is stream `KV_b`, object store `o` is `OBJ_o`). Only admin may create,
+update, delete or purge streams, or delete single messages (`nerve forget`'s secure erasure).
+The gateway cannot read the `profiles` or `userkeys` buckets at all: the internet-facing
+process holds no profile decryption key, and the internal profiles API asks the profiles
+service (`nerve.profiles.get`), which decrypts and answers.
+Limits of the allow-lists: a credential that may read a stream may also create, update or
+delete any consumer on it (consumer names are not scoped per credential); a service may write
+any `health` key (a key is `<service>[-replica].<host>-<pid>`, not a token of its own).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ConfigError
+from engine.settings import BrokerSettings
+
+COMPONENTS = ("admin", "gateway", "profiles", "warehouse", "recommender", "signals", "visitors")
+"""The engine's own credentials, generated on the embedded broker's first start."""
+OUTSIDE_ROLES = ("crm", "reader", "admin")
+"""The roles `nerve credentials add` issues."""
+_PROFILE_REQUEST = "nerve.profiles.get"
+_MODEL_PUBLISHED = "activity.~system.model_published"
+_FORGET = "nerve.control.forget"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A user's allow-lists (deny everything else)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    allow_responses: bool = False
+
+
+READ_TEMPLATES = (
+    "$JS.API.STREAM.INFO.{stream}",
+    "$JS.API.CONSUMER.CREATE.{stream}",
+    "$JS.API.CONSUMER.CREATE.{stream}.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
+    "$JS.API.CONSUMER.INFO.{stream}.>",
+    "$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+    "$JS.API.CONSUMER.DELETE.{stream}.>",
+    "$JS.API.DIRECT.GET.{stream}",
+    "$JS.API.DIRECT.GET.{stream}.>",
+    "$JS.API.STREAM.MSG.GET.{stream}",
+    "$JS.ACK.{stream}.>",
+    "$JS.FC.{stream}.>",
+)
+"""The JetStream API subjects (server-defined) that reading one stream needs: its info,
+consumers (create, info, next message, delete), acknowledgements, flow control, message gets.
+Permission patterns, not subjects Nerve publishes on, so they live here beside the grants."""
+KV_PUT_TEMPLATE = "$KV.{bucket}.>"
+
+
+def reads(*streams: str) -> tuple[str, ...]:
+    """The JetStream API subjects that read `streams` (consumers, acks, gets; no admin)."""
+    return tuple(t.format(stream=s) for s in streams for t in READ_TEMPLATES)
+
+
+def kv(*buckets: str, write: bool = False) -> tuple[str, ...]:
+    """Read (and with `write`, put) KV `buckets`."""
+    out = list(reads(*("KV_" + b for b in buckets)))
+    if write:
+        out += [KV_PUT_TEMPLATE.format(bucket=b) for b in buckets]
+    return tuple(out)
+
+
+def objects(*stores: str) -> tuple[str, ...]:
+    """Read object `stores`."""
+    return reads(*("OBJ_" + o for o in stores))
+
+
+_HEARTBEAT = ("$JS.API.STREAM.INFO.KV_health", KV_PUT_TEMPLATE.format(bucket="health"))
+"""Write heartbeats to KV `health` (`engine.health`), read none."""
+
+
+_ALL = Grant((">",), (">",), allow_responses=True)
+_LOOKUPS = ("$JS.API.INFO", "$JS.API.STREAM.NAMES")  # every role: account limits, stream names
+_TOMBSTONES = kv("tombstones")  # read only: provisioning (admin) makes the salt
+_PROFILE_READ = kv("profiles", "userkeys")
+_MODELS = kv("registry") + objects("models")
+ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
+    # role: (publish, core subscribe, allow_responses); the inbox is added per user
+    "gateway": (
+        (
+            "activity.>",
+            "dlq.>",
+            "reco.request",
+            _PROFILE_REQUEST,
+            *reads("CATALOG", "RECOMMENDATIONS"),
+            *kv("tombstones", "health"),
+        ),
+        ("reco.>", _MODEL_PUBLISHED, _FORGET),
+        False,
+    ),
+    "profiles": (
+        (
+            "dlq.>",
+            *reads("ACTIVITY", "CRM", "GAVEUP"),
+            *kv("profiles", "userkeys", write=True),
+            *_TOMBSTONES,
+            *_HEARTBEAT,
+        ),
+        (_FORGET, _PROFILE_REQUEST),
+        True,
+    ),
+    "recommender": (
+        (
+            "reco.>",
+            "dlq.>",
+            *reads("ACTIVITY", "CRM", "CATALOG", "RECOMMENDATIONS", "GAVEUP"),
+            *_PROFILE_READ,
+            *_MODELS,
+            *_TOMBSTONES,
+            *_HEARTBEAT,
+        ),
+        ("reco.request", _MODEL_PUBLISHED, _FORGET),
+        True,
+    ),
+    "signals": (
+        (
+            "signals.>",
+            "dlq.>",
+            *reads("ACTIVITY", "CRM", "SIGNALS"),
+            *_PROFILE_READ,
+            *_MODELS,
+            *_TOMBSTONES,
+            *_HEARTBEAT,
+        ),
+        (_FORGET,),
+        False,
+    ),
+    "warehouse": (("dlq.>", *reads("ACTIVITY"), *_HEARTBEAT), (), False),
+    "visitors": (("activity.>", *reads("CATALOG")), (), False),
+    "crm": (("crm.>", *reads("SIGNALS")), (), False),
+    "reader": (reads("ACTIVITY", "RECOMMENDATIONS", "SIGNALS"), (), False),
+}
+"""What each role may do besides admin (which may do everything); see the module table."""
+
+
+def grant(role: str, user: str) -> Grant:
+    """The allow-lists of `user` holding `role` (its own inbox added)."""
+    if role == "admin":
+        return _ALL
+    publish, subscribe, responses = ROLES[role]
+    return Grant((*_LOOKUPS, *publish), (*subscribe, inbox_prefix(user) + ".>"), responses)
+
+
+def inbox_prefix(user: str) -> str:
+    """The reply-inbox prefix of `user`: `_INBOX_<user>` (admin keeps nats-py's `_INBOX`)."""
+    return "_INBOX" if user == "admin" else "_INBOX_" + user
+
+
+@dataclass(frozen=True)
+class Credential:
+    """How one client authenticates: user and password (ours), or a NATS `.creds` file."""
+
+    user: str | None = None
+    password: str | None = None
+    role: str = "admin"
+    inbox_prefix: str = "_INBOX"
+    creds_file: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> Credential:
+        """A credential file: ours (JSON) or a NATS `.creds` file (JWT and nkey seed)."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read credential {path}: {exc.strerror}") from None
+        if "BEGIN NATS USER JWT" in text:
+            return cls(creds_file=path, role="external")
+        try:
+            raw = json.loads(text)
+            return cls(
+                user=str(raw["user"]),
+                password=str(raw["password"]),
+                role=str(raw.get("role", "admin")),
+                inbox_prefix=str(raw.get("inbox_prefix", "_INBOX")),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"{path}: neither a Nerve credential (JSON) nor a NATS .creds file"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS to the broker: the CA to trust and, for mutual TLS, the client's cert and key."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def url_with(url: str, cred: Credential) -> str:
+    """`url` carrying `cred`'s user and password (for code that connects with a URL only)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{cred.user}:{cred.password}@{rest.rpartition('@')[2]}"
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
+
+
+def tls_of(settings: BrokerSettings) -> Tls | None:
+    """The TLS files of `settings`, or None when TLS is not configured."""
+    if settings.nats_tls_ca is None and settings.nats_tls_cert is None:
+        return None
+    return Tls(settings.nats_tls_ca, settings.nats_tls_cert, settings.nats_tls_key)
