@@ -145,7 +145,7 @@ async def test_forget_leaves_no_trace_in_streams_buckets_or_files(
     assert files_containing(own_broker.data_dir, needles) == []
 
 
-async def test_a_forgotten_user_stays_forgotten(fresh: NATS) -> None:
+async def test_a_forgotten_user_stays_forgotten(fresh: NATS, nats_url: str) -> None:
     """Before, a request for a forgotten user's recommendations stored a new list under their
     id seconds after the erasure, and their next event made a new profile. The tombstone
     written by `nerve forget` stops both; other users are served as before."""
@@ -172,3 +172,20 @@ async def test_a_forgotten_user_stays_forgotten(fresh: NATS) -> None:
     await drain(nc, await service(nc))
     assert await read_profile(await ProfileStore.open(bus), gone) is None
     assert await read_profile(await ProfileStore.open(bus), "stays") is not None
+    # ... and the gateway refuses the user's lists and events (its tombstones load on start)
+    import httpx
+
+    from engine.gateway import create_app
+    from engine.settings import GatewaySettings
+
+    app = create_app(GatewaySettings(internal_tokens=("t0ken-internal",)), nats_url, 5)
+    auth = {"Authorization": "Bearer t0ken-internal"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            lists_reply = await http.get(f"/v1/recommendations/{gone}", headers=auth)
+            posted = await http.post("/v1/events", json=act(gone, "page_viewed"), headers=auth)
+    assert lists_reply.status_code == 410
+    assert posted.status_code == 422
+    assert "forgotten" in posted.json()["rejected"][0]["errors"][0]["reason"]
+    assert await lists(nc, gone, "home") == []
