@@ -22,6 +22,16 @@ trending 10. This process is the load generator and the clock.
                   GET /v1/recommendations at a fixed 500 requests/s (open loop, 64 clients):
                   p50 / p99 latency.
 
+Who connects as whom: this process (set-up, the load, reco.> and reco.request) is the embedded
+broker's `admin` user (`EmbeddedBroker.admin_url`), publishing straight to ACTIVITY what the
+gateway would have stored; `nerve up` runs on the broker's data dir without --nats-url, so it
+adopts the running broker and each service connects with its own credential, as in a
+deployment. The HTTP requests of (c) are a browser's: the site key and, since each names a
+signed-in user, an identity token for that user (`X-Nerve-Identity`), minted by this process
+for every user just before (c), as the site's backend would (15-minute tokens), and verified
+by the gateway on every request (the site key's identity secret reaches `nerve up` in its
+environment, NERVE_SITE_SECRETS, not on its command line).
+
 Goals (2 cores): freshness p99 < 50 ms at 1,000 events/s; reco.request p99 < 5 ms; HTTP p99 <
 20 ms at 500 requests/s. The load generator shares the two cores with the server and `nerve up`.
 
@@ -34,6 +44,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -50,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
 from engine.bus import Bus, Outgoing, connect  # noqa: E402
+from engine.identity import mint_identity_token  # noqa: E402
 from engine.ids import uuid7  # noqa: E402
 from engine.recommender.catalog import Item, item_subject  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
@@ -77,6 +89,7 @@ k = 10
 min_history = 0
 """
 SITE_KEY = "bench-site-key"
+SITE_SECRET = secrets.token_urlsafe(32)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -189,7 +202,7 @@ async def paced(
             await asyncio.sleep(delay)
         user = f"user-{int(rng.integers(0, users))}"
         counter[0] += 1
-        event = {
+        event: dict[str, Any] = {
             "id": uuid7(),
             "type": "item_viewed",
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -228,7 +241,7 @@ async def freshness(nc: Any, args: argparse.Namespace, counter: list[int]) -> li
         await settle(watcher, 10)
         await sub.unsubscribe()
         lat = [x * 1000 for x in watcher.latencies]
-        row = {
+        row: dict[str, Any] = {
             "rate": rate,
             "achieved": round(achieved),
             "sent": sent,
@@ -300,7 +313,9 @@ async def throughput(nc: Any, args: argparse.Namespace, counter: list[int]) -> d
     return out
 
 
-async def requests(nc: Any, args: argparse.Namespace, port: int) -> dict[str, Any]:
+async def requests(
+    nc: Any, args: argparse.Namespace, port: int, tokens: list[str]
+) -> dict[str, Any]:
 
     rng = np.random.default_rng(1)
     rr: dict[str, Any] = {}
@@ -354,7 +369,8 @@ async def requests(nc: Any, args: argparse.Namespace, port: int) -> dict[str, An
         reader, writer = await pool.get()
         writer.write(
             f"GET /v1/recommendations/user-{i % args.users}?slot=home HTTP/1.1\r\n"
-            f"Host: bench\r\nX-Nerve-Site-Key: {SITE_KEY}\r\n\r\n".encode()
+            f"Host: bench\r\nX-Nerve-Site-Key: {SITE_KEY}\r\n"
+            f"X-Nerve-Identity: {tokens[i % args.users]}\r\n\r\n".encode()
         )
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
@@ -388,13 +404,12 @@ async def requests(nc: Any, args: argparse.Namespace, port: int) -> dict[str, An
 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nerve-fresh-"))
-    broker = EmbeddedBroker(BrokerSettings(data_dir=tmp / "broker"))
+    broker = EmbeddedBroker(BrokerSettings(data_dir=tmp / "data"))
     broker.start()
     procs: list[subprocess.Popen[bytes]] = []
     log_path = tmp / "nerve.log"
     try:
-        assert broker.url
-        nc = await connect(broker.url, "bench", timeout=10)
+        nc = await connect(broker.admin_url, "bench", timeout=10)
         await setup(nc, args.items, tmp)
         slots = tmp / "slots.toml"
         slots.write_text(SLOTS)
@@ -403,8 +418,6 @@ async def main(args: argparse.Namespace) -> None:
             sys.executable,
             "-m",
             "engine.cli",
-            "--nats-url",
-            broker.url,
             "--data-dir",
             str(tmp / "data"),
             "up",
@@ -415,6 +428,7 @@ async def main(args: argparse.Namespace) -> None:
             "--port",
             str(port),
         ]
+        env = {**os.environ, "NERVE_SITE_SECRETS": f"{SITE_KEY}={SITE_SECRET}"}
         if Path(sys.executable).with_name("nerve").exists():
             nerve = [str(Path(sys.executable).with_name("nerve")), *nerve[3:]]
         if args.services:
@@ -428,12 +442,17 @@ async def main(args: argparse.Namespace) -> None:
                     stdout=subprocess.DEVNULL,
                     stderr=log_path.with_suffix(".reco").open("wb"),
                     cwd=ROOT,
+                    env=env,
                 )
             )
         procs.append(
-            subprocess.Popen(nerve, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), cwd=ROOT)
+            subprocess.Popen(
+                nerve, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), cwd=ROOT, env=env
+            )
         )
         for _ in range(200):  # until the recommender answers with the model
+            if any(proc.poll() is not None for proc in procs):
+                raise SystemExit("nerve exited at start (its error lines follow)")
             try:
                 r = await nc.request(
                     REQUEST_SUBJECT, b'{"user_id":"probe","slot":"trending"}', timeout=0.5
@@ -453,7 +472,11 @@ async def main(args: argparse.Namespace) -> None:
         print("(b) throughput")
         tput = await throughput(nc, args, counter)
         print("(c) request latency")
-        req = await requests(nc, args, port)
+        tokens = [
+            mint_identity_token(SITE_SECRET, f"user-{u}", site_key=SITE_KEY)
+            for u in range(args.users)
+        ]
+        req = await requests(nc, args, port, tokens)
         print(json.dumps({"freshness": fresh, "throughput": tput, **req}))
         await nc.close()
     finally:

@@ -11,7 +11,16 @@ Paths, measured in the same run, interleaved round by round, each on a freshly c
   import       engine.importer.import_file on a JSON Lines file (read, parse, validate,
                serialise, publish, checkpoint): what `nerve import` runs
   http         POST /v1/events, batches of --batch events from --clients concurrent clients,
-               against a real `nerve run gateway` (uvicorn, one process) in a subprocess
+               against a real `nerve run gateway` (uvicorn, one process) in a subprocess, as a
+               server-side producer (`Authorization: Bearer` with an internal token): the
+               generated history names signed-in users and holds purchases and consent of
+               record, which a public site key may not send (a site key sends a visitor's own
+               behaviour, a known user's only with an identity token); what posts such a mix
+               is a bank's backend forwarding its events. Server-side producers have no rate
+               limit, so none is configured. The gateway refuses a live event stamped more
+               than 7 days before it arrives (older history goes in with `nerve import`, the
+               import path), so the http bodies carry the same events with their times moved
+               into the last `LIVE_WINDOW` (order kept): a backend forwards what just happened.
 
 The whole set is repeated for each --sync setting (the embedded server's JetStream
 sync_interval), so the table also shows what fsync on every write costs. HTTP runs only for
@@ -19,6 +28,12 @@ the first sync setting unless --http-all-sync.
 
 Output: a table (median, min, max over --rounds; ratio = median / median of raw in the same
 sync setting) and a last line of JSON. The machine is shared and noisy: read ratios.
+
+Connections: this process is the embedded broker's `admin` user (`EmbeddedBroker.admin_url`;
+the paths other than http publish straight to the broker, and the resets delete streams); the
+gateway runs on the broker's data dir without --nats-url, so it adopts the running broker and
+connects with its own `gateway` credential, as in `nerve up`. The internal token reaches the
+gateway in its environment (NERVE_INTERNAL_TOKENS), not on its command line.
 
   python bench/ingest.py                       # ~2-3 minutes on 2 cores
   python bench/ingest.py --events 50000 --rounds 2 --sync 1s
@@ -30,6 +45,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -37,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +71,23 @@ from engine.settings import BrokerSettings  # noqa: E402
 from engine.synth import generate  # noqa: E402
 
 SITE_KEY = "bench-site-key"
+INTERNAL_TOKEN = secrets.token_urlsafe(32)
+LIVE_WINDOW = timedelta(days=6)
+"""The http bodies' events lie within this much before the run (the gateway allows 7 days)."""
+
+
+def as_live(lines: list[bytes]) -> list[dict[str, Any]]:
+    """The events of `lines` with their times moved into the `LIVE_WINDOW` before now, in
+    the same order and at the same relative spacing (the generated history spans 30 days)."""
+    events = [orjson.loads(x) for x in lines]
+    times = [datetime.fromisoformat(e["time"]) for e in events]
+    first, last = min(times), max(times)
+    span = (last - first) or timedelta(seconds=1)
+    now = datetime.now(UTC)
+    for event, t in zip(events, times, strict=True):
+        moved = now - LIVE_WINDOW * ((last - t) / span)
+        event["time"] = moved.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return events
 
 
 def free_port() -> int:
@@ -107,7 +141,7 @@ async def import_rate(nc: Any, path: Path, n: int) -> float:
 
 
 async def http_rate(base: str, bodies: list[bytes], clients: int, per_body: int) -> float:
-    headers = {"X-Nerve-Site-Key": SITE_KEY, "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {INTERNAL_TOKEN}", "Content-Type": "application/json"}
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for b in bodies:
         queue.put_nowait(b)
@@ -125,14 +159,13 @@ async def http_rate(base: str, bodies: list[bytes], clients: int, per_body: int)
         return len(bodies) * per_body / (time.perf_counter() - start)
 
 
-def start_gateway(url: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_gateway(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """`nerve run gateway` on the data dir of the running embedded broker (which it adopts)."""
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "engine.cli",
-            "--nats-url",
-            url,
             "--data-dir",
             str(data_dir),
             "run",
@@ -141,14 +174,11 @@ def start_gateway(url: str, port: int, data_dir: Path) -> subprocess.Popen[bytes
             str(port),
             "--site-keys",
             SITE_KEY,
-            "--rate-limit",
-            "1e9",
-            "--burst",
-            "1000000000",
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, "NERVE_INTERNAL_TOKENS": INTERNAL_TOKEN},
     )
     for _ in range(300):
         try:
@@ -169,13 +199,12 @@ async def run_setting(
     results: dict[str, list[float]] = {}
     try:
         with EmbeddedBroker(BrokerSettings(data_dir=store, sync_interval=sync)) as broker:
-            assert broker.url
-            nc = await connect(broker.url, "bench")
+            nc = await connect(broker.admin_url, "bench")
             await provision(nc.jetstream())
             gateway = None
             if with_http:
                 port = free_port()
-                gateway = start_gateway(broker.url, port, store / "gw")
+                gateway = start_gateway(store, port)
             try:
                 for r in range(args.rounds):
                     plan: list[tuple[str, Any]] = [
@@ -242,13 +271,13 @@ def main() -> None:
         history = work / "history.jsonl"
         history.write_bytes(b"\n".join(lines) + b"\n")
         events = [parse_event_json(line) for line in lines]
+        live = as_live(lines)
         data = {
             "file": history,
             "events": events,
             "msgs": [Outgoing.event(e) for e in events],
             "bodies": [
-                orjson.dumps([orjson.loads(x) for x in lines[i : i + args.batch]])
-                for i in range(0, len(lines), args.batch)
+                orjson.dumps(live[i : i + args.batch]) for i in range(0, len(live), args.batch)
             ],
         }
         syncs = [s.strip() for s in args.sync.split(",") if s.strip()]

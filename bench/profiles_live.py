@@ -12,6 +12,10 @@ For each round, on a fresh stream holding the same --events events:
 The service does per batch what the raw loop does, plus: decode, fold, load and seal the touched
 profiles, compare-and-set write them, then acknowledge. Prints a table and a JSON line.
 
+The embedded broker refuses anonymous connections: every path, the service included, connects
+as its `admin` user (`EmbeddedBroker.admin_url`), which the resets need (they delete and
+re-create streams); admin may do everything, as the anonymous user could before.
+
   python bench/profiles_live.py               # ~2 minutes on 2 cores
 """
 
@@ -136,8 +140,7 @@ def main() -> None:
             await nc.close()
 
         with EmbeddedBroker(BrokerSettings(data_dir=work / "store")) as broker:
-            assert broker.url
-            asyncio.run(run_all(broker.url))
+            asyncio.run(run_all(broker.admin_url))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = statistics.median(results["raw"])

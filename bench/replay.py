@@ -15,6 +15,11 @@ half the log, to show that memory follows the number of profiles, not the log's 
 After each stage it also times single-user replays (a consumer filtered on one user's subjects)
 for --users random users, to show how that time grows with the log.
 
+Every connection is the embedded broker's `admin` user (`EmbeddedBroker.admin_url`), what
+`nerve import` and `nerve replay profiles` connect as on the data dir's machine; the worker
+processes get that URL in the environment (`BENCH_NATS_URL`), not on their command line, where
+`ps` would show its password.
+
   python bench/replay.py                      # ~6-8 minutes on 2 cores
   python bench/replay.py --events 200000 --rounds 1
 """
@@ -43,6 +48,9 @@ from engine.bus import Bus, connect  # noqa: E402
 from engine.importer import import_file  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
 from engine.synth import generate  # noqa: E402
+
+URL_VARIABLE = "BENCH_NATS_URL"
+"""How `run_worker` hands a worker process the broker URL (it carries the admin password)."""
 
 
 async def worker(mode: str, url: str) -> dict[str, Any]:
@@ -106,7 +114,10 @@ def peak_rss_mib() -> float:
 def run_worker(mode: str, url: str) -> dict[str, Any]:
     """Run one measurement in a child process (its own peak RSS is reported)."""
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--worker", mode, url], stdout=subprocess.PIPE, cwd=ROOT
+        [sys.executable, __file__, "--worker", mode],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, URL_VARIABLE: url},
     )
     out, _ = proc.communicate()
     if proc.returncode != 0:
@@ -237,8 +248,8 @@ def report(
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        print(json.dumps(asyncio.run(worker(sys.argv[2], sys.argv[3]))))
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(asyncio.run(worker(sys.argv[2], os.environ[URL_VARIABLE]))))
         return
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -263,8 +274,8 @@ def main() -> None:
         rnd = random.Random(1)
         picked = rnd.sample(user_ids, min(args.users, len(user_ids)))
         with EmbeddedBroker(BrokerSettings(data_dir=work / "store")) as broker:
-            assert broker.url
-            stages, half_rss, results = stages_and_rounds(broker.url, work, lines, picked, args)
+            url = broker.admin_url
+            stages, half_rss, results = stages_and_rounds(url, work, lines, picked, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(args, len(lines), len(picked), stages, half_rss, results)

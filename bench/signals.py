@@ -12,6 +12,14 @@ once, then simulates again: that second simulation is the deciding event. A CRM 
 on the public client (`engine.client.NerveClient.interest_signals`, a durable consumer) receives
 the signals; latency = its arrival - the deciding event's publish. Goal: p99 < 100 ms.
 
+Who connects as whom: this process publishes the load and the probes straight to ACTIVITY as
+the embedded broker's `admin` user (`EmbeddedBroker.admin_url`): what the gateway would have
+stored, and the probes' `consent_updated` (marketing consent of record) is a server-side
+producer's, which no site key may send. `nerve up` runs on the broker's data dir without
+--nats-url, so it adopts the running broker and each service connects with its own credential;
+the CRM consumer holds a `crm` credential issued before the broker starts (what `nerve
+credentials add bench-crm --role crm` does), as an outside CRM service would.
+
   python bench/signals.py            # ~1 minute
 """
 
@@ -36,6 +44,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine import credstore  # noqa: E402
 from engine.broker import EmbeddedBroker  # noqa: E402
 from engine.bus import Bus, Outgoing, Publisher, connect  # noqa: E402
 from engine.client import NerveClient  # noqa: E402
@@ -124,17 +133,19 @@ async def load(nc: Any, rate: float, seconds: float, users: int, stop: asyncio.E
 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nerve-signals-"))
-    broker = EmbeddedBroker(BrokerSettings(data_dir=tmp / "broker"))
+    data_dir = tmp / "data"
+    crm_credential = credstore.issue(data_dir, "bench-crm", "crm")
+    broker = EmbeddedBroker(BrokerSettings(data_dir=data_dir))
     broker.start()
     procs: list[subprocess.Popen[bytes]] = []
     log_path = tmp / "nerve.log"
     try:
         assert broker.url
-        nc = await connect(broker.url, "bench", timeout=10)
+        nc = await connect(broker.admin_url, "bench", timeout=10)
         await setup(nc, tmp)
         port = 19000 + os.getpid() % 1000
         nerve = Path(sys.executable).with_name("nerve")
-        common = [str(nerve), "--nats-url", broker.url, "--data-dir", str(tmp / "data")]
+        common = [str(nerve), "--data-dir", str(data_dir)]
         up = [*common, "up", "--site-keys", "bench-site-key", "--port", str(port)]
         if args.split:  # signals in a process of its own
             up += ["--services", "gateway,profiles,warehouse,recommender"]
@@ -150,10 +161,12 @@ async def main(args: argparse.Namespace) -> None:
             subprocess.Popen(up, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), cwd=ROOT)
         )
         await asyncio.sleep(4)  # services start, models load
+        if any(proc.poll() is not None for proc in procs):
+            raise SystemExit("nerve exited at start (its error lines follow)")
         publisher = Bus(nc).publisher
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
-        client = await NerveClient.connect(broker.url, "bench-crm")
+        client = await NerveClient.connect(broker.url, "bench-crm", credentials=crm_credential)
 
         async def crm() -> None:
             async for signal in client.interest_signals(topic="loan", durable="bench-crm"):

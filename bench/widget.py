@@ -12,6 +12,12 @@ service) in a temporary data dir, then drives headless Chromium with Playwright:
                 time from the click to the home widget's next render (Date.now() in both tabs,
                 same browser), over --tries visitors
 
+Every visitor is anonymous (a fresh browser context; nobody signs in on the demo bank's account
+page): the widget sends its events and reads its lists under a random anonymous id, which needs
+no identity token, so no token is minted or verified on the measured path. (The demo pages load
+the demo site's key from `/demo-site/config.js` before the widget, and a signed-in customer
+would add the sign-in request that fetches a token.)
+
 Goals: first render under 300 ms after load on loopback; click-to-update p99 under 500 ms.
 
   python bench/widget.py          # ~1 minute; needs /usr/bin/chromium

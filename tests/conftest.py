@@ -98,6 +98,28 @@ async def fresh(nc: NATS, broker: EmbeddedBroker) -> NATS:
     return nc
 
 
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """`app` (an ASGI app: the gateway) under uvicorn on a loopback port; yields its URL."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
 async def count(nc: NATS, stream: str) -> int:
     return (await nc.jetstream().stream_info(stream)).state.messages
 

@@ -4,9 +4,7 @@ in one broker message; odd bytes in asset paths get 404. Real nats-server, real 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +12,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 
 from engine.bus.reader import read_all
@@ -24,31 +20,13 @@ from engine.events import DeadLetter
 from engine.events.deadletter import RAW_CAP
 from engine.gateway import SITE_KEY_HEADER, create_app
 from engine.settings import GatewaySettings, SiteKey
-from tests.conftest import count, event
+from tests.conftest import count, event, serving
 
 KEY = "abuse-site-key"
 HEADERS = {SITE_KEY_HEADER: KEY, "content-type": "application/json"}
 MIB = 1 << 20
 MAX_PAYLOAD = MIB
 """The broker's default `max_payload`, which every stored message must fit."""
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """`app` under uvicorn on a loopback port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ import httpx
 import nats
 import orjson
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -34,7 +33,7 @@ from engine.errors import BrokerDown, PublishError
 from engine.events import parse_event
 from engine.gateway import SITE_KEY_HEADER, create_app
 from engine.settings import GatewaySettings, SiteKey, StreamSettings
-from tests.conftest import event
+from tests.conftest import event, serving
 
 KEY = "outage-site-key"
 BUDGET_S = 2.0
@@ -93,24 +92,6 @@ async def ready(url: str) -> None:
         await provision(nc.jetstream(), StreamSettings())
     finally:
         await nc.close()
-
-
-@contextlib.asynccontextmanager
-async def gateway(app: FastAPI) -> AsyncIterator[str]:
-    """`app` served by uvicorn on a loopback port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    try:
-        while not srv.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        srv.should_exit = True
-        await task
 
 
 def make_app(url: str) -> FastAPI:
@@ -175,7 +156,7 @@ async def test_a_30s_outage_gets_only_202_and_503_and_resending_stores_each_even
     await ready(server.url)
     ledger = Ledger()
     async with (
-        gateway(make_app(server.url)) as base,
+        serving(make_app(server.url)) as base,
         httpx.AsyncClient(base_url=base, timeout=30) as c,
     ):
         stop = asyncio.Event()
@@ -261,7 +242,7 @@ async def test_unexpected_errors_are_500_and_broker_errors_503_and_both_are_coun
     async def down(request: Request) -> Response:
         raise BrokerDown("activity.x.y", "not connected to the broker")
 
-    async with gateway(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as c:
+    async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as c:
         r = await c.get("/down")
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "retry with the same ids" in r.json()["detail"]
