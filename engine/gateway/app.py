@@ -16,22 +16,22 @@ refused batch (an ack can be lost after the write), but it keeps one copy per id
 ACTIVITY stream's duplicate window, so a retry with the same ids stores each event exactly
 once; a retry with fresh ids, or none (the gateway then assigns new ones), may store twice.
 
-Every 5xx is counted in `/metrics` as `http_errors_total{status, cause}` by the
-`count_errors` middleware. The cause is what the answering code set in `request.state`
+Every 5xx is counted in `/metrics` as `http_errors_total{status, cause}` by the `Edge`
+middleware (`engine.gateway.edge`). The cause is what the answering code set in `request.state`
 (`engine.gateway.ops.ERROR_CAUSE`); when a route built its own 5xx without one, a 503 with
-`Retry-After` counts as `broker_unavailable` (the gateway's convention for "the broker
-refused; retry") and any other as `unavailable` (503) or `internal`.
+`Retry-After` counts as `broker_unavailable` (the gateway's convention for "the broker refused;
+retry") and any other as `unavailable` (503) or `internal`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from engine import __version__
 from engine.bus import Bus
@@ -40,6 +40,7 @@ from engine.credentials import Credential, Tls
 from engine.errors import BrokerError
 from engine.gateway import assets, demo, events, ops, profiles, recommendations
 from engine.gateway.auth import Refused
+from engine.gateway.edge import Edge
 from engine.gateway.ops import ERROR_CAUSE
 from engine.gateway.state import GatewayState
 from engine.profiles.tombstones import Tombstones
@@ -97,21 +98,6 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
-async def count_errors(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """HTTP middleware: count every answer >= 500 in `http_errors_total` by status and cause."""
-    response = await call_next(request)
-    status = response.status_code
-    if status >= 500:
-        cause = getattr(request.state, ERROR_CAUSE, None)
-        if cause is None and status == 503:
-            cause = "broker_unavailable" if "retry-after" in response.headers else "unavailable"
-        metrics = request.app.state.gateway.metrics
-        metrics.inc("http_errors_total", status=str(status), cause=cause or "internal")
-    return response
-
-
 def create_app(
     settings: GatewaySettings,
     nats_url: str,
@@ -161,8 +147,7 @@ def create_app(
     app.add_exception_handler(BrokerError, on_broker_error)
     app.add_exception_handler(NATS_ERROR, on_broker_error)
     app.add_exception_handler(Exception, on_unexpected)
-    app.middleware("http")(assets.cors)
-    app.middleware("http")(count_errors)  # the outermost: it sees CORS' answers too
+    app.add_middleware(Edge)  # CORS and the 5xx count, pure ASGI (see engine.gateway.edge)
     for module in (events, profiles, recommendations, ops, demo, assets):
         app.include_router(module.router)
     return app

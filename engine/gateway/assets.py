@@ -11,43 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from engine.gateway.auth import cors_origin
 from engine.gateway.state import gateway_state
 
 WIDGETS = Path(__file__).resolve().parent.parent.parent / "widgets"
 SCRIPT = WIDGETS / "nerve.js"
 DEMO = (WIDGETS / "demo").resolve()
-PREFLIGHT = {
-    "Access-Control-Allow-Methods": "GET, POST",
-    "Access-Control-Allow-Headers": "Content-Type, X-Nerve-Site-Key, X-Nerve-Identity",
-    "Access-Control-Max-Age": "600",
-    "Vary": "Origin",
-}
-
 router = APIRouter(include_in_schema=False)
-
-
-async def cors(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """HTTP middleware: answer preflights and echo an allowed Origin (see `auth.cors_origin`)."""
-    origin = cors_origin(request, gateway_state(request).keys)
-    if request.method == "OPTIONS" and request.headers.get("access-control-request-method"):
-        if origin is None:
-            return Response(status_code=403)
-        return Response(
-            status_code=204, headers={"Access-Control-Allow-Origin": origin, **PREFLIGHT}
-        )
-    response = await call_next(request)
-    if origin is not None:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-    return response
 
 
 @router.get("/widget.js")

@@ -19,7 +19,7 @@ router = APIRouter()
 
 ERROR_CAUSE = "error_cause"
 """The `request.state` attribute a route sets to name the cause of a 5xx it answers; the app's
-`count_errors` middleware reads it into `http_errors_total{status, cause}`."""
+`Edge` middleware (`engine.gateway.edge`) reads it into `http_errors_total{status, cause}`."""
 
 
 @router.get("/", include_in_schema=False)

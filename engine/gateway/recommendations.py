@@ -64,7 +64,8 @@ def valid_list(data: Any, token: str, slot: str) -> dict[str, Any] | None:
     """`data` (bytes or decoded JSON) as served when it is a valid `recommendations_updated`
     of the user with subject token `token` for `slot`; else None."""
     try:
-        event = parse_event(orjson.loads(data) if isinstance(data, bytes) else data)
+        decoded = orjson.loads(data) if isinstance(data, bytes) else data
+        event = parse_event(decoded)
     except (EventRejected, orjson.JSONDecodeError):
         return None
     props = event.properties
@@ -72,7 +73,7 @@ def valid_list(data: Any, token: str, slot: str) -> dict[str, Any] | None:
         return None
     if event.user_token != token:
         return None
-    served: dict[str, Any] = orjson.loads(event.to_json())
+    served: dict[str, Any] = decoded  # valid as it is: served without re-encoding it
     return served
 
 
