@@ -145,8 +145,10 @@ async def run(
             buses.append(await connect_as(settings, name))
             service = await SERVICES[name](buses[-1], settings)
             tasks.append(asyncio.create_task(service.run(stop), name=name))
-            if name == "gateway":  # wait until it listens, so its address can be printed
-                await _started(service, tasks[-1])
+            # Ready before the next one starts and before the last line says so: a service's
+            # consumers exist then (the recommender's new durable starts at the next message,
+            # so events stored before it existed would reach no list).
+            await _started(service, tasks[-1])
             console.print(f"{name}: {service.describe()}")
         if visitors:
             from engine.synth import visitors as trickle

@@ -6,6 +6,7 @@ import asyncio
 
 from nats.aio.client import Client as NATS
 
+from engine.broker import EmbeddedBroker
 from engine.bus import Bus
 from engine.health import heartbeat, report
 from tests.conftest import event
@@ -84,3 +85,40 @@ async def test_healthz_is_503_and_names_a_stuck_service(fresh: NATS, nats_url: s
     assert sick.status_code == 503 and sick.json()["stuck"] == ["recommender-0-of-1.host-1"]
     assert sick.json()["services"]["profiles.host-2"]["stuck"] is False
     assert well.status_code == 200 and well.json()["status"] == "ok"
+
+
+async def test_the_runner_says_it_runs_only_once_every_consumer_exists(
+    fresh: NATS, nats_url: str, broker: EmbeddedBroker
+) -> None:
+    """Before, `nerve up` printed its last line ("Ctrl-C stops") while the recommender had not
+    yet created its durable consumers; a new one starts at the next message, so events stored
+    in between reached no list (a fault run found 3 users without lists). Now each service is
+    ready before the next starts and before that line."""
+    import io
+    import signal
+
+    from rich.console import Console
+
+    from engine.runner import run_services
+    from engine.settings import BrokerSettings
+
+    out = io.StringIO()
+    names = ("profiles", "warehouse", "recommender", "signals")
+    task = asyncio.create_task(
+        run_services(
+            nats_url, names, BrokerSettings(data_dir=broker.data_dir), console=Console(file=out)
+        )
+    )
+    try:
+        async with asyncio.timeout(30):
+            while "Ctrl-C stops" not in out.getvalue():
+                assert not task.done(), out.getvalue()
+                await asyncio.sleep(0.002)
+        js = fresh.jetstream()
+        for stream in ("ACTIVITY", "CRM"):
+            await js.consumer_info(stream, "recommender-0-of-1")  # raises NotFoundError if not
+            await js.consumer_info(stream, "profiles")
+    finally:
+        if not task.done():
+            signal.raise_signal(signal.SIGINT)  # the runner's own handler stops the services
+        await asyncio.wait_for(task, 30)

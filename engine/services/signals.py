@@ -104,6 +104,7 @@ class SignalsService:
     async def run(self, stop: asyncio.Event) -> None:
         if not self.definitions:
             log.info("signals: no topic defined; idle")
+            self.ready.set()
             await stop.wait()
             return
         self.forgotten = forgotten = await Tombstones.open(self.bus)
