@@ -1,9 +1,9 @@
 """`Edge`: the gateway's one middleware, pure ASGI: CORS and the count of 5xx answers.
 
 It was two `@app.middleware("http")` functions (Starlette's `BaseHTTPMiddleware`), which run
-each request in a task group and re-stream its response; stacked, they cost ~0.45 ms of CPU
-per request, and at 500 requests/s the gateway's p99 went from 7 to 40-90 ms (a profile of the
-path, `bench/freshness.py` part c). This one only watches `send`:
+each request in a task group and re-stream its response; stacked, they were the largest share
+of the gateway's CPU per request in a profile of `GET /v1/recommendations` at 500/s, when its
+p99 had risen from 7 to 40-90 ms (`bench/freshness.py` part c). This one only watches `send`:
 
 * CORS: a preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered here, 204 with
   the allowed origin or 403; any other answer gets `Access-Control-Allow-Origin` when the

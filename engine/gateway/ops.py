@@ -22,6 +22,12 @@ ERROR_CAUSE = "error_cause"
 `Edge` middleware (`engine.gateway.edge`) reads it into `http_errors_total{status, cause}`."""
 
 
+def unavailable(request: Request, cause: str, detail: str) -> JSONResponse:
+    """503 with `Retry-After: 1` for a service that did not answer, its cause recorded."""
+    setattr(request.state, ERROR_CAUSE, cause)
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+
+
 @router.get("/", include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/demo/" if (WIDGETS / "demo").is_dir() else "/docs")

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from engine.bus import NoAnswer
 from engine.gateway.auth import require_internal
-from engine.gateway.ops import ERROR_CAUSE
+from engine.gateway.ops import unavailable
 from engine.gateway.state import gateway_state
 from engine.subjects import PROFILE_REQUEST_SUBJECT
 
@@ -38,12 +38,7 @@ async def get_profile(user_id: str, request: Request, anonymous: bool = False) -
             PROFILE_REQUEST_SUBJECT, orjson.dumps(body), state.settings.request_timeout_s
         )
     except NoAnswer:
-        setattr(request.state, ERROR_CAUSE, "profiles_unavailable")
-        return JSONResponse(
-            {"detail": "the profiles service did not answer"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return unavailable(request, "profiles_unavailable", "the profiles service did not answer")
     data = orjson.loads(reply)
     if "error" in data:
         e = data["error"]

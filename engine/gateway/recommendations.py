@@ -39,7 +39,7 @@ from engine.events import parse_event
 from engine.events.catalog import RecommendationsUpdated
 from engine.gateway.auth import is_internal_call, require_reader, site_key_of
 from engine.gateway.live import LatestPerSlot, StreamLease
-from engine.gateway.ops import ERROR_CAUSE
+from engine.gateway.ops import unavailable
 from engine.gateway.state import GatewayState, gateway_state
 from engine.ids import canonical_id, unsafe_character, uuid7_time_ms
 from engine.recommender.catalog import ItemCatalog
@@ -195,12 +195,7 @@ async def get_recommendations(
         if stored is not None:
             return recommendation(state, stored, k, "stale")
         state.metrics.inc("recommendations_total", source="unavailable")
-        setattr(request.state, ERROR_CAUSE, "recommender_unavailable")
-        return JSONResponse(
-            {"detail": "the recommender did not answer"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return unavailable(request, "recommender_unavailable", "the recommender did not answer")
     data = orjson.loads(reply)
     if "error" in data:
         e = data["error"]

@@ -11,8 +11,8 @@ bucket lists no user id and cannot be checked against a list of guessed ids with
 The services load every tombstone on start and add new ones when `nerve forget` announces them
 (it writes the tombstone before announcing), so the check on the serving path is a set lookup.
 
-Lifting a tombstone (a forgotten customer who signs up again and consents) is an explicit
-operator act: `Tombstones.lift`.
+Lifting a tombstone (a forgotten customer who signs up again and consents) is not built yet:
+it will be an explicit operator command.
 """
 
 from __future__ import annotations
@@ -60,12 +60,3 @@ class Tombstones:
         key = self.key(token)
         await self.kv.put(key, b"1")
         self.known.add(key)
-
-    async def lift(self, token: str) -> bool:
-        """Remove the tombstone of `token`; True if there was one."""
-        key = self.key(token)
-        if key not in self.known and await self.kv.get(key) is None:
-            return False
-        await self.kv.erase(key)
-        self.known.discard(key)
-        return True
