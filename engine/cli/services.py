@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr
 
 from engine.bus import Bus
 from engine.cli.app import app
+from engine.cli.gatewayopts import check_port, gateway_settings
 from engine.cli.toolkit import (
     SlotsFile,
     broker,
@@ -145,56 +145,6 @@ def _reco(config: Path | None, replicas: int, replica: int) -> RecommenderOption
         raise config_error(exc) from None
 
 
-def _secrets(site_secrets: str, keys: set[str]) -> dict[str, str]:
-    """`KEY=SECRET,...` as a dict; every KEY must be one of `keys`."""
-    found: dict[str, str] = {}
-    for entry in site_secrets.split(","):
-        if not entry.strip():
-            continue
-        key, sep, secret = entry.strip().partition("=")
-        if not sep or not secret:
-            raise ConfigError(f"--site-secrets: {key!r}: expected KEY=SECRET")
-        if key not in keys:
-            raise ConfigError(f"--site-secrets: {key!r} is not one of --site-keys")
-        found[key] = secret
-    return found
-
-
-def _gateway(
-    host: str,
-    port: int,
-    site_keys: str,
-    internal_tokens: str,
-    rate_limit: float,
-    burst: int,
-    site_secrets: str = "",
-    demo_site: str = "",
-) -> GatewaySettings:
-    entries = [k.strip().partition("@") for k in site_keys.split(",") if k.strip()]
-    found = _secrets(site_secrets, {e[0] for e in entries})
-    try:
-        keys = tuple(
-            SiteKey(
-                key=key,
-                origins=tuple(o for o in origins.split("|") if o) or ("*",),
-                rate_per_s=rate_limit,
-                burst=burst,
-                identity_secret=SecretStr(found[key]) if key in found else None,
-            )
-            for key, _, origins in entries
-        )
-    except ValueError as exc:
-        raise config_error(exc, "--site-keys: ") from None
-    if not keys:
-        raise ConfigError("no site key: pass --site-keys or set NERVE_SITE_KEYS")
-    if demo_site and demo_site not in found:
-        raise ConfigError(f"--demo-site: {demo_site!r} needs a secret in --site-secrets")
-    tokens = tuple(t.strip() for t in internal_tokens.split(",") if t.strip())
-    return GatewaySettings(
-        host=host, port=port, site_keys=keys, internal_tokens=tokens, demo_site=demo_site or None
-    )
-
-
 @app.command()
 def up(
     host: Host = HOST,
@@ -231,10 +181,12 @@ def up(
     unknown = sorted(set(names) - set(SERVICES))
     if unknown or not names:
         raise ConfigError(f"--services: unknown {unknown or 'none'}; from {', '.join(SERVICES)}")
-    gateway = _gateway(
+    gateway = gateway_settings(
         host, port, site_keys, internal_tokens, rate_limit, burst, site_secrets, demo_site
     )
     reco = _reco(config, replicas, replica)
+    if "gateway" in names:
+        check_port(host, port)
     _serve(names, gateway, reco, _services(ack_wait_s=ack_wait, gc_tuning=gc_tuning), import_file)
 
 
@@ -306,6 +258,7 @@ def demo(
     from engine.runner import SERVICES, run_services
     from engine.synth import generate as run
 
+    check_port(host, port)  # before minutes of generating, importing and training
     settings = broker()
     history = settings.data_dir / "demo" / "history.jsonl"
     if not history.exists():
@@ -392,8 +345,9 @@ def run(
         raise ConfigError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     gateway = None
     if service == "gateway":
-        gateway = _gateway(
+        gateway = gateway_settings(
             host, port, site_keys, internal_tokens, rate_limit, burst, site_secrets, demo_site
         )
+        check_port(host, port)
     services = _services(ack_wait_s=ack_wait, flush_events=flush_events, gc_tuning=gc_tuning)
     _serve((service,), gateway, reco, services)

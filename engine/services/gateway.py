@@ -17,6 +17,7 @@ import uvicorn
 from engine.bus import Bus
 from engine.credentials import Credential, Tls, tls_of
 from engine.credstore import for_component
+from engine.errors import ConfigError
 from engine.gateway import create_app
 from engine.settings import GatewaySettings, Settings
 
@@ -72,6 +73,11 @@ class GatewayService:
         serving = asyncio.create_task(self.server.serve())
         while not self.server.started and not serving.done():
             await asyncio.sleep(0.05)
+        if not self.server.started:  # taken between the CLI's check and now: one clear line
+            with contextlib.suppress(BaseException):
+                await serving  # uvicorn logs the bind error and raises SystemExit(1)
+            s = self.settings
+            raise ConfigError(f"--port: the gateway could not listen on {s.host}:{s.port}")
         self.ready.set()
         stopping = asyncio.create_task(stop.wait())
         try:
