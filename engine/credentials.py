@@ -20,7 +20,7 @@ Who holds which credential:
 | --- | --- |
 | `admin` | operator commands on the data dir's machine; provisioning and import in `nerve up` |
 | `gateway` | the HTTP gateway (the internet-facing process) |
-| `profiles`, `recommender`, `signals`, `warehouse` | the service of that name, each its own |
+| `profiles`, `recommender`, `signals`, `warehouse`, `webhooks` | that service, each its own |
 | `visitors` | the demo's synthetic visitors (`nerve demo`) |
 | role `crm` | an outside CRM service (`nerve credentials add NAME --role crm`) |
 | role `reader` | an outside read-only consumer (`--role reader`) |
@@ -29,35 +29,38 @@ Who holds which credential:
 What each may do (✓ allowed; everything else is denied; admin may do everything; every
 role may also look up account limits and stream names):
 
-| may | gateway | profiles | recommender | signals | warehouse | visitors | crm | reader |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| publish `activity.>` | ✓ | | | | | ✓ | | |
-| publish `crm.>` | | | | | | | ✓ | |
-| publish `reco.>` (lists) | | | ✓ | | | | | |
-| publish `signals.>` | | | | ✓ | | | | |
-| publish `dlq.>` | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
-| request `reco.request` | ✓ | | | | | | | |
-| answer `reco.request` | | | ✓ | | | | | |
-| request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | |
-| answer `nerve.profiles.get` | | ✓ | | | | | | |
-| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | | | ✓ |
-| read CRM | | ✓ | ✓ | ✓ | | | | |
-| read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | |
-| read CATALOG | ✓ | | ✓ | | | ✓ | | |
-| read RECOMMENDATIONS | ✓ | | ✓ | | | | | ✓ |
-| read SIGNALS | | | | ✓ | | | ✓ | ✓ |
-| read KV `profiles` | | ✓ | ✓ | ✓ | | | | |
-| read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | |
-| write KV `profiles`, `userkeys` | | ✓ | | | | | | |
-| read KV `registry`, objects `models` | | | ✓ | ✓ | | | | |
-| read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | | | | |
-| write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | | | |
-| read KV `health` (for `/healthz`) | ✓ | | | | | | | |
-| core `reco.>` (live lists) | ✓ | | | | | | | |
-| core `model_published` | ✓ | | ✓ | | | | | |
-| core `nerve.control.forget` | ✓ | ✓ | ✓ | ✓ | | | | |
-| create/update/delete/purge streams | | | | | | | | |
-| delete messages (secure erasure) | | | | | | | | |
+| may | gateway | profiles | recommender | signals | warehouse | webhooks | visitors | crm | reader|
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| publish `activity.>` | ✓ | | | | | | ✓ | | |
+| publish `crm.>` | | | | | | | | ✓ | |
+| publish `crm.*.<CRM type>` (`POST /v1/crm/events`) | ✓ | | | | | | | | |
+| publish `reco.>` (lists) | | | ✓ | | | | | | |
+| publish `signals.>` | | | | ✓ | | | | | |
+| publish `dlq.>` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | |
+| publish `dlq.webhooks` (its own dead letters) | | | | | | ✓ | | | |
+| request `reco.request` | ✓ | | | | | | | | |
+| answer `reco.request` | | | ✓ | | | | | | |
+| request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | | |
+| answer `nerve.profiles.get` | | ✓ | | | | | | | |
+| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | | | | ✓ |
+| read CRM | | ✓ | ✓ | ✓ | | | | | |
+| read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | | |
+| read CATALOG | ✓ | | ✓ | | | | ✓ | | |
+| read RECOMMENDATIONS | ✓ | | ✓ | | | | | | ✓ |
+| read SIGNALS | | | | ✓ | | ✓ | | ✓ | ✓ |
+| read KV `profiles` | | ✓ | ✓ | ✓ | | | | | |
+| read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | | |
+| write KV `profiles`, `userkeys` | | ✓ | | | | | | | |
+| read KV `registry`, objects `models` | | | ✓ | ✓ | | | | | |
+| read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | | | | | |
+| read KV `webhooks` (subscriptions, signing secrets) | | | | | | ✓ | | | |
+| write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
+| read KV `health` (for `/healthz`) | ✓ | | | | | | | | |
+| core `reco.>` (live lists) | ✓ | | | | | | | | |
+| core `model_published` | ✓ | | ✓ | | | | | | |
+| core `nerve.control.forget` | ✓ | ✓ | ✓ | ✓ | | | | | |
+| create/update/delete/purge streams | | | | | | | | | |
+| delete messages (secure erasure) | | | | | | | | | |
 
 Every credential except admin may also subscribe only to its own reply inbox,
 `_INBOX_<user>.>` (the client sets that prefix, `Credential.inbox_prefix`), so one credential
@@ -80,9 +83,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.events.envelope import CRM_TYPES
 from engine.settings import BrokerSettings
+from engine.subjects import crm_type_filter, deadletter_subject
 
-COMPONENTS = ("admin", "gateway", "profiles", "warehouse", "recommender", "signals", "visitors")
+COMPONENTS = (
+    "admin",
+    "gateway",
+    "profiles",
+    "warehouse",
+    "recommender",
+    "signals",
+    "webhooks",
+    "visitors",
+)
 """The engine's own credentials, generated on the embedded broker's first start."""
 OUTSIDE_ROLES = ("crm", "reader", "admin")
 """The roles `nerve credentials add` issues."""
@@ -147,11 +161,15 @@ _LOOKUPS = ("$JS.API.INFO", "$JS.API.STREAM.NAMES")  # every role: account limit
 _TOMBSTONES = kv("tombstones")  # read only: provisioning (admin) makes the salt
 _PROFILE_READ = kv("profiles", "userkeys")
 _MODELS = kv("registry") + objects("models")
+_CRM_PUBLISH = tuple(crm_type_filter(t) for t in sorted(CRM_TYPES))
+"""The gateway stores CRM events posted to `POST /v1/crm/events`: those types, nothing else
+on `crm.>` (a CRM credential publishes there directly)."""
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     # role: (publish, core subscribe, allow_responses); the inbox is added per user
     "gateway": (
         (
             "activity.>",
+            *_CRM_PUBLISH,
             "dlq.>",
             "reco.request",
             _PROFILE_REQUEST,
@@ -199,6 +217,13 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
         False,
     ),
     "warehouse": (("dlq.>", *reads("ACTIVITY"), *_HEARTBEAT), (), False),
+    # webhooks: its consumers on SIGNALS (one per subscription), the subscriptions, the
+    # dead letters of deliveries it gave up on; no publish anywhere else
+    "webhooks": (
+        (deadletter_subject("webhooks"), *reads("SIGNALS"), *kv("webhooks"), *_HEARTBEAT),
+        (),
+        False,
+    ),
     "visitors": (("activity.>", *reads("CATALOG")), (), False),
     "crm": (("crm.>", *reads("SIGNALS")), (), False),
     "reader": (reads("ACTIVITY", "RECOMMENDATIONS", "SIGNALS"), (), False),

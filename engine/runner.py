@@ -32,6 +32,7 @@ from engine.services.profiles import ProfileService
 from engine.services.recommender import RecommenderService
 from engine.services.signals import SignalsService
 from engine.services.warehouse import WarehouseService
+from engine.services.webhooks import WebhookService
 from engine.settings import (
     BrokerSettings,
     GatewaySettings,
@@ -58,6 +59,7 @@ SERVICES: dict[str, Callable[[Bus, Settings], Awaitable[Service]]] = {
     "warehouse": WarehouseService.build,
     "recommender": RecommenderService.build,
     "signals": SignalsService.build,
+    "webhooks": WebhookService.build,
 }
 """Every service by name, in start order, with how it is built."""
 

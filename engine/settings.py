@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -134,6 +135,11 @@ class GatewaySettings(BaseModel):
         default=(),
         description="Bearer tokens of internal callers (profiles API); none = API closed",
     )
+    crm_keys: tuple[Annotated[str, Field(min_length=16)], ...] = Field(
+        default=(),
+        description="Bearer keys of CRM backends for POST /v1/crm/events (producer `crm`); "
+        "none = route closed. Each differs from every site key and internal token",
+    )
     fresh_s: float = Field(
         default=300.0,
         ge=0,
@@ -155,6 +161,13 @@ class GatewaySettings(BaseModel):
         description="The site key whose backend the demo bank plays (/demo-site/: its key and "
         "sign-in); unset = not served",
     )
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> GatewaySettings:
+        others = {k.key for k in self.site_keys} | set(self.internal_tokens)
+        if set(self.crm_keys) & others:
+            raise ValueError("a CRM key must differ from every site key and internal token")
+        return self
 
 
 class RecommenderOptions(BaseModel):

@@ -114,6 +114,11 @@ def crm_subject(token: str, event_type: str) -> str:
     return f"crm.{token}.{event_type}"
 
 
+def crm_type_filter(event_type: str) -> str:
+    """Every user's CRM events of one type (what the gateway may publish for a CRM)."""
+    return f"crm.*.{event_type}"
+
+
 def deadletter_subject(source: str) -> str:
     """`dlq.<source>`: where inputs rejected by `source` are kept with their reason."""
     return f"dlq.{_escape(source)}"

@@ -179,6 +179,7 @@ BUCKETS = (
         "userkeys", 1, "Per-user data keys: erasing one shreds that user's profile", erasable=True
     ),
     Bucket("registry", 16, "active.<slot> and model.<version>: which model serves, model cards"),
+    Bucket("webhooks", 1, "Webhook subscriptions: URLs, topics, signing secrets"),
     Bucket("imports", 1, "Import checkpoints: file hash -> last line applied"),
     Bucket("tombstones", 1, "Erased users: a keyed hash of each token, never served again"),
     Bucket("health", 1, "Each running service's progress, for /healthz", max_age=60.0),

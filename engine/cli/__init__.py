@@ -23,6 +23,7 @@ from engine.cli import (  # noqa: F401  (they register their commands)
     profiles,
     reco,
     services,
+    webhooks,
 )
 from engine.cli.app import app
 from engine.cli.toolkit import err

@@ -11,6 +11,7 @@ import socket
 
 from pydantic import SecretStr
 
+from engine.cli.toolkit import config_error
 from engine.errors import ConfigError
 from engine.settings import GatewaySettings, SiteKey
 
@@ -71,6 +72,8 @@ def gateway_settings(
     burst: int,
     site_secrets: str = "",
     demo_site: str = "",
+    *,
+    crm_keys: str = "",
 ) -> GatewaySettings:
     entries = [k.strip().partition("@") for k in site_keys.split(",") if k.strip()]
     found = secrets_of(site_secrets, {e[0] for e in entries})
@@ -92,6 +95,15 @@ def gateway_settings(
     if demo_site and demo_site not in found:
         raise ConfigError(f"--demo-site: {demo_site!r} needs a secret in --site-secrets")
     tokens = tuple(t.strip() for t in internal_tokens.split(",") if t.strip())
-    return GatewaySettings(
-        host=host, port=port, site_keys=keys, internal_tokens=tokens, demo_site=demo_site or None
-    )
+    crm = tuple(t.strip() for t in crm_keys.split(",") if t.strip())
+    try:
+        return GatewaySettings(
+            host=host,
+            port=port,
+            site_keys=keys,
+            internal_tokens=tokens,
+            crm_keys=crm,
+            demo_site=demo_site or None,
+        )
+    except ValueError as exc:  # e.g. a CRM key that is also a site key or internal token
+        raise config_error(exc) from None

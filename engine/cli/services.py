@@ -83,6 +83,16 @@ InternalTokens = Annotated[
         help="Comma-separated bearer tokens of internal callers (profiles API).",
     ),
 ]
+CrmKeys = Annotated[
+    str,
+    typer.Option(
+        "--crm-keys",
+        envvar="NERVE_CRM_KEYS",
+        show_envvar=True,
+        help="Comma-separated bearer keys of CRM backends for POST /v1/crm/events (>= 16 "
+        "characters, distinct from site keys and internal tokens). Prefer the variable.",
+    ),
+]
 RateLimit = Annotated[
     float,
     typer.Option(
@@ -153,6 +163,7 @@ def up(
     site_secrets: SiteSecrets = "",
     demo_site: DemoSite = "",
     internal_tokens: InternalTokens = "",
+    crm_keys: CrmKeys = "",
     rate_limit: RateLimit = RATE_LIMIT,
     burst: Burst = BURST,
     ack_wait: AckWait = ACK_WAIT,
@@ -170,7 +181,7 @@ def up(
             "recommender, run with `nerve run recommender` in another process for a core of "
             "its own)."
         ),
-    ] = "gateway,profiles,warehouse,recommender,signals",
+    ] = "gateway,profiles,warehouse,recommender,signals,webhooks",
     gc_tuning: GcTuning = GC_TUNING,
 ) -> None:
     """Run the engine: provision, then every service (gateway, profiles, warehouse,
@@ -182,7 +193,15 @@ def up(
     if unknown or not names:
         raise ConfigError(f"--services: unknown {unknown or 'none'}; from {', '.join(SERVICES)}")
     gateway = gateway_settings(
-        host, port, site_keys, internal_tokens, rate_limit, burst, site_secrets, demo_site
+        host,
+        port,
+        site_keys,
+        internal_tokens,
+        rate_limit,
+        burst,
+        site_secrets,
+        demo_site,
+        crm_keys=crm_keys,
     )
     reco = _reco(config, replicas, replica)
     if "gateway" in names:
@@ -316,7 +335,8 @@ def demo(
 @app.command()
 def run(
     service: Annotated[
-        str, typer.Argument(help="profiles | warehouse | gateway | recommender | signals")
+        str,
+        typer.Argument(help="profiles | warehouse | gateway | recommender | signals | webhooks"),
     ],
     host: Host = HOST,
     port: Port = PORT,
@@ -324,6 +344,7 @@ def run(
     site_secrets: SiteSecrets = "",
     demo_site: DemoSite = "",
     internal_tokens: InternalTokens = "",
+    crm_keys: CrmKeys = "",
     rate_limit: RateLimit = RATE_LIMIT,
     burst: Burst = BURST,
     ack_wait: AckWait = ACK_WAIT,
@@ -346,7 +367,15 @@ def run(
     gateway = None
     if service == "gateway":
         gateway = gateway_settings(
-            host, port, site_keys, internal_tokens, rate_limit, burst, site_secrets, demo_site
+            host,
+            port,
+            site_keys,
+            internal_tokens,
+            rate_limit,
+            burst,
+            site_secrets,
+            demo_site,
+            crm_keys=crm_keys,
         )
         check_port(host, port)
     services = _services(ack_wait_s=ack_wait, flush_events=flush_events, gc_tuning=gc_tuning)

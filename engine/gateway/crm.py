@@ -1,0 +1,89 @@
+"""`POST /v1/crm/events`: CRM events over HTTP, for CRMs that do not speak NATS.
+
+A CRM backend sends `Authorization: Bearer <CRM key>` (`GatewaySettings.crm_keys`, from
+`--crm-keys` / `NERVE_CRM_KEYS`; none configured: every request is refused). The key is a
+server-side secret of its own: a site key (public, in every browser) or an internal token is
+not one, and gets 401 (no `Authorization`) or 403 (a bearer that is not a CRM key). The body
+is one event or a JSON array, as for `POST /v1/events`, and the same code validates and stores
+it (`engine.gateway.events`), with producer `crm`: only the CRM types are accepted
+(`engine.events.producers`), `source` defaults to `crm`, and the events go to
+`crm.<user>.<type>` (the CRM stream).
+
+Answers: 202 (some stored; `rejected` lists each refused event's index, id and fields with
+reasons), 422 (all refused), 400 (not JSON), 401 / 403, 413, 415, 503 (broker away; retry with
+the same ids). Refused events are dead-lettered like the gateway's others.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from engine.gateway.auth import Refused, check_internal
+from engine.gateway.events import (
+    JSON_TYPES,
+    Caller,
+    Reply,
+    decode_batch,
+    read_body,
+    store,
+    triage,
+)
+from engine.gateway.state import GatewayState, gateway_state
+
+PRODUCER = "crm"
+router = APIRouter()
+
+
+def check_crm(request: Request, keys: tuple[str, ...]) -> Caller:
+    """The CRM caller of `request`, or `Refused` (401 without a bearer, 403 with a wrong one)."""
+    try:
+        check_internal(request, keys)  # the one bearer check, against the CRM keys
+    except Refused as exc:
+        detail = "CRM endpoint: Authorization: Bearer <CRM key>"
+        if exc.status == 403:
+            detail = "not a CRM key (a site key or internal token is not one)"
+        raise Refused(exc.status, detail) from None
+    return Caller(PRODUCER, PRODUCER)
+
+
+@router.post(
+    "/v1/crm/events",
+    status_code=202,
+    summary="Ingest CRM events (one or a batch) from a CRM backend",
+    responses={
+        202: {"description": "Stored (some may be refused; see `rejected`)"},
+        422: {"description": "Every event refused; each with its fields and reasons"},
+        400: {"description": "Body is not JSON"},
+        401: {"description": "No Authorization: Bearer <CRM key>"},
+        403: {"description": "The bearer is not a CRM key"},
+        413: {"description": "Body or batch too large"},
+        503: {"description": "Broker unavailable; nothing stored, retry with the same ids"},
+    },
+)
+async def post_crm_events(request: Request) -> Response:
+    state = gateway_state(request)
+    try:
+        status, body = await ingest(request, state)
+    except Refused as exc:
+        status, body = exc.status, {"detail": exc.detail}
+    except Reply as reply:
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+    return JSONResponse(body, status_code=status)
+
+
+async def ingest(request: Request, state: GatewayState) -> tuple[int, dict[str, Any]]:
+    """Check the key, decode, validate (producer `crm`) and store one request's events."""
+    caller = check_crm(request, state.settings.crm_keys)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        raise Reply(415, {"detail": f"unsupported content type {ctype!r}"})
+    raw = await read_body(request, state.settings.max_body_bytes)
+    now = datetime.now(UTC)
+    items = await decode_batch(state, raw, caller, now)
+    items = [{"source": PRODUCER, **i} if isinstance(i, dict) else i for i in items]
+    result = triage(items, caller, cloudevents=False, now=now, forgotten=state.forgotten)
+    return 202 if result.events else 422, await store(state, result)
