@@ -21,9 +21,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from engine.profiles.schema import PROFILE_VERSION as PROFILE_VERSION
+from engine.profiles.schema import Profile as Profile
 
-PROFILE_VERSION = 1
 RECENT_ITEMS = 20
 RECENT_IMPRESSIONS = 20
 MAX_ANONYMOUS_IDS = 50
@@ -34,87 +34,6 @@ class CannotApply(ValueError):
     """The event lacks what the projection needs; it goes to DEADLETTER with this reason."""
 
 
-class RecentItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    item_id: str
-    type: str
-    time: int = Field(description="Unix ms")
-    seq: int
-
-
-class Held(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    since: int = Field(description="Unix ms of the first acquisition")
-    value: float = 0.0
-    source: str = Field(description="item_purchased or crm")
-
-
-class SimulatorUse(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    count: int
-    last_time: int
-    last_seq: int
-    last_item: str | None = None
-    last_parameters: dict[str, Any]
-
-
-class OfferStats(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    shown: int = 0
-    clicked: int = 0
-    dismissed: int = 0
-    shown_times: list[int] = Field(default_factory=list, description="Newest first, bounded")
-    last_clicked: int | None = None
-    last_dismissed: int | None = None
-
-
-class CrmContact(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    outcome: str
-    channel: str
-    time: int
-    seq: int
-    contacts: int
-
-
-class Consent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    analytics: bool | None = None
-    personalization: bool | None = None
-    marketing: bool | None = None
-    time: int = 0
-    seq: int = 0
-
-
-class StreamPosition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max: int = Field(default=0, description="Highest applied stream sequence")
-    floor: int = Field(default=0, description="Every event at or below is applied")
-    applied: list[int] = Field(default_factory=list, description="Applied above the floor")
-
-
-class Profile(BaseModel):
-    """A user's profile as stored in the `profiles` bucket (times are Unix milliseconds)."""
-
-    model_config = ConfigDict(extra="forbid")
-    version: int = PROFILE_VERSION
-    key: str = Field(description="The subject token of the user (see engine.subjects)")
-    user_id: str | None = None
-    anonymous_id: str | None = None
-    anonymous_ids: list[str] = Field(default_factory=list, description="Linked by login")
-    first_seen: int | None = None
-    last_seen: int | None = None
-    counts: dict[str, int] = Field(default_factory=dict, description="Events by type")
-    categories: dict[str, int] = Field(default_factory=dict, description="Events by category")
-    recent_items: list[RecentItem] = Field(default_factory=list)
-    held: dict[str, Held] = Field(default_factory=dict, description="Products held")
-    simulators: dict[str, SimulatorUse] = Field(default_factory=dict)
-    offers: dict[str, OfferStats] = Field(default_factory=dict, description="For caps")
-    crm: dict[str, CrmContact] = Field(default_factory=dict, description="Last contact per offer")
-    consent: Consent = Field(default_factory=Consent)
-    positions: dict[str, StreamPosition] = Field(default_factory=dict)
-
-
 def new_profile(key: str, user_id: str | None, anonymous_id: str | None) -> dict[str, Any]:
     """An empty profile dict for the user whose subject token is `key`."""
     return {
@@ -123,6 +42,8 @@ def new_profile(key: str, user_id: str | None, anonymous_id: str | None) -> dict
         "user_id": user_id,
         "anonymous_id": anonymous_id,
         "anonymous_ids": [],
+        "stitched": [],
+        "identified_as": None,
         "first_seen": None,
         "last_seen": None,
         "counts": {},
@@ -161,10 +82,14 @@ def settle_floor(profile: dict[str, Any], stream: str, floor: int) -> None:
     pos["applied"] = [s for s in pos["applied"] if s > floor]
 
 
-def apply(profile: dict[str, Any], event: dict[str, Any], stream: str, seq: int) -> bool:
+def apply(
+    profile: dict[str, Any], event: dict[str, Any], stream: str, seq: int, *, consent: bool = True
+) -> bool:
     """Fold one event into the profile; False if it was already applied.
 
-    Raises `CannotApply` (before changing anything) when a field it needs is missing or wrong.
+    With `consent=False` (an event of a linked anonymous id, see `stitch`) a `consent_updated`
+    counts as history but does not change the profile's consent. Raises `CannotApply` (before
+    changing anything) when a field it needs is missing or wrong.
     """
     if already_applied(profile, stream, seq):
         return False
@@ -201,7 +126,7 @@ def apply(profile: dict[str, Any], event: dict[str, Any], stream: str, seq: int)
             profile["recent_items"], {"item_id": item, "type": etype, "time": t, "seq": seq}
         )
     handler = _HANDLERS.get(etype)
-    if handler is not None:
+    if handler is not None and (consent or etype != "consent_updated"):
         handler(profile, event, props, item, t, seq)
     return True
 
@@ -396,5 +321,7 @@ _HANDLERS = {
 def content(profile: dict[str, Any]) -> dict[str, Any]:
     """The profile without delivery bookkeeping: what a replay must reproduce exactly."""
     out = {k: v for k, v in profile.items() if k != "positions"}
+    out.setdefault("stitched", [])  # absent from profiles stored before login stitching
+    out.setdefault("identified_as", None)
     out["positions"] = {s: p["max"] for s, p in profile.get("positions", {}).items()}
     return out

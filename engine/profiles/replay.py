@@ -2,9 +2,10 @@
 
 A full rebuild scans ACTIVITY and CRM once each, in order, through a fast ordered consumer, and
 keeps every profile in memory (memory grows with the number of users, not with the log's
-length), then writes them to a bucket. A single user's rebuild reads only that user's subjects
-through a filtered consumer; the server still scans every block that may hold them, so its time
-grows with the log (see bench/replay.py and the README).
+length), then writes them to a bucket. A single user's rebuild reads only that user's subjects,
+and those of the anonymous ids its logins stitched in (`stitch`), through filtered consumers; the
+server still scans every block that may hold them, so its time grows with the log (see
+bench/replay.py and the README).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Batch
-from engine.profiles.profile import CannotApply, apply, content, settle_floor
-from engine.profiles.store import ProfileStore, blank
+from engine.profiles import stitch
+from engine.profiles.profile import CannotApply, content, settle_floor
+from engine.profiles.store import ProfileStore
 from engine.subjects import SHORT, user_filters
 
 
@@ -41,39 +43,72 @@ async def rebuild(
     progress: Callable[[int], None] | None = None,
 ) -> Rebuild:
     """Fold the whole log (or one user's part of it) into fresh profiles, in memory."""
+    if token is not None:
+        return await _rebuild_one(bus, token, progress)
     out = Rebuild()
     started = time.perf_counter()
-    profiles = out.profiles
-    for stream, short in SHORT.items():
+    for stream in SHORT:
 
-        def handle(batch: Batch, stream: str = stream, short: str = short) -> None:
-            for seq, subject, data in batch:
-                record = decode(stream, seq, subject, data)  # what the live service refuses too
-                if isinstance(record, Refusal):
-                    out.refused += 1
-                    continue
-                if record.system:
-                    continue
-                p = profiles.get(record.token)
-                if p is None:
-                    p = profiles[record.token] = blank(record.token)
-                try:
-                    if apply(p, record.event, short, seq):
-                        settle_floor(p, short, seq)  # in order, once each: keep `applied` empty
-                except CannotApply:
-                    out.refused += 1
-            out.events += len(batch)
+        def handle(batch: Batch, stream: str = stream) -> None:
+            _fold(out, stream, batch)
             if progress:
                 progress(len(batch))
 
-        subject = user_filters(token)[stream] if token else None
         # Profiles are acyclic: reference counting frees them, and the cyclic collector would
         # otherwise walk millions of live dicts again and again as they accumulate.
         gc.disable()
         try:
-            await bus.scan(stream, handle, subject=subject)
+            await bus.scan(stream, handle)
         finally:
             gc.enable()
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+def _fold(out: Rebuild, stream: str, batch: Batch) -> None:
+    """Fold a batch of `stream` read in order, as the live service does (`stitch.fold`)."""
+    short = SHORT[stream]
+    profiles = out.profiles
+    for seq, subject, data in batch:
+        record = decode(stream, seq, subject, data)  # what the live service refuses too
+        if isinstance(record, Refusal):
+            out.refused += 1
+            continue
+        if record.system:
+            continue
+        try:
+            for t in stitch.fold(profiles, record.token, record.event, short, seq):
+                settle_floor(profiles[t], short, seq)  # in order, once each: `applied` empty
+        except CannotApply:
+            out.refused += 1
+    out.events += len(batch)
+
+
+async def _rebuild_one(bus: Bus, token: str, progress: Callable[[int], None] | None) -> Rebuild:
+    """One user's profile and those of the anonymous ids its logins name: their subjects are
+    read one filter at a time, then folded together in stream order, as a full rebuild would.
+    (Whether another user's login took a visitor's history first is not seen from here.)"""
+    out = Rebuild()
+    started = time.perf_counter()
+    read: dict[str, dict[int, tuple[str, bytes]]] = {stream: {} for stream in SHORT}
+    todo, seen = [token], set()
+    while todo:
+        t = todo.pop()
+        seen.add(t)
+        for stream in SHORT:
+            for seq, subject, data in await bus.read_all(stream, user_filters(t)[stream]):
+                read[stream][seq] = (subject, data)
+                record = decode(stream, seq, subject, data)
+                anon = (
+                    None if isinstance(record, Refusal) else stitch.linked_anonymous(record.event)
+                )
+                if anon is not None and t == token and anon not in seen | set(todo):
+                    todo.append(anon)
+    for stream, messages in read.items():
+        batch = [(seq, *messages[seq]) for seq in sorted(messages)]
+        _fold(out, stream, batch)
+        if progress:
+            progress(len(batch))
     out.seconds = time.perf_counter() - started
     return out
 

@@ -13,14 +13,9 @@ from cryptography.exceptions import InvalidTag
 from engine.bus.bus import Bus
 from engine.bus.kv import JetStreamKV
 from engine.profiles.keyring import Keyring, profile_key, seal, unseal
-from engine.profiles.profile import new_profile
-from engine.subjects import decode_token
+from engine.profiles.stitch import blank
 
-
-def blank(token: str) -> dict[str, Any]:
-    """The empty profile of a user not stored yet, by subject token."""
-    user_id, anonymous_id = decode_token(token)
-    return new_profile(token, user_id, anonymous_id)
+__all__ = ["ProfileStore", "Slot", "blank"]
 
 
 @dataclass(slots=True)

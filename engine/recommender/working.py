@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Container, Iterable, Mapping
+from typing import Any
 
 import orjson
 
 from engine.bus import Bus
+from engine.profiles import stitch
+from engine.profiles.profile import settle_floor
 from engine.profiles.store import ProfileStore, blank
 from engine.recommender.lists import Last, UserState, signature
-from engine.subjects import RECOMMENDATIONS, reco_subject
+from engine.subjects import RECOMMENDATIONS, reco_subject, user_token
 
 
 class WorkingSet:
@@ -28,6 +32,62 @@ class WorkingSet:
         self._cache.pop(token, None)
 
     async def states(self, tokens: list[str]) -> dict[str, UserState]:
+        """The users' states; a user's working profile also holds the history of the visitors
+        its logins linked (`engine.profiles.stitch`), merged here if it does not yet."""
+        out = await self._states(tokens)
+        await self._stitch_pending(out)
+        return out
+
+    async def prepare(
+        self, grouped: Mapping[str, Iterable[dict[str, Any]]]
+    ) -> dict[str, UserState]:
+        """The states `fold` needs for these events by user: the users', the visitors their
+        logins link and the users that owned visitors logged in as."""
+        wanted = {
+            t for token, events in grouped.items() for e in events for t in stitch.needs(token, e)
+        }
+        out = await self.states(sorted(wanted))
+        owners = {o for st in out.values() if (o := stitch.owner(st.profile)) and o not in out}
+        if owners:
+            out.update(await self.states(sorted(owners)))
+        return out
+
+    def fold(
+        self,
+        states: dict[str, UserState],
+        token: str,
+        event: dict[str, Any],
+        stream: str,
+        seq: int,
+        *,
+        skip: Container[str] = (),
+    ) -> list[UserState]:
+        """Fold one event with the profiles projection, login stitching included, into the
+        working profiles of `states` (from `prepare`); returns the states it changed. Raises
+        `CannotApply`."""
+        profiles = {t: st.profile for t, st in states.items()}
+        changed = stitch.fold(profiles, token, event, stream, seq, skip=skip)
+        for t in changed:
+            settle_floor(profiles[t], stream, seq)
+        return [states[t] for t in changed if t in states]
+
+    async def _stitch_pending(self, states: dict[str, UserState]) -> None:
+        pending = {
+            t: [user_token(None, a) for a in linked]
+            for t, st in states.items()
+            if (
+                linked := set(st.profile.get("anonymous_ids", []))
+                - set(st.profile.get("stitched", []))
+            )
+        }
+        if not pending:
+            return
+        visitors = await self._states(sorted({a for anons in pending.values() for a in anons}))
+        for t, anons in pending.items():
+            for a in anons:
+                stitch.stitch(states[t].profile, visitors[a].profile)
+
+    async def _states(self, tokens: list[str]) -> dict[str, UserState]:
         out: dict[str, UserState] = {}
         missing = []
         for t in tokens:

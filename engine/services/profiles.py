@@ -38,7 +38,8 @@ from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Delivery, DurableConsumer, refusals
 from engine.events.requests import error_reply
 from engine.health import beating
-from engine.profiles.profile import CannotApply, apply, settle_floor
+from engine.profiles import stitch
+from engine.profiles.profile import CannotApply, settle_floor
 from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore, Slot, blank
 from engine.profiles.tombstones import Tombstones
@@ -125,16 +126,17 @@ class ProfileService:
                 self.stats.skipped += 1
                 continue
             try:
-                profile = profiles.get(record.token)
-                if profile is None:
-                    profile = profiles[record.token] = blank(record.token)
-                if apply(profile, record.event, stream, d.seq):
-                    changed.add(record.token)
-                    self.stats.applied += 1
-                else:
-                    self.stats.skipped += 1
+                touched = stitch.fold(
+                    profiles, record.token, record.event, stream, d.seq, skip=self.forgotten
+                )
             except CannotApply as exc:
                 refused.append((d, str(exc)))
+                continue
+            changed.update(touched)
+            if record.token in touched:
+                self.stats.applied += 1
+            else:
+                self.stats.skipped += 1
         return changed, refused
 
     # -- the loop --------------------------------------------------------------------------
@@ -247,17 +249,23 @@ class ProfileService:
     async def _store(
         self, stream: str, deliveries: list[Delivery], floor: int
     ) -> list[tuple[Delivery, str]]:
-        tokens = set()
-        for d in deliveries:
-            token = _token_or_none(d.subject)
-            if token is not None and is_user_token(token):
-                tokens.add(token)
+        needs = [_needs(d) for d in deliveries]
         refused: list[tuple[Delivery, str]] | None = None
-        todo = deliveries
+        todo = list(range(len(deliveries)))
         for _attempt in range(10):
-            slots = await self._load(tokens)
+            wanted = {t for i in todo for t in needs[i] if t not in self.forgotten}
+            slots = await self._load(wanted)
+            # A visitor's events also reach the user it logged in as (`stitch`): load that too.
+            owners = {o for s in slots.values() if s.profile and (o := stitch.owner(s.profile))}
+            owners = {o for o in owners if o not in slots and o not in self.forgotten}
+            if owners:
+                slots.update(await self._load(owners))
             working = {t: s.profile or blank(t) for t, s in slots.items()}
-            changed, refused_now = self.fold(stream, todo, working)
+            changed, refused_now = self.fold(stream, [deliveries[i] for i in todo], working)
+            for i in todo:  # a retry after a lost write redoes every delivery that touched it
+                needs[i] |= {
+                    o for t in needs[i] if t in working and (o := stitch.owner(working[t]))
+                }
             if refused is None:  # refusals do not depend on the profile: keep the first pass's
                 refused = refused_now
             for t in changed:
@@ -274,9 +282,8 @@ class ProfileService:
             self.stats.conflicts += len(lost)
             for t in lost:
                 self.cache.pop(t, None)
-            tokens = lost
-            todo = [d for d in deliveries if _token_or_none(d.subject) in lost]
-        raise RuntimeError(f"compare-and-set kept failing for {sorted(tokens)[:3]}")
+            todo = [i for i in todo if needs[i] & lost]
+        raise RuntimeError(f"compare-and-set kept failing for {sorted(lost)[:3]}")
 
     async def _load(self, tokens: set[str]) -> dict[str, Slot]:
         """Slots of `tokens` (keys created for new users); profiles are copies, so a failed
@@ -341,8 +348,18 @@ class ProfileService:
             await consumer.nak(d, delay=0.5 * 2 ** (d.delivered - 1))
 
 
-def _token_or_none(subject: str) -> str | None:
+def _needs(d: Delivery) -> set[str]:
+    """The profiles a delivery reads: its user's and, for a login, the visitor's it links."""
     try:
-        return split_user_subject(subject)[0]
+        token, etype = split_user_subject(d.subject)
     except SubjectError:
-        return None
+        return set()
+    if not is_user_token(token):
+        return set()
+    if etype != "user_identified":
+        return {token}
+    try:
+        event = orjson.loads(d.data)
+    except orjson.JSONDecodeError:
+        return {token}  # refused by the fold
+    return set(stitch.needs(token, event)) if isinstance(event, dict) else {token}
