@@ -161,7 +161,10 @@ def test_profile_replay_verify_and_forget_from_the_command_line(tmp_path: Path) 
     one = nerve(
         "replay", "profiles", "--user", "u0000001", "--verify", "--no-write", data_dir=tmp_path
     )
-    assert one.returncode == 0 and "1 profiles" in one.stdout
+    # the user and each anonymous id its logins stitched into it (engine.profiles.stitch)
+    shown_ids = json.loads(shown.stdout)["anonymous_ids"]
+    assert one.returncode == 0 and f"{1 + len(shown_ids)} profiles" in one.stdout, one.stdout
+    assert "equal the live ones" in one.stdout
     gone = nerve("forget", "u0000001", "--yes", data_dir=tmp_path)
     assert gone.returncode == 0 and "erased" in gone.stdout
     after = nerve("profile", "u0000001", data_dir=tmp_path)
@@ -193,8 +196,12 @@ def test_train_publish_list_and_roll_back_from_the_command_line(tmp_path: Path) 
     listing = nerve("models", data_dir=tmp_path).stdout
     ease_version = next(w for w in listing.split() if w.startswith("ease-"))
     assert "* " in listing and "nbo-" in listing
-    back = nerve("models", "activate", ease_version, data_dir=tmp_path)
-    assert back.returncode == 0 and "now active" in back.stdout
+    # ease went to its kind's default slot (similar); moving it onto home, which serves nbo,
+    # is a change of model kind: refused without --force, and said what it replaces with it
+    refused = nerve("models", "activate", ease_version, "--slot", "home", data_dir=tmp_path)
+    assert refused.returncode == 2 and "slot home serves nbo" in refused.stderr
+    back = nerve("models", "activate", ease_version, "--slot", "home", "--force", data_dir=tmp_path)
+    assert back.returncode == 0 and f"→ ease {ease_version}" in back.stdout
     after = [
         line
         for line in nerve("models", data_dir=tmp_path).stdout.splitlines()

@@ -157,12 +157,16 @@ async def test_request_reply_cold_user_and_errors(fresh: NATS, world: dict[str, 
         assert again["id"] == answer["id"] and len(again["properties"]["items"]) == 3
         for body, field in [
             ({"user_id": "x", "slot": "nowhere"}, "slot"),
-            ({"user_id": "x", "slot": "home", "k": 50}, "k"),
             ({"slot": "home"}, "user_id"),
             ({"user_id": "x", "slot": "home", "colour": 1}, "colour"),
         ]:
             err = orjson.loads((await nc.request(REQUEST_SUBJECT, orjson.dumps(body), 5)).data)
             assert err["error"]["field"] == field, (body, err)
+        # a k above the slot's maximum serves the maximum and says so, instead of failing
+        big = {"anonymous_id": "new-visitor", "slot": "home", "k": 50}
+        served = orjson.loads((await nc.request(REQUEST_SUBJECT, orjson.dumps(big), 5)).data)
+        assert len(served["properties"]["items"]) == 3, served
+        assert "served its maximum, 3" in served["warning"]
         assert service.stats.requests >= 2
 
 
@@ -343,17 +347,17 @@ async def test_gateway_serves_stored_then_asks_and_refuses_bad_input(
                 (
                     await http.get("/v1/recommendations/eve?slot=nowhere", headers=headers)
                 ).status_code,
-                (
-                    await http.get("/v1/recommendations/eve?slot=home&k=9", headers=headers)
-                ).status_code,
                 (await http.get("/v1/recommendations/eve?slot=a.b", headers=headers)).status_code,
                 (await http.get("/v1/recommendations/eve")).status_code,
                 (
                     await http.get("/v1/recommendations/eve", headers={SITE_KEY_HEADER: "x"})
                 ).status_code,
-            ] == [404, 422, 422, 401, 403]
+            ] == [404, 422, 401, 403]
+            # k above the slot's maximum (3): the maximum, with a warning the widget can read
             r = await http.get("/v1/recommendations/eve?slot=home&k=9", headers=headers)
-            assert r.json()["errors"][0]["field"] == "k"
+            assert r.status_code == 200 and len(r.json()["properties"]["items"]) == 3
+            assert "served its maximum, 3" in r.headers["x-nerve-warning"]
+            assert "warning" not in r.json()
             # impressions and clicks -> CTR per slot and model version
             rid = first["properties"]["recommendation_id"]
             shown = {

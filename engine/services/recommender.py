@@ -56,7 +56,7 @@ from engine.bus.registry import Registry
 from engine.bus.retry import settle_batch
 from engine.events.requests import error_reply, parse_request
 from engine.health import beating
-from engine.profiles.profile import CannotApply, apply, settle_floor
+from engine.profiles.profile import CannotApply
 from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
 from engine.recommender.core import Serving
@@ -244,27 +244,28 @@ class RecommenderService:
                 not record.system and self.owns(record.token) and record.token not in self.forgotten
             ):
                 grouped.setdefault(record.token, []).append((d, record.event))
-        states = await self.users.states(list(grouped))
+        states = await self.users.prepare({t: [e for _, e in evs] for t, evs in grouped.items()})
         now_ms = time.time_ns() // 1_000_000
-        changed: list[UserState] = []
+        changed: dict[str, UserState] = {}
         for token, events in grouped.items():
-            state = states[token]
-            relevant = False
             for d, event in events:
-                short = SHORT[d.stream]
                 try:
-                    if apply(state.profile, event, short, d.seq):
-                        settle_floor(state.profile, short, d.seq)
-                    # Recompute even if the profile already held the event (loaded from the
-                    # bucket after the profiles service applied it): the stored lists may not.
-                    relevant = relevant or event.get("type") not in QUIET_TYPES
+                    touched = self.users.fold(
+                        states, token, event, SHORT[d.stream], d.seq, skip=self.forgotten
+                    )
                 except CannotApply as exc:
                     refused.append((d, str(exc)))
-            if relevant:
-                changed.append(state)
+                    continue
+                # Recompute even if the profile already held the event (loaded from the
+                # bucket after the profiles service applied it): the stored lists may not.
+                # A visitor's event also recomputes the user it logged in as (`stitch`).
+                if event.get("type") not in QUIET_TYPES:
+                    for st in (states[token], *touched):
+                        if self.owns(st.token):
+                            changed[st.token] = st
         self.stats.users += len(changed)
         if changed:
-            await self._recompute(changed, now_ms)
+            await self._recompute(list(changed.values()), now_ms)
         if refused:
             await self._deadletter(refused)
 
@@ -350,8 +351,10 @@ class RecommenderService:
         if cfg is None:
             known = ", ".join(sorted(self.serving.config.slots))
             return error_reply("slot", f"unknown slot {slot!r} (known: {known})", 404)
-        if k is not None and k > cfg.k:
-            return error_reply("k", f"at most {cfg.k} for slot {slot!r}")
+        warning = None
+        if k is not None and k > cfg.k:  # serve what the slot allows, and say so (not a 422)
+            warning = f"k={k} is more than slot {slot!r} serves; served its maximum, {cfg.k}"
+            k = cfg.k
         state = (await self.users.states([token]))[token]
         async with state.lock:
             now_ms = time.time_ns() // 1_000_000
@@ -364,7 +367,8 @@ class RecommenderService:
         props = event["properties"]
         if k is not None:
             props = {**props, "items": props["items"][:k]}
-        return orjson.dumps({**event, "properties": props})
+        warned = {"warning": warning} if warning else {}  # the gateway: X-Nerve-Warning
+        return orjson.dumps({**event, "properties": props, **warned})
 
     # -- models -------------------------------------------------------------------------------
 
