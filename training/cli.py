@@ -9,20 +9,49 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
-from engine.bus import Bus
-from engine.cli.toolkit import broker, out, with_bus
+from engine.cli.toolkit import broker, out
 from engine.errors import ConfigError
-from engine.settings import BrokerSettings
 
-ModelName = Annotated[str, typer.Option("--model", help="popular | itemknn | ease | als | nbo")]
+ModelName = Annotated[str, typer.Option("--model", help="The kind of model: {kinds}")]
+Recommender = Annotated[str, typer.Option("--model", help="The kind of model: {recommenders}")]
 Params = Annotated[
-    str | None, typer.Option("--params", help="Model parameters as JSON, e.g. '{\"l2\": 100}'")
+    str | None, typer.Option("--params", help="Model parameters as JSON, e.g. '{{\"l2\": 100}}'")
 ]
+Force = Annotated[
+    bool,
+    typer.Option(help="Replace the slot's active model even if it is of another kind"),
+]
+
+
+class FilledHelp(TyperCommand):
+    """A command whose options' help names the kinds and default slots read from the model
+    registry when the help is shown: importing `models` costs half a second, which every other
+    `nerve` command (all load this plug-in) would pay if the help were built on start."""
+
+    filled = False
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from models import REGISTRY
+        from training.api import default_slot, kinds
+
+        if not self.filled:
+            names = {
+                "kinds": " | ".join(kinds()),
+                "recommenders": " | ".join(sorted(REGISTRY)),
+                "slots": ", ".join(f"{kind} → {default_slot(kind)}" for kind in kinds()),
+            }
+            for param in self.params:
+                text = getattr(param, "help", None)
+                if isinstance(text, str):
+                    setattr(param, "help", text.format(**names))  # noqa: B010
+            self.filled = True
+        super().format_help(ctx, formatter)
 
 
 def _params(raw: str | None) -> dict[str, Any]:
@@ -37,17 +66,23 @@ def _params(raw: str | None) -> dict[str, Any]:
     return value
 
 
-def _check_model(name: str, params: dict[str, Any]) -> None:
+def _check_model(name: str, params: dict[str, Any], recommender: bool = False) -> None:
+    """`api.config`'s refusals as one line naming the option."""
     from pydantic import ValidationError
 
-    from models import make
+    from models import REGISTRY
+    from training.api import config
 
+    if recommender and name not in REGISTRY:
+        raise ConfigError(f"--model: {name!r} is not a recommender (known: {sorted(REGISTRY)})")
     try:
-        make(name, **params)
+        config(name, params)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ConfigError(f"--params: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"--model: {exc}") from None
     except ValueError as exc:
-        if isinstance(exc, ValidationError):
-            e = exc.errors()[0]
-            raise ConfigError(f"--params: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
         raise ConfigError(f"--model: {exc}") from None
 
 
@@ -65,147 +100,140 @@ def train(
         bool, typer.Option(help="Fit on 25/50/75/100 % of users for the report")
     ] = True,
     publish: Annotated[bool, typer.Option(help="Store the artifact and make it active")] = False,
-    slot: Annotated[str, typer.Option(help="Slot to activate it for, with --publish")] = "home",
+    slot: Annotated[
+        str | None,
+        typer.Option(help="Slot to activate it for, with --publish (default by kind: {slots})"),
+    ] = None,
+    force: Force = False,
 ) -> None:
     """Train a model on the stored history, evaluate it beside popularity, write the model card
-    and an HTML report under <data dir>/models/<version>/, and optionally publish it."""
-    from models.base import pack
+    and an HTML report under <data dir>/models/<version>/, and optionally publish it.
+
+    --publish prints what it changes (slot home: nbo <version> → nbo <version>). A slot that
+    serves another kind of model is left as it is unless --force: exit code 2, checked before
+    training, so nothing is trained or stored."""
+    from training import api
     from training.history import load_history
-    from training.train import train as run
-    from training.train import write
 
     if source not in ("warehouse", "stream") or split not in ("global", "last"):
         raise ConfigError("--source must be warehouse or stream; --split global or last")
     values = _params(params)
-    if model == "nbo":
-        _nbo_config(values)
-    else:
-        _check_model(model, values)
+    _check_model(model, values)
     settings = broker()
-    frame = load_history(
-        source,  # type: ignore[arg-type]
-        since,
-        until,
-        data_dir=settings.data_dir,
-        nats_url=settings.nats_url,
-    )
+    if publish:
+        slot = api.check_slot(model, slot, force=force, broker=settings)
+    frame = load_history(source, since, until, broker=settings)  # type: ignore[arg-type]
     if frame.empty:
         raise ConfigError(f"no history in the {source} for that range (try --source stream)")
+    how: Literal["global", "last"] = "last" if split == "last" else "global"
+    trained = api.train(
+        frame, model, values, split=how, k=k, curve=curve, data_dir=settings.data_dir
+    )
+    metrics = trained.card["metrics"]
     if model == "nbo":
-        version, card, folder = _train_nbo(frame, values, settings.data_dir / "models")
-        out.print(json.dumps(card["metrics"], indent=2), highlight=False)
-        out.print(f"{version}: card and artifact in {folder}", highlight=False)
-        if publish:
-            _publish(settings, version, card, pack(folder), slot)
-        return
-    result = run(frame, model, values, how=split, k=k, curve=curve)  # type: ignore[arg-type]
-    folder = write(result, settings.data_dir / "models")
-    table = Table("model", *[m for m in next(iter(result.metrics.values())) if m != "users"])
-    for name, values_ in result.metrics.items():
-        table.add_row(name, *[f"{v:.4f}" for m, v in values_.items() if m != "users"])
-    out.print(table)
-    out.print(f"{result.version}: card, artifact and report in {folder}", highlight=False)
+        out.print(json.dumps(metrics, indent=2), highlight=False)
+    else:
+        table = Table("model", *[m for m in next(iter(metrics.values())) if m != "users"])
+        for name, values_ in metrics.items():
+            table.add_row(name, *[f"{v:.4f}" for m, v in values_.items() if m != "users"])
+        out.print(table)
+    made = (
+        "card, artifact and report"
+        if (trained.folder / "report.html").exists()
+        else "card and artifact"
+    )
+    out.print(f"{trained.version}: {made} in {trained.folder}", highlight=False)
     if publish:
-        _publish(settings, result.version, result.card, pack(folder), slot)
-
-
-def _publish(
-    settings: BrokerSettings, version: str, card: dict[str, Any], artifact: bytes, slot: str
-) -> None:
-    async def work(bus: Bus) -> None:
-        await (await bus.registry()).publish(version, card, artifact, slot)
-        out.print(f"published {version} and made it active for slot {slot!r}", highlight=False)
-
-    with_bus("nerve-train", work, settings)
-
-
-def _nbo_config(values: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
-    from models.nbo import NBOConfig
-
-    try:
-        return NBOConfig(**values)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        raise ConfigError(f"--params: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
-
-
-def _train_nbo(frame: Any, values: dict[str, Any], root: Path) -> tuple[str, dict[str, Any], Path]:
-    from datetime import UTC, datetime
-
-    from training.nbo import train_nbo
-    from training.train import _versions
-
-    config = _nbo_config(values)
-    result = train_nbo(frame, config)
-    now = datetime.now(UTC)
-    version = f"nbo-{now:%Y%m%dT%H%M%S}"
-    folder = result.model.save(root / version)
-    card = {
-        "version": version,
-        "model": "nbo",
-        "params": config.model_dump(mode="json"),
-        "created_at": now.isoformat(),
-        "data": {
-            "events": len(frame),
-            "from": frame["time"].min().isoformat(),
-            "to": frame["time"].max().isoformat(),
-            "seq_from": int(frame["seq"].min()),
-            "seq_to": int(frame["seq"].max()),
-            "offers": result.model.offers,
-        },
-        "metrics": {"nbo": result.metrics},
-        "auc_by_offer": result.auc_by_offer,
-        "libraries": _versions(),
-    }
-    (folder / "card.json").write_text(json.dumps(card, indent=2))
-    return version, card, folder
+        change = api.publish(trained, slot=slot, force=force, broker=settings)
+        out.print(f"published {trained.version}; {change}", highlight=False)
 
 
 models_app = typer.Typer(
     help="List the published models, or activate one (roll back).", invoke_without_command=True
 )
+# Metric columns of `nerve models`, most wanted first: (card metric, or its prefix, header).
+COLUMNS = (("ndcg@", "nDCG@k"), ("auc", "AUC"), ("hr@", "HR@k"), ("recall@", "Recall@k"))
 
 
 @models_app.callback()
-def models_list(ctx: typer.Context) -> None:
-    """List model versions; * marks the active one of each slot."""
+def models_list(
+    ctx: typer.Context,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print a JSON list (version, model, metrics, slots, ...)"),
+    ] = False,
+) -> None:
+    """List model versions; * marks the active one of each slot. The table keeps the headline
+    metrics that fit the terminal (blank where a card has none); --json has them all."""
+    from training import api
+
     if ctx.invoked_subcommand:
         return
+    rows = api.listing(broker=broker())
+    if as_json:
+        out.print(json.dumps(rows, indent=2, allow_nan=False, default=str), highlight=False)
+        return
+    out.print(_models_table(rows))
 
-    async def work(bus: Bus) -> None:
-        cards, active = await (await bus.registry()).listing()
-        table = Table("", "version", "model", "created", "ndcg@k / auc", "slots")
-        for card in cards:
-            slots = [s for s, v in active.items() if v == card["version"]]
-            metrics = card.get("metrics", {}).get(card.get("model"), {})
-            ndcg = next((v for m, v in metrics.items() if m.startswith(("ndcg", "auc"))), None)
+
+def _metric(row: dict[str, Any], prefix: str) -> float | None:
+    for name, value in row["metrics"].items():
+        if (name == prefix or (prefix.endswith("@") and name.startswith(prefix))) and isinstance(
+            value, int | float
+        ):
+            return float(value)
+    return None
+
+
+def _models_table(rows: list[dict[str, Any]]) -> Table:
+    """The listing as a borderless table: the full version always (what `activate` takes), then
+    the metric columns that some card holds, as many as fit the console's width."""
+    from rich.measure import Measurement
+
+    ks = {row["k"] for row in rows if row.get("k")}
+    wanted = [
+        (prefix, header.replace("@k", f"@{next(iter(ks))}") if len(ks) == 1 else header)
+        for prefix, header in COLUMNS
+        if any(_metric(row, prefix) is not None for row in rows)
+    ]
+    while True:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        table.add_column("")
+        table.add_column("version", no_wrap=True)
+        table.add_column("model", no_wrap=True)
+        for _, header in wanted:
+            table.add_column(header, justify="right", no_wrap=True)
+        table.add_column("slots")
+        for row in rows:
+            cells = [_metric(row, prefix) for prefix, _ in wanted]
             table.add_row(
-                "*" if slots else "",
-                card["version"],
-                card.get("model", "?"),
-                card.get("created_at", "")[:19],
-                f"{ndcg:.4f}" if isinstance(ndcg, float) else "-",
-                ", ".join(slots),
+                "*" if row["slots"] else "",
+                row["version"],
+                str(row.get("model") or "?"),
+                *["" if v is None else f"{v:.4f}" for v in cells],
+                ", ".join(row["slots"]),
             )
-        out.print(table)
+        wide = out.options.update_width(10 * out.width)  # measure unclamped, then compare
+        if len(wanted) <= 1 or Measurement.get(out, wide, table).maximum <= out.width:
+            return table
+        wanted.pop()
 
-    with_bus("nerve-models", work)
 
-
-@models_app.command("activate")
+@models_app.command("activate", cls=FilledHelp)
 def models_activate(
     version: Annotated[str, typer.Argument(help="A version listed by `nerve models`")],
-    slot: Annotated[str, typer.Option(help="The slot it serves")] = "home",
+    slot: Annotated[
+        str | None, typer.Option(help="The slot it serves (default: its kind's: {slots})")
+    ] = None,
+    force: Force = False,
 ) -> None:
-    """Make VERSION the active model of a slot (publishes model_published)."""
+    """Make VERSION the active model of a slot (publishes model_published); prints what it
+    changes. A slot that serves another kind of model is left as it is unless --force (exit
+    code 2)."""
+    from training import api
 
-    async def work(bus: Bus) -> None:
-        await (await bus.registry()).activate(version, slot)
-        out.print(f"{version} is now active for slot {slot!r}", highlight=False)
-
-    with_bus("nerve-models", work)
+    change = api.activate(version, slot=slot, force=force, broker=broker())
+    out.print(str(change), highlight=False)
 
 
 def recommend_batch(
@@ -219,7 +247,7 @@ def recommend_batch(
         Path, typer.Option("--users", exists=True, dir_okay=False, help="One user id per line")
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="CSV user_id,item_id,rank")],
-    model: ModelName = "ease",
+    model: Recommender = "ease",
     params: Params = None,
     k: Annotated[int, typer.Option(min=1)] = 10,
 ) -> None:
@@ -231,7 +259,7 @@ def recommend_batch(
     from training.evaluate import recommend_for
 
     values = _params(params)
-    _check_model(model, values)
+    _check_model(model, values, recommender=True)
     with train_file.open(encoding="utf-8", errors="replace") as f:
         first = f.readline().rstrip("\r\n")
         try:
@@ -274,6 +302,6 @@ def recommend_batch(
 
 def register(app: typer.Typer) -> None:
     """Add the training commands to `nerve` (called through the nerve.commands entry point)."""
-    app.command("train")(train)
+    app.command("train", cls=FilledHelp)(train)
     app.add_typer(models_app, name="models")
-    app.command("recommend-batch")(recommend_batch)
+    app.command("recommend-batch", cls=FilledHelp)(recommend_batch)

@@ -1,26 +1,31 @@
-"""What `nerve demo` asks of training: a model for each default slot, trained on the demo's
-history and published, unless the slot already has one (a second `make demo` trains nothing)."""
+"""What `nerve demo` asks of training: a model of each demo kind, trained on the demo's history
+and published to the kind's default slot, unless that slot already has one (a second
+`make demo` trains nothing)."""
 
 from __future__ import annotations
 
-from engine.bus import Bus
-from engine.cli.toolkit import out, with_bus
+from engine.cli.toolkit import out
+from engine.errors import ConfigError
 from engine.settings import BrokerSettings
+from training import api
+from training.history import load_history
 
-DEMO_MODELS = (("home", "nbo"), ("similar", "itemknn"), ("trending", "popular"))
+DEMO_KINDS = ("nbo", "itemknn", "popular")  # for home, similar, trending (`api.default_slot`)
 
 
 def prepare(settings: BrokerSettings) -> None:
-    """Train and publish the missing models of `DEMO_MODELS` (the `nerve.demo` entry point)."""
-    from training.cli import train
-
-    async def active(bus: Bus) -> set[str]:
-        _, slots = await (await bus.registry()).listing()
-        return set(slots)
-
-    have = with_bus("nerve-demo", active, settings)
-    for slot, model in DEMO_MODELS:
-        if slot in have:
-            continue
-        out.print(f"training {model} for slot {slot!r} on the demo history", highlight=False)
-        train(model=model, source="stream", curve=False, publish=True, slot=slot)
+    """Train and publish the kinds of `DEMO_KINDS` whose slot has no model (the `nerve.demo`
+    entry point)."""
+    have = {slot for row in api.listing(broker=settings) for slot in row["slots"]}
+    missing = [kind for kind in DEMO_KINDS if api.default_slot(kind) not in have]
+    if not missing:
+        return
+    frame = load_history("stream", broker=settings)
+    if frame.empty:
+        raise ConfigError("no history in the stream to train the demo's models on")
+    for kind in missing:
+        slot = api.default_slot(kind)
+        out.print(f"training {kind} for slot {slot!r} on the demo history", highlight=False)
+        trained = api.train(frame, kind, curve=False, data_dir=settings.data_dir)
+        change = api.publish(trained, slot=slot, broker=settings)
+        out.print(f"published {trained.version}; {change}", highlight=False)

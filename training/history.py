@@ -11,9 +11,7 @@ Reading the stream needs no warehouse (a fresh install); reading the warehouse n
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +25,7 @@ from engine.bus.consumer import Batch
 from engine.settings import BrokerSettings
 from engine.subjects import ACTIVITY
 from engine.warehouse import SCHEMA, row, table
+from training.remote import on_bus, settings_of
 
 
 def _utc(value: str | datetime | None) -> pd.Timestamp | None:
@@ -44,32 +43,23 @@ def load_history(
     *,
     data_dir: Path | str = ".nerve",
     nats_url: str | None = None,
+    broker: BrokerSettings | None = None,
 ) -> pd.DataFrame:
     """The stored history between `since` (inclusive) and `until` (exclusive), of `types`.
 
-    `source="stream"` reads ACTIVITY through `nats_url` (or the embedded broker of `data_dir`).
+    `source="stream"` reads ACTIVITY through `nats_url` (or the embedded broker of `data_dir`),
+    or with `broker`'s settings (credential, TLS) when given.
     """
     start, end = _utc(since), _utc(until)
+    settings = settings_of(nats_url, data_dir, broker)
     if source == "warehouse":
-        tbl = _from_warehouse(Path(data_dir) / "warehouse" / "activity", start, end, types)
+        tbl = _from_warehouse(settings.data_dir / "warehouse" / "activity", start, end, types)
     elif source == "stream":
-        tbl = _from_stream(Path(data_dir), nats_url, start, end, types)
+        tbl = _from_stream(settings, start, end, types)
     else:
         raise ValueError(f"source must be 'warehouse' or 'stream', not {source!r}")
     frame = tbl.to_pandas()
     return frame.sort_values("seq", ignore_index=True)
-
-
-def _run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine to completion, also from code that already runs an event loop (a
-    notebook, an async test): then in a thread of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coro)
-        return
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, coro).result()
 
 
 def _filters(start: Any, end: Any, types: Sequence[str] | None) -> Any:
@@ -108,21 +98,8 @@ async def read_stream(bus: Bus) -> pa.Table:
 
 
 def _from_stream(
-    data_dir: Path, nats_url: str | None, start: Any, end: Any, types: Sequence[str] | None
+    settings: BrokerSettings, start: Any, end: Any, types: Sequence[str] | None
 ) -> pa.Table:
-    from engine.broker import broker_url
-
-    found: list[pa.Table] = []
-
-    async def read(url: str) -> None:
-        bus = await Bus.connect(url, "nerve-history")
-        try:
-            found.append(await read_stream(bus))
-        finally:
-            await bus.close()
-
-    with broker_url(BrokerSettings(nats_url=nats_url, data_dir=data_dir)) as url:
-        _run(read(url))
-    tbl = found[0]
+    tbl = on_bus(settings, "nerve-history", read_stream)
     expr = _filters(start, end, types)
     return tbl if expr is None else ds.dataset(tbl).to_table(filter=expr)

@@ -13,8 +13,11 @@ offering the most acquired product the user does not hold.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,7 @@ import pandas as pd
 
 from engine.profiles.profile import CannotApply, apply, new_profile
 from models.nbo import NBOConfig, NextBestOffer, feature_names, features
+from training.train import library_versions, new_version
 
 
 def profiles_at(frame: pd.DataFrame, cutoff: pd.Timestamp) -> dict[str, dict[str, Any]]:
@@ -144,3 +148,33 @@ def train_nbo(
         },
         by_offer,
     )
+
+
+def write_nbo(
+    frame: pd.DataFrame, config: NBOConfig, root: Path
+) -> tuple[str, dict[str, Any], Path]:
+    """Train next-best-offer on `frame`, save it and its card under `root/<version>/`; returns
+    the version, the card and the folder (the card has no split: `train_nbo` cuts in time)."""
+    result = train_nbo(frame, config)
+    now = datetime.now(UTC)
+    version = new_version("nbo", now, root)
+    folder = result.model.save(root / version)
+    card = {
+        "version": version,
+        "model": "nbo",
+        "params": config.model_dump(mode="json"),
+        "created_at": now.isoformat(),
+        "data": {
+            "events": len(frame),
+            "from": frame["time"].min().isoformat(),
+            "to": frame["time"].max().isoformat(),
+            "seq_from": int(frame["seq"].min()),
+            "seq_to": int(frame["seq"].max()),
+            "offers": result.model.offers,
+        },
+        "metrics": {"nbo": result.metrics},
+        "auc_by_offer": result.auc_by_offer,
+        "libraries": library_versions(),
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    return version, card, folder

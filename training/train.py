@@ -26,7 +26,8 @@ from training.splits import global_cut, leave_last_n
 LIBRARIES = ("numpy", "scipy", "pandas", "pyarrow", "scikit-learn", "pydantic", "nerve")
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Python's and each library's version, for the model card."""
     out = {"python": platform.python_version()}
     for lib in LIBRARIES:
         try:
@@ -36,12 +37,42 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def new_version(kind: str, now: datetime, root: Path | None = None) -> str:
+    """`<kind>-<UTC time to the second>`, with `-2`, `-3`... when `root` already holds that
+    version (two models trained within a second, as a parameter sweep does)."""
+    version = f"{kind}-{now:%Y%m%dT%H%M%S}"
+    n = 1
+    while root is not None and (root / (version if n == 1 else f"{version}-{n}")).exists():
+        n += 1
+    return version if n == 1 else f"{version}-{n}"
+
+
 def split(
     frame: pd.DataFrame, how: Literal["global", "last"], at: float = 0.8, last_n: int = 2
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     if how == "global":
         return global_cut(frame, at)
     return leave_last_n(frame, last_n, item_types=("item_viewed", "item_purchased"))
+
+
+def compare(
+    model_name: str,
+    params: dict[str, Any],
+    train_frame: pd.DataFrame,
+    test_frame: pd.DataFrame,
+    *,
+    k: int = 10,
+    weights: EventWeights | None = None,
+) -> dict[str, dict[str, float]]:
+    """The metrics of `model_name` fitted on `train_frame`, and of popularity beside it, on
+    `test_frame` (popularity alone when it is the model)."""
+    model = make(model_name, **params)
+    metrics = {model_name: evaluate(model, train_frame, test_frame, k=k, weights=weights)}
+    if model_name != "popular":
+        metrics["popular"] = evaluate(
+            make("popular"), train_frame, test_frame, k=k, weights=weights
+        )
+    return metrics
 
 
 def train(
@@ -53,21 +84,18 @@ def train(
     k: int = 10,
     weights: EventWeights | None = None,
     curve: bool = True,
+    root: Path | None = None,
 ) -> TrainResult:
     """Split `frame`, fit `model_name` and the popularity baseline, evaluate both, and refit the
-    model on everything (the published artifact learns from all the data it was shown)."""
+    model on everything (the published artifact learns from all the data it was shown). The
+    version is new in `root` (where `write` will put it) when given."""
     if frame.empty:
         raise ValueError("no history to train on")
     params = params or {}
     train_frame, test_frame = split(frame, how)
     started = time.perf_counter()
-    candidate = make(model_name, **params)
-    metrics = {model_name: evaluate(candidate, train_frame, test_frame, k=k, weights=weights)}
+    metrics = compare(model_name, params, train_frame, test_frame, k=k, weights=weights)
     fit_seconds = time.perf_counter() - started
-    if model_name != "popular":
-        metrics["popular"] = evaluate(
-            make("popular"), train_frame, test_frame, k=k, weights=weights
-        )
     points: list[tuple[float, float]] = []
     if curve:
         users = np.asarray(train_frame["user"].unique(), dtype=object)
@@ -81,7 +109,7 @@ def train(
     data = Interactions.from_frame(frame, weights)
     final = make(model_name, **params).fit(data)
     now = datetime.now(UTC)
-    version = f"{model_name}-{now:%Y%m%dT%H%M%S}"
+    version = new_version(model_name, now, root)
     card = {
         "version": version,
         "model": model_name,
@@ -101,7 +129,7 @@ def train(
         "metrics": metrics,
         "k": k,
         "fit_and_evaluate_seconds": round(fit_seconds, 3),
-        "libraries": _versions(),
+        "libraries": library_versions(),
     }
     counts = np.sort(np.asarray((data.matrix > 0).sum(axis=0)).ravel())[::-1]
     return TrainResult(final, version, card, metrics, points, [int(c) for c in counts])

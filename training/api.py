@@ -1,0 +1,272 @@
+"""Training's Python API: train, evaluate, publish, activate and list models; `nerve train` and
+`nerve models` are thin shells over these functions.
+
+```python
+from training import load_history
+from training.api import activate, publish, train
+
+URL = "nats://127.0.0.1:4222"
+frame = load_history("stream", nats_url=URL)
+trained = train(frame, "itemknn", curve=False)  # card, artifact, report: .nerve/models/<version>
+change = publish(trained, nats_url=URL)         # slot: the kind's default, `similar`
+print(change)                       # slot similar: itemknn itemknn-2026… → itemknn itemknn-2026…
+if change.previous:                             # roll back
+    activate(change.previous, slot=change.slot, nats_url=URL)
+```
+
+Each slot serves one *kind* of model: publishing or activating a model of another kind than the
+slot's active one raises `KindChange` unless `force=True` (a popularity list does not answer
+"similar items", a recommender does not rank offers). Without `slot` a model goes to its kind's
+default slot (`default_slot`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+import models
+from engine.bus import Bus
+from engine.bus.registry import UnknownModel
+from engine.errors import ConfigError
+from engine.settings import BrokerSettings
+from models.artifact import LOADERS
+from models.nbo import NBOConfig
+from training.nbo import train_nbo, write_nbo
+from training.remote import on_bus, settings_of
+from training.train import compare, write
+from training.train import split as cut
+from training.train import train as fit
+
+Split = Literal["global", "last"]
+
+# The slot each kind is made for, as the shipped slots.toml names them: offers rank on `home`,
+# popularity is `trending`, and a recommender's item-to-item scores serve `similar`.
+DEFAULT_SLOTS = {"nbo": "home", "popular": "trending", "popular-segment": "trending"}
+
+
+def kinds() -> list[str]:
+    """Every kind of model `train` knows: the names the model registry loads."""
+    return sorted(LOADERS)
+
+
+def default_slot(kind: str) -> str:
+    """The slot a model of `kind` is published to when no slot is named."""
+    return DEFAULT_SLOTS.get(kind, "similar")
+
+
+class KindChange(ConfigError):
+    """A slot would change the kind of model it serves; pass `force=True` (`--force`)."""
+
+    def __init__(self, slot: str, active: str, active_kind: str, kind: str) -> None:
+        super().__init__(
+            f"slot {slot} serves {active_kind} ({active}), not {kind}: --force replaces it "
+            "(force=True in Python), or name another --slot"
+        )
+        self.slot, self.active, self.active_kind, self.kind = slot, active, active_kind, kind
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained model written to `folder`: `model.json` + `arrays.npz`, `card.json` and, for
+    recommenders, `report.html`."""
+
+    version: str
+    card: dict[str, Any]
+    folder: Path
+
+    @property
+    def kind(self) -> str:
+        return str(self.card["model"])
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a publish or activation did to a slot (`previous` None: the slot was empty)."""
+
+    slot: str
+    version: str
+    kind: str
+    previous: str | None = None
+    previous_kind: str | None = None
+
+    def __str__(self) -> str:
+        if self.previous == self.version:
+            return f"slot {self.slot}: {self.kind} {self.version} (unchanged)"
+        before = f"{self.previous_kind} {self.previous}" if self.previous else "(empty)"
+        return f"slot {self.slot}: {before} → {self.kind} {self.version}"
+
+
+def config(kind: str, params: dict[str, Any] | None = None) -> Any:
+    """The validated config of `kind` with `params`: `ConfigError` for an unknown kind,
+    pydantic's `ValidationError` (naming the parameter) for a bad parameter."""
+    if kind not in kinds():
+        raise ConfigError(f"unknown model {kind!r} (known: {', '.join(kinds())})")
+    if kind == "nbo":
+        return NBOConfig(**(params or {}))
+    return models.make(kind, **(params or {})).config
+
+
+def evaluate(
+    frame: pd.DataFrame,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    *,
+    split: Split = "global",
+    k: int = 10,
+) -> dict[str, dict[str, float]]:
+    """Metrics of `kind` fitted on the earlier part of `frame` and measured on the later, beside
+    popularity on the same split ({model name: {metric: value}}); nothing is written. `nbo` is
+    evaluated by its own time cuts (`training.nbo.train_nbo`): AUC, hit and value at 1."""
+    if kind == "nbo":
+        return {"nbo": train_nbo(frame, config(kind, params)).metrics}
+    config(kind, params)
+    train_frame, test_frame = cut(frame, split)
+    return compare(kind, params or {}, train_frame, test_frame, k=k)
+
+
+def train(
+    frame: pd.DataFrame,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    *,
+    split: Split = "global",
+    k: int = 10,
+    curve: bool = True,
+    data_dir: Path | str = ".nerve",
+) -> Trained:
+    """Train `kind` on `frame`, evaluate it beside popularity, refit on all of it, and write the
+    artifact, the card and the report under `<data_dir>/models/<version>/`."""
+    root = Path(data_dir) / "models"
+    if kind == "nbo":
+        version, card, folder = write_nbo(frame, config(kind, params), root)
+        return Trained(version, card, folder)
+    config(kind, params)
+    result = fit(frame, kind, params, how=split, k=k, curve=curve, root=root)
+    return Trained(result.version, result.card, write(result, root))
+
+
+def check_slot(
+    kind: str,
+    slot: str | None = None,
+    *,
+    force: bool = False,
+    nats_url: str | None = None,
+    data_dir: Path | str = ".nerve",
+    broker: BrokerSettings | None = None,
+) -> str:
+    """The slot a `kind` model would go to (`slot`, else the kind's default); `KindChange` if
+    that slot serves another kind and not `force`. Lets a caller refuse before training."""
+    slot = slot or default_slot(kind)
+
+    async def work(bus: Bus) -> str:
+        await _change(bus, slot, "", kind, force)
+        return slot
+
+    return on_bus(settings_of(nats_url, data_dir, broker), "nerve-train", work)
+
+
+def publish(
+    trained: Trained | str,
+    *,
+    slot: str | None = None,
+    force: bool = False,
+    nats_url: str | None = None,
+    data_dir: Path | str = ".nerve",
+    broker: BrokerSettings | None = None,
+) -> Change:
+    """Store a trained model (a `Trained`, or a version under `<data_dir>/models/`) in the
+    registry and make it the active model of `slot` (default: `default_slot` of its kind).
+    `KindChange`, with nothing stored, if the slot serves another kind and not `force`."""
+    settings = settings_of(nats_url, data_dir, broker)
+    if isinstance(trained, str):
+        folder = settings.data_dir / "models" / trained
+        if not (folder / "card.json").is_file():
+            raise ConfigError(f"no trained model {trained!r} in {folder.parent}")
+        trained = Trained(trained, json.loads((folder / "card.json").read_text()), folder)
+    done = trained
+    target = slot or default_slot(done.kind)
+
+    async def work(bus: Bus) -> Change:
+        change = await _change(bus, target, done.version, done.kind, force)
+        registry = await bus.registry()
+        await registry.publish(done.version, done.card, models.pack(done.folder), target)
+        return change
+
+    return on_bus(settings, "nerve-train", work)
+
+
+def activate(
+    version: str,
+    *,
+    slot: str | None = None,
+    force: bool = False,
+    nats_url: str | None = None,
+    data_dir: Path | str = ".nerve",
+    broker: BrokerSettings | None = None,
+) -> Change:
+    """Make a published `version` the active model of `slot` (default: its kind's) and announce
+    it with `model_published` (how to roll back). `UnknownModel` for a version never published;
+    `KindChange` if the slot serves another kind and not `force`."""
+
+    async def work(bus: Bus) -> Change:
+        registry = await bus.registry()
+        kind = str((await registry.card(version)).get("model", "?"))
+        target = slot or default_slot(kind)
+        change = await _change(bus, target, version, kind, force)
+        await registry.activate(version, target)
+        return change
+
+    return on_bus(settings_of(nats_url, data_dir, broker), "nerve-models", work)
+
+
+def listing(
+    *,
+    nats_url: str | None = None,
+    data_dir: Path | str = ".nerve",
+    broker: BrokerSettings | None = None,
+) -> list[dict[str, Any]]:
+    """Every published model, oldest first: `version`, `model` (its kind), `created_at`, `k`,
+    `metrics` (the card's metrics of the model itself; None for a value that is not finite, as
+    JSON has none) and `slots` (where it is active)."""
+
+    async def work(bus: Bus) -> list[dict[str, Any]]:
+        cards, active = await (await bus.registry()).listing()
+        return [
+            {
+                "version": card["version"],
+                "model": card.get("model"),
+                "created_at": card.get("created_at"),
+                "k": card.get("k"),
+                "metrics": {
+                    name: value if not isinstance(value, float) or math.isfinite(value) else None
+                    for name, value in card.get("metrics", {}).get(card.get("model"), {}).items()
+                },
+                "slots": sorted(s for s, v in active.items() if v == card["version"]),
+            }
+            for card in cards
+        ]
+
+    return on_bus(settings_of(nats_url, data_dir, broker), "nerve-models", work)
+
+
+async def _change(bus: Bus, slot: str, version: str, kind: str, force: bool) -> Change:
+    """What making `version` (of `kind`) active for `slot` changes; `KindChange` if its kind
+    differs from the active model's and not `force`."""
+    registry = await bus.registry()
+    _, active = await registry.listing()
+    previous = active.get(slot)
+    if previous is None:
+        return Change(slot, version, kind)
+    try:
+        previous_kind = str((await registry.card(previous)).get("model", "?"))
+    except UnknownModel:  # its card is gone: nothing says it is of the same kind
+        previous_kind = "?"
+    if previous_kind != kind and not force:
+        raise KindChange(slot, previous, previous_kind, kind)
+    return Change(slot, version, kind, previous, previous_kind)
