@@ -1,24 +1,36 @@
 /*! Nerve widget: tracking, recommendations, live updates. No dependencies, no build step.
  *
+ * <script>  // the stub: every call made before (or without) the script is queued, never throws
+ * !function(w){var n=w.Nerve=w.Nerve||{q:[]};n.q&&"init identify consent track page flush reset"
+ * .split(" ").forEach(function(m){n[m]=n[m]||function(){n.q.push([m].concat([].slice.call(arguments)))}})}(window);
+ * </script>
  * <script src="https://nerve.example/widget.js" data-endpoint="https://nerve.example"
- *         data-site-key="KEY" [data-require-consent] async></script>
- * <nerve-recommendations slot="home" k="4" heading="For you">
+ *         data-site-key="KEY" [data-require-consent] [data-debug] async></script>
+ * <nerve-recommendations placement="home" k="4" heading="For you">
  *   ...fallback content, shown while loading fails or the service is away...
- *   <template>optional card markup: elements with data-field="name|reason|url|image|price"</template>
+ *   <template>optional card markup: elements with data-field="name|reason|url|image|category"</template>
  * </nerve-recommendations>
  *
- * JS API (the only global): Nerve.init({siteKey, endpoint}), Nerve.track(type, props, fields),
- * Nerve.identify(userId, token), Nerve.consent(bool), Nerve.page(), Nerve.flush(), Nerve.reset().
- * Queued calls made before the script loaded (window.Nerve = window.Nerve || {q: []};
- * Nerve.q.push([name, ...args])) run first. DOM events: nerve:rendered, nerve:click, nerve:error.
+ * `placement` names the slot (not `slot`: that is a global HTML attribute, and inside a shadow
+ * host an element with slot="home" is assigned to a missing slot and renders at 0x0). `k` caps
+ * the cards; without it the slot's own k (server side) decides. The widget asks for the slot's
+ * whole list, so that an item another widget earlier on the page shows is skipped here.
+ *
+ * JS API (the only global): Nerve.init({siteKey, endpoint, debug}), Nerve.track(type, props,
+ * fields), Nerve.identify(userId, token), Nerve.consent({analytics, personalization, marketing})
+ * (consent(true): analytics and personalization, marketing unstated; consent(false): none),
+ * Nerve.page(), Nerve.flush(), Nerve.reset(). Calls queued by the stub run first, in order.
+ * DOM events: nerve:rendered, nerve:click, nerve:error. data-debug (or init({debug: true}))
+ * logs each event the gateway refused, with its reasons, as a console warning.
  *
  * Identity: the page never asserts a user id on its own say-so. identify() takes the token the
  * site's backend signed for the signed-in customer (engine.identity); the widget sends it as
  * ?identity= (beacons and EventSource cannot send headers) with the events that name the user and
  * with the user's list and stream requests. Once the token has expired the widget acts as the
  * anonymous visitor again until the page calls identify() with a fresh one (a site re-mints it on
- * each page it renders). Consent given in the banner travels as context.consent (analytics,
- * personalization); consent of record (marketing) comes from the site's backend, never from here.
+ * each page it renders). Consent travels as context.consent; a marketing grant is kept here and
+ * sent only with events that name an identified user (the gateway refuses an anonymous one).
+ * The page on which consent is given is recorded (one page_viewed) once it is.
  */
 (function () {
   "use strict";
@@ -27,6 +39,7 @@
     endpoint: ((script && script.dataset.endpoint) || "").replace(/\/$/, ""),
     key: (script && script.dataset.siteKey) || "",
     requireConsent: !!(script && script.hasAttribute("data-require-consent")),
+    debug: !!(script && script.hasAttribute("data-debug")),
     flushMs: 250,
     timeoutMs: 800
   };
@@ -34,10 +47,12 @@
   var prior = window.Nerve && window.Nerve.q;
   var queue = [];
   var timer = null;
-  var consentGiven = !cfg.requireConsent || read("consent") === "1";
+  var consent = readConsent();
   var userId = read("uid");
   var idToken = read("idt");
-  var anonId = consentGiven ? read("aid") || write("aid", uuid()) : null;
+  var anonId = allowed("analytics") || allowed("personalization") ? read("aid") || write("aid", uuid()) : null;
+  var viewed = false;
+  var landing = new URLSearchParams(location.search).get("nerve_rid");
   var failures = 0;
   var pausedUntil = 0;
   var widgets = [];
@@ -51,6 +66,20 @@
   function write(k, v) {
     try { if (v === null) store.removeItem("nerve_" + k); else store.setItem("nerve_" + k, v); } catch (e) { /* private mode */ }
     return v;
+  }
+  function readConsent() {
+    var c = read("consent");
+    if (c === "1") return { analytics: true, personalization: true };
+    try { return c === "0" ? { analytics: false, personalization: false, marketing: false } : JSON.parse(c); } catch (e) { return null; }
+  }
+  // with data-require-consent a purpose needs a grant; without it, only a refusal stops it
+  function allowed(purpose) {
+    return cfg.requireConsent ? !!(consent && consent[purpose]) : !(consent && consent[purpose] === false);
+  }
+  function decided() { return !cfg.requireConsent || !!consent; }
+  function ready(fn) {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", fn);
+    else fn();
   }
   function uuid() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
@@ -79,13 +108,17 @@
 
   // -- tracking ---------------------------------------------------------------------------
   function track(type, props, fields) {
-    if (!consentGiven) return false;
+    if (!allowed("analytics")) return false;
     var ev = { id: uuid(), type: type, time: new Date().toISOString(), source: "web", properties: props || {} };
     var w = who();
     for (var k in w) ev[k] = w[k];
     for (k in fields || {}) ev[k] = fields[k];
     ev.context = { page_url: location.href.slice(0, 2000), referrer: document.referrer.slice(0, 2000) || undefined, library: "nerve.js/1" };
-    if (cfg.requireConsent) ev.context.consent = { analytics: true, personalization: true };
+    if (consent) {
+      var c = ev.context.consent = { analytics: !!consent.analytics, personalization: !!consent.personalization };
+      // a marketing grant counts only for a proven user (the gateway refuses it otherwise)
+      if (consent.marketing === false || (consent.marketing && ev.user_id)) c.marketing = !!consent.marketing;
+    }
     if (queue.length >= 100) queue.shift();
     queue.push(ev);
     if (queue.length >= 10) flush();
@@ -95,28 +128,38 @@
   function flush(beacon) {
     clearTimeout(timer);
     timer = null;
-    if (!queue.length || !consentGiven) return;
+    if (!queue.length || !allowed("analytics")) return;
     var batch = queue.splice(0, queue.length);
     var body = JSON.stringify(batch);
     var named = batch.some(function (e) { return e.user_id; });
     var to = url("/v1/events", { identity: named ? idToken : undefined });
-    if (beacon && navigator.sendBeacon && navigator.sendBeacon(to, new Blob([body], { type: "text/plain" }))) return;
-    fetch(to, { method: "POST", body: body, keepalive: true, headers: { "Content-Type": "text/plain" } }).catch(function () {});
+    if (beacon && !cfg.debug && navigator.sendBeacon && navigator.sendBeacon(to, new Blob([body], { type: "text/plain" }))) return;
+    var sent = fetch(to, { method: "POST", body: body, keepalive: true, headers: { "Content-Type": "text/plain" } });
+    if (cfg.debug) sent = sent.then(function (r) { return r.json(); }).then(function (b) { explain(batch, b); });
+    sent.catch(function () {});
+  }
+  // debug mode: say which events the gateway refused, and why
+  function explain(batch, b) {
+    if (b.detail) console.warn("[nerve] events refused: " + JSON.stringify(b.detail));
+    (b.rejected || []).forEach(function (r) {
+      var why = r.errors.map(function (e) { return (e.field ? e.field + ": " : "") + e.reason; });
+      console.warn("[nerve] refused " + (batch[r.index] || {}).type + ": " + why.join("; "));
+    });
   }
   function page() {
     var props = { path: location.pathname, title: document.title.slice(0, 300) };
     var kind = document.body && document.body.dataset.nervePage;
     if (kind) props.page_type = kind;
-    track("page_viewed", props);
+    if (track("page_viewed", props)) viewed = true;
     var items = document.querySelectorAll("[data-nerve-item][data-nerve-view]");
     for (var i = 0; i < items.length; i++) {
       var el = items[i];
       var p = {};
       if (el.dataset.nerveCategory) p.category = el.dataset.nerveCategory;
-      var rid = new URLSearchParams(location.search).get("nerve_rid");
-      if (rid) p.recommendation_id = rid;
+      if (landing) p.recommendation_id = landing;
       track("item_viewed", p, { item_id: el.dataset.nerveItem });
     }
+    if (viewed) landing = null;
     if (location.search.indexOf("nerve_rid=") >= 0 && history.replaceState) {
       var clean = new URL(location.href);
       clean.searchParams.delete("nerve_rid");
@@ -136,14 +179,15 @@
   window.addEventListener("pagehide", function () { flush(true); });
 
   // -- serving ------------------------------------------------------------------------------
-  function fetchList(slot, k, item) {
+  function fetchList(placement, item) {
     if (Date.now() < pausedUntil) return Promise.reject(new Error("paused after failures"));
     var w = who();
     var id = w.user_id || w.anonymous_id;
     if (!id) return Promise.reject(new Error("no consent"));
     var ctl = new AbortController();
     var t = setTimeout(function () { ctl.abort(); }, cfg.timeoutMs);
-    return fetch(url("/v1/recommendations/" + encodeURIComponent(id), { slot: slot, k: k, item: item, anonymous: w.user_id ? undefined : "true", identity: w.user_id ? idToken : undefined }), { signal: ctl.signal })
+    // no k: the slot's own list, so that items shown by another widget can be skipped
+    return fetch(url("/v1/recommendations/" + encodeURIComponent(id), { slot: placement, item: item, anonymous: w.user_id ? undefined : "true", identity: w.user_id ? idToken : undefined }), { signal: ctl.signal })
       .then(function (r) {
         clearTimeout(t);
         if (!r.ok) throw new Error("HTTP " + r.status);
@@ -157,16 +201,16 @@
       });
   }
   function listen() {
-    if (source || !window.EventSource || Date.now() < pausedUntil) return;
+    if (source || !window.EventSource || Date.now() < pausedUntil || !allowed("personalization")) return;
     var w = who();
     var id = w.user_id || w.anonymous_id;
-    var slots = widgets.filter(function (x) { return x.live; }).map(function (x) { return x.slotName; });
+    var slots = widgets.filter(function (x) { return x.live; }).map(function (x) { return x.placement; });
     if (!id || !slots.length) return;
     source = new EventSource(url("/v1/recommendations/" + encodeURIComponent(id) + "/stream", { slots: slots.join(","), anonymous: w.user_id ? undefined : "true", identity: w.user_id ? idToken : undefined }));
     source.addEventListener("recommendations", function (m) {
       backoff = 1000;
       var ev = JSON.parse(m.data);
-      widgets.forEach(function (x) { if (x.live && x.slotName === ev.properties.slot && !x.itemId) x.offer(ev); });
+      widgets.forEach(function (x) { if (x.live && x.placement === ev.properties.slot && !x.itemId) x.offer(ev); });
     });
     source.onopen = function () { backoff = 1000; };
     source.onerror = function () {
@@ -180,21 +224,25 @@
     if (source) { source.close(); source = null; }
     listen();
   }
+  function before(a, b) { return !!(a.compareDocumentPosition(b) & 4); }
 
   // -- the element --------------------------------------------------------------------------
   var CSS =
     ":host{display:block;font:inherit;color:inherit}" +
-    "section{min-height:var(--nerve-min-height,0)}" +
     "h2{font-size:var(--nerve-heading-size,1.2em);margin:0 0 .5em}" +
-    "ul{list-style:none;margin:0;padding:0;display:grid;gap:var(--nerve-gap,12px);grid-template-columns:repeat(auto-fill,minmax(var(--nerve-card-width,180px),1fr))}" +
-    "li{position:relative;border:1px solid var(--nerve-border,#ddd);border-radius:var(--nerve-radius,8px);background:var(--nerve-card-bg,#fff)}" +
-    "a{display:block;padding:12px;color:inherit;text-decoration:none;min-height:var(--nerve-card-height,96px)}" +
+    "ul{list-style:none;margin:0;padding:0;display:grid;gap:var(--nerve-gap,12px);grid-template-columns:repeat(auto-fit,minmax(min(100%,var(--nerve-card-width,220px)),1fr))}" +
+    "li{position:relative;min-height:var(--nerve-card-height,64px);border:1px solid var(--nerve-border,#ddd);border-radius:var(--nerve-radius,8px);background:var(--nerve-card-bg,#fff)}" +
+    "li>a{display:flex;gap:10px;align-items:flex-start;box-sizing:border-box;height:100%;padding:10px 38px 10px 12px;color:inherit;text-decoration:none}" +
     "a:focus-visible,button:focus-visible{outline:2px solid var(--nerve-accent,#0b5fff);outline-offset:2px}" +
-    "img{max-width:100%;height:auto}" +
-    ".title{display:block;font-weight:600;color:var(--nerve-accent,#0b5fff)}" +
-    ".reason{display:block;font-size:.85em;opacity:.75;margin-top:4px}" +
-    ".dismiss{position:absolute;top:4px;right:4px;border:0;background:none;cursor:pointer;font-size:1em;line-height:1}" +
-    ".skeleton li{height:var(--nerve-card-height,96px);background:var(--nerve-skeleton,#f2f2f2)}" +
+    "img{width:56px;height:56px;object-fit:cover;border-radius:6px;flex:none}" +
+    ".text{min-width:0;overflow-wrap:anywhere}" +
+    ".title{display:block;font-weight:600;line-height:1.25;color:var(--nerve-accent,#0b5fff)}" +
+    ".sub{display:block;font-size:.85em;opacity:.75;margin-top:3px;line-height:1.3}" +
+    ".meta+.reason::before{content:' \\00b7  '}" +
+    ".dismiss{position:absolute;top:5px;right:5px;width:28px;height:28px;padding:0;border:0;border-radius:50%;background:none;color:inherit;opacity:.6;cursor:pointer;font-size:20px;line-height:1}" +
+    ".dismiss:hover{opacity:1;background:var(--nerve-skeleton,#f2f2f2)}" +
+    ".skeleton{visibility:hidden}.skeleton.on{visibility:visible}" +
+    ".skeleton li{border-color:transparent;background:var(--nerve-skeleton,#f2f2f2)}" +
     ".fresh{margin-top:.5em}" +
     "@media (prefers-reduced-motion:no-preference){li{transition:opacity .2s}}";
 
@@ -210,8 +258,8 @@
   class NerveRecommendations extends Base {
     connectedCallback() {
       if (this.root) return;
-      this.slotName = this.getAttribute("slot") || "home";
-      this.k = parseInt(this.getAttribute("k") || "4", 10);
+      this.placement = this.getAttribute("placement");
+      this.k = parseInt(this.getAttribute("k"), 10) || null;
       this.itemId = this.getAttribute("item-id");
       this.live = this.getAttribute("live") !== "off";
       this.root = this.attachShadow({ mode: "open" });
@@ -220,11 +268,10 @@
       this.root.appendChild(style);
       this.box = make("div");
       this.root.appendChild(this.box);
-      this.style.setProperty("--nerve-min-height", "calc(" + Math.ceil(this.k / 4) + " * (var(--nerve-card-height, 96px) + 24px) + 2em)");
-      this.fallback();
+      if (!this.placement) { console.warn('[nerve] <nerve-recommendations> needs placement="..." (slot is a global HTML attribute)'); this.fallback(); return; }
       widgets.push(this);
       var self = this;
-      this.skeletonTimer = setTimeout(function () { if (!self.current) self.skeleton(); }, 300);
+      this.wait();
       this.load();
       this.addEventListener("mouseleave", function () { self.applyPending(); });
       this.addEventListener("focusout", function () { setTimeout(function () { self.applyPending(); }, 0); });
@@ -233,25 +280,49 @@
     disconnectedCallback() {
       widgets = widgets.filter(function (w) { return w !== this; }, this);
     }
+    hasFallback() {
+      for (var n = this.firstChild; n; n = n.nextSibling) {
+        if (n.nodeType === 1 ? n.tagName !== "TEMPLATE" : n.nodeType === 3 && n.textContent.trim()) return true;
+      }
+      return false;
+    }
     fallback() {
       this.box.textContent = "";
       this.box.appendChild(make("slot"));
     }
-    skeleton() {
+    // Until a list comes: the site's own content, else an invisible skeleton of k cards that
+    // holds the space (shown after 300 ms), so that nothing below jumps when the list arrives.
+    wait() {
+      if (this.current) return;
+      if (this.hasFallback()) { this.fallback(); return; }
       this.box.textContent = "";
-      var ul = make("ul", "skeleton");
-      ul.setAttribute("aria-hidden", "true");
-      for (var i = 0; i < this.k; i++) ul.appendChild(make("li"));
-      this.box.appendChild(ul);
+      var section = make("section", "skeleton");
+      section.setAttribute("aria-hidden", "true");
+      section.appendChild(text(make("h2"), this.getAttribute("heading") || "Recommended for you"));
+      var ul = make("ul");
+      for (var i = 0; i < (this.k || 4); i++) ul.appendChild(make("li"));
+      section.appendChild(ul);
+      this.box.appendChild(section);
+      clearTimeout(this.skeletonTimer);
+      this.skeletonTimer = setTimeout(function () { section.classList.add("on"); }, 300);
+    }
+    // Nothing will come: the site's own content, else collapse.
+    settle() {
+      clearTimeout(this.skeletonTimer);
+      this.current = null;
+      this.shown = null;
+      if (this.hasFallback()) this.fallback();
+      else this.box.textContent = "";
     }
     load() {
       var self = this;
-      return fetchList(this.slotName, this.k, this.itemId).then(
+      if (!allowed("personalization")) { if (decided()) this.settle(); return Promise.resolve(); }
+      return fetchList(this.placement, this.itemId).then(
         function (ev) { clearTimeout(self.skeletonTimer); self.render(ev); },
         function (err) {
-          clearTimeout(self.skeletonTimer);
-          if (!self.current) self.fallback();
-          self.dispatchEvent(new CustomEvent("nerve:error", { detail: { slot: self.slotName, error: String(err) } }));
+          if (!self.current) self.settle();
+          if (cfg.debug) console.warn("[nerve] " + self.placement + ": " + err);
+          self.dispatchEvent(new CustomEvent("nerve:error", { detail: { slot: self.placement, error: String(err) } }));
           // try again later (the circuit breaker in fetchList stops after 3 failures in a row)
           self.retries = (self.retries || 0) + 1;
           if (self.retries < 3) setTimeout(function () { if (!self.current) self.load(); }, 2000 * self.retries);
@@ -269,14 +340,25 @@
     applyPending() {
       if (this.pending && !this.busy()) { var ev = this.pending; this.pending = null; this.render(ev); }
     }
+    // the list's items less those a widget earlier on the page shows, cut to k
+    pick(props) {
+      var self = this;
+      var taken = {};
+      widgets.forEach(function (w) {
+        if (w !== self && w.shown && before(w, self)) w.shown.forEach(function (id) { taken[id] = true; });
+      });
+      var items = props.items.filter(function (it) { return !taken[it.item_id]; });
+      return this.k ? items.slice(0, this.k) : items;
+    }
     render(ev) {
       var props = ev.properties;
-      var items = props.items.slice(0, this.k);
-      if (!items.length) { this.current = null; this.fallback(); return; }
+      var items = this.pick(props);
+      if (!items.length) { this.settle(); this.current = ev; return this.yieldTo(); }
       this.current = ev;
+      this.shown = items.map(function (it) { return it.item_id; });
       var self = this;
       var section = make("section");
-      var hid = "nerve-h-" + this.slotName;
+      var hid = "nerve-h-" + this.placement;
       section.setAttribute("aria-labelledby", hid);
       var heading = make("h2", null, "heading");
       heading.id = hid;
@@ -284,61 +366,77 @@
       section.appendChild(heading);
       var ul = make("ul", null, "list");
       var tpl = this.querySelector("template");
-      items.forEach(function (it, i) {
-        var li = make("li", null, "item");
-        li.dataset.item = it.item_id;
-        var d = it.item || {};
-        var href = safeUrl(d.url) || "#";
-        var link = new URL(href, location.href);
-        if (href !== "#") { link.searchParams.set("nerve_rid", props.recommendation_id); href = link.href; }
-        var card;
-        if (tpl) {
-          card = tpl.content.cloneNode(true);
-          card.querySelectorAll("[data-field]").forEach(function (el) {
-            var f = el.dataset.field;
-            if (f === "url") el.setAttribute("href", href);
-            else if (f === "image") { var src = safeUrl(d.image); if (src) el.setAttribute("src", src); el.setAttribute("alt", d.name || it.item_id); }
-            else text(el, f === "reason" ? it.reason : f === "name" ? d.name || it.item_id : d[f]);
-          });
-          li.appendChild(card);
-        } else {
-          var a = make("a", null, "card");
-          a.setAttribute("href", href);
-          if (d.image && safeUrl(d.image)) {
-            var img = make("img", null, "image");
-            img.setAttribute("src", safeUrl(d.image));
-            img.setAttribute("alt", d.name || it.item_id);
-            a.appendChild(img);
-          }
-          a.appendChild(text(make("span", "title", "title"), d.name || it.item_id));
-          if (it.reason) a.appendChild(text(make("span", "reason", "badge"), it.reason));
-          li.appendChild(a);
-        }
-        var x = make("button", "dismiss", "dismiss");
-        x.setAttribute("type", "button");
-        x.setAttribute("aria-label", "Not interested in " + (d.name || it.item_id));
-        text(x, "\u00d7");
-        x.addEventListener("click", function (e) {
-          e.preventDefault();
-          track("offer_dismissed", { recommendation_id: props.recommendation_id, slot: props.slot, position: it.position, reason: "not_interested" }, { item_id: it.item_id });
-          flush();
-          li.remove();
-        });
-        li.appendChild(x);
-        li.addEventListener("click", function (e) {
-          if (e.target.closest && e.target.closest(".dismiss")) return;
-          track("recommendation_clicked", { recommendation_id: props.recommendation_id, slot: props.slot, position: it.position }, { item_id: it.item_id });
-          flush(true);
-          self.dispatchEvent(new CustomEvent("nerve:click", { detail: { item_id: it.item_id, position: it.position, recommendation_id: props.recommendation_id } }));
-        });
-        ul.appendChild(li);
-      });
+      items.forEach(function (it) { ul.appendChild(self.card(it, props, tpl)); });
       section.appendChild(ul);
       this.box.textContent = "";
       this.box.appendChild(section);
       this.watch(ul, props, items);
-      if (window.performance && performance.mark) performance.mark("nerve:rendered:" + this.slotName);
+      this.yieldTo();
+      if (window.performance && performance.mark) performance.mark("nerve:rendered:" + this.placement);
       this.dispatchEvent(new CustomEvent("nerve:rendered", { detail: { recommendation_id: props.recommendation_id, items: items.length } }));
+    }
+    // widgets later on the page drop what this one now shows
+    yieldTo() {
+      var self = this;
+      widgets.forEach(function (w) {
+        if (w !== self && w.current && before(self, w)) w.render(w.current);
+      });
+    }
+    card(it, props, tpl) {
+      var self = this;
+      var li = make("li", null, "item");
+      li.dataset.item = it.item_id;
+      var d = it.item || {};
+      var name = d.name || it.item_id;
+      var href = safeUrl(d.url) || "#";
+      var link = new URL(href, location.href);
+      if (href !== "#") { link.searchParams.set("nerve_rid", props.recommendation_id); href = link.href; }
+      var src = safeUrl(d.image);
+      if (tpl) {
+        var card = tpl.content.cloneNode(true);
+        card.querySelectorAll("[data-field]").forEach(function (el) {
+          var f = el.dataset.field;
+          if (f === "url") el.setAttribute("href", href);
+          else if (f === "image") { if (src) el.setAttribute("src", src); el.setAttribute("alt", name); }
+          else text(el, f === "reason" ? it.reason : f === "name" ? name : d[f]);
+        });
+        li.appendChild(card);
+      } else {
+        var a = make("a", null, "card");
+        a.setAttribute("href", href);
+        if (src) {
+          var img = make("img", null, "image");
+          img.setAttribute("src", src);
+          img.setAttribute("alt", "");  // the link is named by the title next to it
+          a.appendChild(img);
+        }
+        var body = make("span", "text");
+        body.appendChild(text(make("span", "title", "title"), name));
+        var sub = make("span", "sub");
+        if (d.price != null || d.category) sub.appendChild(text(make("span", "meta", d.price != null ? "price" : "category"), d.price != null ? d.price : d.category));
+        if (it.reason) sub.appendChild(text(make("span", "reason", "badge"), it.reason));
+        body.appendChild(sub);
+        a.appendChild(body);
+        li.appendChild(a);
+      }
+      var x = make("button", "dismiss", "dismiss");
+      x.setAttribute("type", "button");
+      x.setAttribute("aria-label", "Not interested in " + name);
+      text(x, "\u00d7");
+      x.addEventListener("click", function (e) {
+        e.preventDefault();
+        track("offer_dismissed", { recommendation_id: props.recommendation_id, slot: props.slot, position: it.position, reason: "not_interested" }, { item_id: it.item_id });
+        flush();
+        li.remove();
+      });
+      li.appendChild(x);
+      li.addEventListener("click", function (e) {
+        if (e.target.closest && e.target.closest(".dismiss")) return;
+        track("recommendation_clicked", { recommendation_id: props.recommendation_id, slot: props.slot, position: it.position }, { item_id: it.item_id });
+        flush(true);
+        self.dispatchEvent(new CustomEvent("nerve:click", { detail: { item_id: it.item_id, position: it.position, recommendation_id: props.recommendation_id } }));
+      });
+      return li;
     }
     watch(ul, props, items) {
       // Shown: at least half of the list visible for one continuous second in a visible tab.
@@ -365,6 +463,7 @@
   }
 
   // -- the API --------------------------------------------------------------------------------
+  function autoPage() { if (!viewed) page(); }
   var api = {
     track: function (type, props, fields) { var ok = track(type, props, fields); if (ok && type === "simulator_used") flush(); return ok; },
     page: page,
@@ -372,6 +471,7 @@
     init: function (o) {
       if (o && o.siteKey) cfg.key = String(o.siteKey);
       if (o && o.endpoint !== undefined) cfg.endpoint = String(o.endpoint).replace(/\/$/, "");
+      if (o && o.debug !== undefined) cfg.debug = !!o.debug;
     },
     identify: function (id, token) {
       if (!id || !token) { console.warn("Nerve.identify(userId, token): a token signed by the site's backend is required"); return; }
@@ -380,23 +480,30 @@
       flush();
       userId = write("uid", id);
       idToken = write("idt", String(token));
-      if (!same && consentGiven && anonId) { track("user_identified", { method: "token" }, { user_id: id, anonymous_id: anonId }); flush(); }
+      if (!same && allowed("analytics") && anonId) { track("user_identified", { method: "token" }, { user_id: id, anonymous_id: anonId }); flush(); }
       relisten();
       if (!same) widgets.forEach(function (w) { w.load(); });
     },
-    consent: function (yes) {
-      consentGiven = !!yes;
-      write("consent", yes ? "1" : "0");
-      if (!yes) { queue = []; return; }
-      anonId = anonId || read("aid") || write("aid", uuid());
+    // consent(true): analytics and personalization; consent(false): nothing; or per purpose
+    consent: function (c) {
+      var was = allowed("analytics");
+      if (c === true || c === false) c = { analytics: c, personalization: c, marketing: c ? undefined : false };
+      c = c || {};
+      consent = { analytics: !!c.analytics, personalization: !!c.personalization };
+      if (c.marketing !== undefined) consent.marketing = !!c.marketing;
+      write("consent", JSON.stringify(consent));
+      if (!allowed("analytics")) queue = [];
+      if (!allowed("analytics") && !allowed("personalization")) anonId = write("aid", null);
+      else anonId = anonId || read("aid") || write("aid", uuid());
+      if (!was && allowed("analytics")) ready(autoPage);  // the page consent was given on
+      relisten();
       widgets.forEach(function (w) { w.load(); });
-      listen();
     },
     reset: function () {
       flush();
       userId = write("uid", null);
       idToken = write("idt", null);
-      anonId = consentGiven ? write("aid", uuid()) : null;
+      anonId = allowed("analytics") || allowed("personalization") ? write("aid", uuid()) : null;
       relisten();
     },
     config: cfg
@@ -404,6 +511,5 @@
   window.Nerve = api;
   if (prior) prior.forEach(function (c) { if (api[c[0]]) api[c[0]].apply(null, c.slice(1)); });
   if (window.customElements && !customElements.get("nerve-recommendations")) customElements.define("nerve-recommendations", NerveRecommendations);
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", page);
-  else page();
+  ready(autoPage);
 })();

@@ -13,22 +13,48 @@
 
 A public site key is in every visitor's browser, so anyone holds it. It may therefore send only
 what a visitor's own behaviour says (views, searches, simulator runs, cart, ratings, what was
-shown, clicked or dismissed, and `user_identified`), and two more rules hold for it:
+shown, clicked or dismissed, and `user_identified`), and three more rules hold for it:
 
 * an event that names a `user_id` is accepted only when the request proved that very user with
   a signed identity token (`engine.identity`); the gateway verifies the token and passes the
   proven user id here as `identified`;
 * transactional and consent-of-record facts — `item_purchased` (what a customer holds),
-  `consent_updated`, CRM events — and a `context.consent` that grants marketing are never
-  accepted from it, token or not: they come from server-side producers (`server`, a broker
-  credential, `nerve import`). A browser may still send `context.consent` that grants
-  analytics or personalization, or withdraws marketing: neither widens what Nerve may do.
+  `consent_updated`, CRM events — are never accepted from it, token or not: they come from
+  server-side producers (`server`, a broker credential, `nerve import`);
+* a `context.consent` that grants marketing is accepted only on an event that is
+  identity-proven: it names a `user_id` and the request carried a valid identity token for
+  exactly that user (`identified`). The grant is then the signed-in customer's own choice on
+  the site's banner, on a request the site's backend vouched for (it minted the token), and it
+  is what lets the signals service (`engine.signals`, which reads `context.consent`) tell a CRM
+  about that customer. An anonymous grant is refused as before: nobody could be called on it,
+  and anyone holding the key could otherwise mark any visitor as reachable. A browser may
+  always send `context.consent` that grants analytics or personalization, or withdraws
+  marketing: neither widens what Nerve may do.
+
+An unknown `type` is refused before validation (`admit`) with the types this producer may send
+(not the whole catalogue: a site key is not told about types it may never send) and, when the
+name looks like one of them — a typo, or a Segment-style name such as `Product Viewed` — a
+"did you mean" hint.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+from datetime import datetime
+from typing import Any
+
 from engine.errors import EventRejected, FieldError
-from engine.events.envelope import CRM_TYPES, OUTPUT_TYPES, SYSTEM_TYPES, Envelope, event_types
+from engine.events.envelope import (
+    CRM_TYPES,
+    LATEST,
+    OUTPUT_TYPES,
+    SYSTEM_TYPES,
+    Envelope,
+    event_types,
+    parse_event,
+    type_error,
+)
 
 BEHAVIOURAL = frozenset(
     {
@@ -61,8 +87,78 @@ _NAMES = {"site": "a site key", "crm": "a CRM client", "server": "a server-side 
 SERVER_SIDE = "send it from a server-side producer (Authorization: Bearer, or a broker credential)"
 
 
+SEGMENT_NAMES = {
+    "products_searched": "search_performed",
+    "product_searched": "search_performed",
+    "product_added": "item_added_to_cart",
+    "product_reviewed": "item_rated",
+    "order_completed": "item_purchased",
+    "identify": "user_identified",
+    "signed_in": "user_identified",
+    "page": "page_viewed",
+}
+"""Names of the Segment / Snowplow e-commerce specs whose Nerve type is not a near spelling."""
+
+
 def may_send(producer: str, event_type: str) -> bool:
     return event_type in PRODUCERS[producer]
+
+
+def did_you_mean(name: str, allowed: frozenset[str]) -> str | None:
+    """The type of `allowed` that `name` most likely meant: `Product Viewed` -> item_viewed,
+    `item_viewd` -> item_viewed, `com.shop.Product Viewed` too (a CloudEvents reverse-DNS
+    prefix is not part of the name); None when nothing is close."""
+    name = name.rsplit(".", 1)[-1]
+    snake = re.sub(r"[^a-z0-9]+", "_", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower())
+    snake = snake.strip("_")
+    guess = SEGMENT_NAMES.get(snake)
+    if guess in allowed:
+        return guess
+    itemised = re.sub(r"\bproducts?(?=_|$)", "item", snake)
+    for candidate in (snake, itemised):
+        close = difflib.get_close_matches(candidate, sorted(allowed), n=1, cutoff=0.75)
+        if close:
+            return close[0]
+    return None
+
+
+def unknown_type(producer: str, data: Any) -> FieldError | None:
+    """The error for an event whose `type` is in no catalogue, naming only what `producer` may
+    send (with a hint); None for a known type (or no object: `parse_event` says why)."""
+    etype = data.get("type") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (isinstance(etype, str) and etype in LATEST):
+        return None
+    allowed = PRODUCERS[producer]
+    error = type_error(etype, allowed)
+    if not isinstance(etype, str):
+        return error
+    reason = error.reason
+    hint = did_you_mean(etype, allowed)
+    other = did_you_mean(etype, frozenset(LATEST)) if hint is None else None
+    if hint is not None:
+        reason += f"; did you mean {hint}?"
+    elif other is not None:
+        who = _NAMES.get(producer, producer)
+        reason += f"; Nerve calls it {other}, which {who} may not send"
+    return FieldError("type", reason)
+
+
+def admit(
+    producer: str,
+    data: Any,
+    *,
+    now: datetime | None = None,
+    identified: str | None = None,
+    token_problem: str | None = None,
+) -> Envelope:
+    """One decoded event from `producer`, validated (`parse_event`) and checked
+    (`check_producer`); `EventRejected` naming each field otherwise. An unknown type is
+    answered with what this producer may send, not with the whole catalogue."""
+    problem = unknown_type(producer, data)
+    if problem is not None:
+        raise EventRejected([problem])
+    event = parse_event(data, now=now)
+    return check_producer(producer, event, identified=identified, token_problem=token_problem)
 
 
 def check_producer(
@@ -101,9 +197,12 @@ def _check_site(event: Envelope, identified: str | None, token_problem: str | No
             reason = "the identity token is for another user"
         errors.append(FieldError("user_id", reason + " (X-Nerve-Identity or ?identity=)"))
     consent = event.context.consent if event.context is not None else None
-    if consent is not None and consent.marketing:
-        errors.append(
-            FieldError("context.consent.marketing", f"marketing consent of record: {SERVER_SIDE}")
+    proven = event.user_id is not None and event.user_id == identified
+    if consent is not None and consent.marketing and not proven:
+        reason = (
+            "a site key may grant marketing only on an event naming a user_id proven by an"
+            f" identity token; for an anonymous visitor {SERVER_SIDE}"
         )
+        errors.append(FieldError("context.consent.marketing", reason))
     if errors:
         raise EventRejected(errors)

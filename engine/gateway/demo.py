@@ -5,9 +5,9 @@ secret (`nerve demo` does; `nerve up --demo-site KEY` for tests), under `/demo-s
 prefix of its own, so that the `/demo/` file routes never shadow it, whatever the order the
 routers are included in:
 
-* `GET /demo-site/config.js` — the page's Nerve set-up: queues `Nerve.init({siteKey})` for the
-  widget (a real site renders its public key into its pages the same way). The secret never
-  leaves the server.
+* `GET /demo-site/config.js` — the page's Nerve set-up: calls `Nerve.init({siteKey})` on the
+  page's stub, which queues it for the widget (a real site renders its public key into its
+  pages the same way). The secret never leaves the server.
 * `POST /demo-site/sign-in` with `{"user_id": "..."}` — signs the customer in and answers
   `{"user_id", "token", "expires_in"}`, the token minted with `engine.identity`
   exactly as a real backend would; the page then calls `Nerve.identify(user_id, token)`.
@@ -51,7 +51,12 @@ async def config(request: Request) -> Response:
     if site is None:
         return not_served()
     init = orjson.dumps({"siteKey": site.key}).decode()
-    body = f'window.Nerve = window.Nerve || {{q: []}};\nNerve.q.push(["init", {init}]);\n'
+    # through the page's stub (or the widget itself, if it loaded first); a page without the
+    # stub still gets its init queued
+    body = (
+        "window.Nerve = window.Nerve || {q: []};\n"
+        f'if (Nerve.init) Nerve.init({init}); else Nerve.q.push(["init", {init}]);\n'
+    )
     return Response(
         body, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": "no-cache"}
     )

@@ -8,6 +8,9 @@
     '<a href="/demo/cards.html">Cards</a> · <a href="/demo/account.html">Account</a></nav>';
   document.body.insertBefore(nav, document.body.firstChild);
 
+  // The bank's consent banner. The choice goes to Nerve per purpose; "contact me" is the
+  // marketing grant, which Nerve keeps in the browser and sends only once the visitor has
+  // signed in (a signed identity token), never for an anonymous visitor.
   function banner() {
     var choice = localStorage.getItem("nerve_consent");
     if (choice !== null) return;
@@ -17,6 +20,12 @@
     box.setAttribute("aria-label", "Cookie consent");
     var msg = document.createElement("span");
     msg.textContent = "We use your activity on this site to suggest products. OK?";
+    var contact = document.createElement("label");
+    contact.className = "check";
+    var box2 = document.createElement("input");
+    box2.type = "checkbox";
+    box2.id = "consent-marketing";
+    contact.append(box2, " Also contact me about offers");
     var yes = document.createElement("button");
     yes.textContent = "Accept";
     yes.id = "consent-accept";
@@ -24,9 +33,13 @@
     no.textContent = "Decline";
     no.className = "secondary";
     no.id = "consent-decline";
-    yes.onclick = function () { Nerve.consent(true); box.remove(); };
+    yes.onclick = function () {
+      // unticked: marketing left unstated, so the consent of record the bank holds stands
+      Nerve.consent({ analytics: true, personalization: true, marketing: box2.checked || undefined });
+      box.remove();
+    };
     no.onclick = function () { Nerve.consent(false); box.remove(); };
-    box.append(msg, yes, no);
+    box.append(msg, contact, yes, no);
     document.body.appendChild(box);
   }
 
@@ -87,7 +100,7 @@
   }
 
   window.addEventListener("load", function () {
-    if (window.Nerve && window.Nerve.consent) banner();
+    if (window.Nerve && window.Nerve.consent) banner(); // the stub has it even if the widget is down
     var customer = localStorage.getItem("demo_customer");
     if (customer && window.Nerve && window.Nerve.identify) signIn(customer).catch(function () {});
     account();
