@@ -47,7 +47,7 @@ def test_crm_types_are_stored_under_the_crm_stream() -> None:
         ({"schema_version": 9}, "schema_version", "unknown version"),
         ({"user_id": None}, "user_id", "required"),
         ({"user_id": "bad\nid"}, "user_id", "control"),
-        ({"source": "Web Site"}, "source", "pattern"),
+        ({"source": "Web Site"}, "source", "URI-reference"),
         ({"properties": {"page_type": "moon"}}, "properties.page_type", "home"),
         ({"surprise": 1}, "surprise", "unknown field"),
         ({"context": {"ip": "1.2.3.4"}}, "context.ip", "unknown field"),
@@ -192,3 +192,15 @@ def test_history_without_received_at_has_no_lower_bound() -> None:
     """`nerve import` and producers' clients send no `received_at`: years-old events pass."""
     now = datetime.now(UTC)
     assert parse_event(event(time="2019-05-01T10:00:00Z"), now=now)
+
+
+def test_source_may_be_a_uri_reference_as_cloudevents_sends_it() -> None:
+    for source in ("web", "https://shop.example/web", "/web", "urn:shop:web"):
+        assert parse_event(event(source=source)).source == source
+    assert "URI-reference" in reasons(event(source="web\n"))["source"]
+
+
+def test_a_missing_type_is_required_not_unknown_none() -> None:
+    got = reasons({k: v for k, v in event().items() if k != "type"})["type"]
+    assert got.startswith("required (known: ") and "None" not in got
+    assert reasons(event(type=7))["type"].startswith("must be a string, not a number")

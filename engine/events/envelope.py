@@ -12,11 +12,16 @@ An event's `time` may lie at most a day ahead of `now` and, when the event carri
 `received_at` (the gateway stamps every event it receives), at most `max_age` (default
 `MAX_PAST`, 7 days) before it. History without `received_at` (`nerve import`, producers'
 own clients) has no lower bound.
+
+`source` is who produced the event: a short name (`web`, `crm`, `import`) or, as CloudEvents
+sends it, a URI-reference (`https://shop.example/web`, `/web`); it is stored as sent.
+A missing or unknown `type` is refused naming the known types (`type_error`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -32,6 +37,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 
 from engine.errors import EventRejected, FieldError
 from engine.events.catalog import CATALOG, CrmContactLogged, Properties
@@ -47,6 +53,9 @@ _ID = re.compile(ID_PATTERN)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
+SOURCE_PATTERN = r"^[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,256}$"
+"""A short name (`web`) or a URI-reference (RFC 3986 characters: no spaces, no controls)."""
+_SOURCE = re.compile(SOURCE_PATTERN)
 MAX_FUTURE = timedelta(days=1)
 """An event stamped further ahead than this is refused: a producer's clock is wrong."""
 MAX_EVENT_BYTES = 256 * 1024
@@ -121,7 +130,12 @@ class Envelope(BaseModel):
     user_id: UserId | None = None
     anonymous_id: UserId | None = None
     session_id: str | None = Field(default=None, max_length=128)
-    source: str = Field(default="web", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    source: str = Field(
+        default="web",
+        max_length=256,
+        description="Who produced it: a short name (`web`) or a URI-reference (CloudEvents)",
+        json_schema_extra={"pattern": SOURCE_PATTERN},
+    )
     item_id: UserId | None = None
     properties: Properties
     context: Context | None = None
@@ -134,6 +148,13 @@ class Envelope(BaseModel):
         if not _ID.match(value):
             raise ValueError("must be a UUID (UUIDv7 recommended) or a ULID")
         return canonical_id(value)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if not _SOURCE.fullmatch(value):
+            raise ValueError("must be a short name or a URI-reference (no spaces or controls)")
+        return value
 
     @field_validator("time", "received_at", mode="before")
     @classmethod
@@ -213,13 +234,14 @@ def parse_event(
     """Validate one decoded JSON value as an event, or raise `EventRejected` naming each field.
 
     `time` may be at most `MAX_FUTURE` after `now` (default: the clock) and, for an event
-    with a `received_at`, at most `max_age` before that (None: no lower bound)."""
+    with a `received_at`, at most `max_age` before that (None: no lower bound). An unknown
+    type is told the whole catalog: a caller that knows its producer lists what that one may
+    send instead (`engine.events.producers.admit`)."""
     if not isinstance(data, dict):
         raise EventRejected([FieldError("", f"an event is a JSON object, not {_kind(data)}")])
     etype = data.get("type")
     if not isinstance(etype, str) or etype not in LATEST:
-        known = ", ".join(event_types())
-        raise EventRejected([FieldError("type", f"unknown event type {etype!r} (known: {known})")])
+        raise EventRejected([type_error(etype)])
     version = data.get("schema_version", LATEST[etype])
     model = MODELS.get((etype, version)) if isinstance(version, int) else None
     if model is None:
@@ -271,17 +293,38 @@ def _span(delta: timedelta) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", type(None): "null"}.get(type(value), "a number")
+    kinds = {list: "an array", str: "a string", dict: "an object", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
-def json_schema(event_type: str | None = None) -> dict[str, Any]:
-    """JSON Schema of one event type (latest version), or of any event when `None`."""
+def type_error(etype: Any, known: Collection[str] | None = None) -> FieldError:
+    """The `type` error of an event whose type is missing, not a string or not in the
+    catalog, listing `known` (default: every type)."""
+    listed = f"known: {', '.join(sorted(LATEST if known is None else known))}"
+    if etype is None:
+        return FieldError("type", f"required ({listed})")
+    if not isinstance(etype, str):
+        return FieldError("type", f"must be a string, not {_kind(etype)} ({listed})")
+    shown = repr(etype if len(etype) <= 100 else etype[:100] + "...")
+    return FieldError("type", f"unknown event type {shown} ({listed})")
+
+
+def json_schema(
+    event_type: str | None = None,
+    *,
+    types: Collection[str] | None = None,
+    ref_template: str = DEFAULT_REF_TEMPLATE,
+) -> dict[str, Any]:
+    """JSON Schema of one event type (latest version), or of any event when `None` (of any
+    of `types` when given: the gateway documents only what it accepts). `ref_template` is
+    pydantic's: where the schema will live decides how its `$ref`s are written."""
     if event_type is not None:
         if event_type not in LATEST:
             raise KeyError(event_type)
-        return MODELS[(event_type, LATEST[event_type])].model_json_schema()
-    latest = tuple(MODELS[(t, v)] for t, v in sorted(LATEST.items()))
+        return MODELS[(event_type, LATEST[event_type])].model_json_schema(ref_template=ref_template)
+    chosen = sorted(t for t in LATEST if types is None or t in types)
+    latest = tuple(MODELS[(t, LATEST[t])] for t in chosen)
     union = Annotated[Union[latest], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
-    schema = TypeAdapter(union).json_schema()
+    schema = TypeAdapter(union).json_schema(ref_template=ref_template)
     schema["title"] = "Nerve event"
     return schema

@@ -1,6 +1,8 @@
 """`POST /v1/events`: one event or a JSON array of events (at most `max_batch`), as
-`application/json`, `text/plain` (what `navigator.sendBeacon` sends, no CORS preflight),
-`application/cloudevents+json` or `application/cloudevents-batch+json`.
+`application/json`, `text/plain` (what `navigator.sendBeacon` sends, no CORS preflight), or
+CloudEvents in each HTTP mode: `application/cloudevents+json`, `…-batch+json`, or binary (`ce-*`
+headers, the body its `data`). `engine.cloudevents` maps them; their errors name the CloudEvents
+field or header (`data.item_id`, `ce-type`), and a dead letter keeps the structured form.
 
 What a request gets back:
 
@@ -42,13 +44,16 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from engine.bus import Outgoing
-from engine.cloudevents import from_cloudevent
+from engine.cloudevents import CloudEvent, binary_event, ce_errors, from_cloudevent, is_binary
 from engine.errors import EventRejected, FieldError, PublishError
-from engine.events import DeadLetter, Envelope, parse_event
-from engine.events.producers import check_producer
+from engine.events import DeadLetter, Envelope, json_schema
+from engine.events.envelope import type_error
+from engine.events.producers import PRODUCERS, admit
 from engine.gateway.auth import (
+    SITE_OR_INTERNAL,
     Refused,
     check_internal,
     check_site,
@@ -56,6 +61,7 @@ from engine.gateway.auth import (
     identity_token_of,
     is_internal_call,
 )
+from engine.gateway.responses import Detail, answer
 from engine.gateway.state import GatewayState, gateway_state
 from engine.identity import InvalidIdentity
 from engine.ids import uuid7
@@ -136,43 +142,62 @@ class Triage:
     deadletters: list[DeadLetter] = field(default_factory=list)
 
 
+def accept(data: Any, caller: Caller, now: datetime, forgotten: Container[str]) -> Envelope:
+    """The event `data` describes if `caller` may send it, else `EventRejected`: an unknown
+    type is told only the types this caller may send (`engine.events.producers.admit`); an
+    event of a user erased by `nerve forget` (`forgotten` tokens) is refused, so nothing is
+    stored under their id again."""
+    etype = data.get("type") if isinstance(data, dict) else ""
+    if not isinstance(etype, str):  # missing: "required", never "unknown event type None"
+        raise EventRejected([type_error(etype, PRODUCERS[caller.producer])])
+    event = admit(
+        caller.producer,
+        data,
+        now=now,
+        identified=caller.identified,
+        token_problem=caller.token_problem,
+    )
+    if event.user_token in forgotten:
+        field_name = "user_id" if event.user_id else "anonymous_id"
+        reason = "this user was forgotten (nerve forget); nothing is stored for them"
+        raise EventRejected([FieldError(field_name, reason)])
+    return event
+
+
 def triage(
     items: list[Any],
     caller: Caller,
     *,
     cloudevents: bool,
+    binary: bool = False,
     now: datetime,
     forgotten: Container[str] = frozenset(),
 ) -> Triage:
-    """Validate each item; refusals carry their index, id and reasons and a dead-letter record.
-    An event of a user erased by `nerve forget` (`forgotten` tokens) is refused: nothing is
-    stored under their id again."""
+    """Validate each item (`cloudevents`: CloudEvents, structured form; `binary`: the one
+    `binary_event` made from headers and body); refusals carry their index, id (as sent) and
+    reasons, named as the producer wrote them, and a dead-letter record."""
     out = Triage()
     origin = caller.origin
     stamp = now.isoformat().replace("+00:00", "Z")
     for index, item in enumerate(items):
         event_id = item.get("id") if isinstance(item, dict) else None
         try:
-            data = from_cloudevent(item) if cloudevents else item
+            data = from_cloudevent(item, binary=binary, received=stamp) if cloudevents else item
             if isinstance(data, dict):
                 data = {**data, "received_at": stamp}
                 data.setdefault("id", uuid7())
-                event_id = data["id"]
-            event = check_producer(
-                caller.producer,
-                parse_event(data, now=now),
-                identified=caller.identified,
-                token_problem=caller.token_problem,
-            )
-            if event.user_token in forgotten:
-                field_name = "user_id" if event.user_id else "anonymous_id"
-                reason = "this user was forgotten (nerve forget); nothing is stored for them"
-                raise EventRejected([FieldError(field_name, reason)])
+                event_id = event_id if cloudevents else data["id"]
+            try:
+                event = accept(data, caller, now, forgotten)
+            except EventRejected as exc:
+                if not cloudevents:
+                    raise
+                raise EventRejected(ce_errors(exc.errors, item, binary=binary)) from None
         except EventRejected as exc:
-            errors = [{"field": e.field, "reason": e.reason} for e in exc.errors]
-            out.rejected.append({"index": index, "id": event_id, "errors": errors})
-            raw = orjson.dumps(item)
             eid = event_id if isinstance(event_id, str) else None
+            errors = [{"field": e.field, "reason": e.reason} for e in exc.errors]
+            out.rejected.append({"index": index, "id": eid, "errors": errors})
+            raw = orjson.dumps(item)
             record = DeadLetter.build(
                 "gateway", raw, exc.errors, now, f"{origin}#{index}", eid, record_id=uuid7()
             )
@@ -192,19 +217,86 @@ class Reply(Exception):
         self.status, self.body, self.headers = status, body, headers
 
 
+class RefusedField(BaseModel):
+    field: str = Field(description="dotted path, as the producer wrote it (`ce-type`, ...)")
+    reason: str
+
+
+class Refusal(BaseModel):
+    index: int = Field(description="position in the batch")
+    id: str | None = Field(description="the id the event was sent with (or was given)")
+    errors: list[RefusedField] = Field(description="fields as the producer wrote them (`ce-type`)")
+
+
+class Ingested(BaseModel):
+    """What `POST /v1/events` answers: 202 when it stored any event, 422 when it refused all."""
+
+    accepted: int
+    ids: list[str] = Field(description="ids of the accepted events, in order")
+    duplicates: int = Field(description="accepted events the log already held (stored once)")
+    rejected: list[Refusal]
+
+
+_CONTENT = "#/paths/~1v1~1events/post/requestBody/content/"
+_BINARY = ("specversion", "id", "source", "type", "time", "subject")
+
+
+def _pointer(ctype: str) -> str:
+    return _CONTENT + ctype.replace("~", "~0").replace("/", "~1") + "/schema"
+
+
+def request_body() -> dict[str, Any]:
+    """The OpenAPI `requestBody` (and binary-mode header parameters) of `POST /v1/events`,
+    generated from the models: every type a producer may send, and `CloudEvent`. A route
+    cannot add to `components`, so each schema keeps its `$defs` and refers to them (and the
+    batch forms to the single ones) by JSON pointer into this very operation."""
+    native, ce = _pointer(JSON_TYPES[0]), _pointer(CE_TYPES[0])
+    event = json_schema(types=PRODUCERS["server"], ref_template=native + "/$defs/{model}")
+    defs = {**event.pop("$defs"), "NerveEvent": event}
+    one = {"$ref": native + "/$defs/NerveEvent"}
+    many = {"type": "array", "items": one, "minItems": 1}
+    cloud = CloudEvent.model_json_schema(ref_template=ce + "/$defs/{model}")
+    data = {"$ref": ce + "/$defs/CloudEventData"}  # the body in binary mode
+    said = "CloudEvents binary mode: the attributes as headers, `data` as the JSON body"
+    return {
+        "parameters": [
+            {"name": f"ce-{a}", "in": "header", "schema": {"type": "string"}, "description": said}
+            for a in _BINARY
+        ],
+        "requestBody": {
+            "required": True,
+            "description": "A Nerve event or a batch of them (`application/json`, or "
+            "`text/plain` as `sendBeacon` sends it), a CloudEvent or a batch of them, or a "
+            "CloudEvent in binary mode (`ce-*` headers; the body is its `data`).",
+            "content": {
+                JSON_TYPES[0]: {"schema": {"$defs": defs, "anyOf": [one, many, data]}},
+                JSON_TYPES[1]: {"schema": {"$ref": native}},
+                CE_TYPES[0]: {"schema": cloud},
+                CE_TYPES[1]: {"schema": {"type": "array", "items": {"$ref": ce}, "minItems": 1}},
+            },
+        },
+    }
+
+
 @router.post(
     "/v1/events",
     status_code=202,
-    summary="Ingest one event or a batch",
+    summary="Ingest one event or a batch (Nerve JSON or CloudEvents)",
+    openapi_extra={**request_body(), "security": SITE_OR_INTERNAL},
     responses={
-        202: {"description": "Stored (some may be refused; see `rejected`)"},
-        422: {"description": "Every event refused; each with its fields and reasons"},
-        400: {"description": "Body is not JSON"},
-        401: {"description": "No site key"},
-        403: {"description": "Unknown site key or origin"},
-        413: {"description": "Body or batch too large"},
-        429: {"description": "Rate limit; see Retry-After"},
-        503: {"description": "Broker unavailable; nothing stored, retry"},
+        202: answer("Stored (some may be refused; see `rejected`)", Ingested),
+        422: {  # an empty batch is a `Detail`
+            "description": "Every event refused, each with its fields and reasons",
+            "model": Ingested | Detail,
+        },
+        400: answer("Body is not JSON"),
+        401: answer("No site key"),
+        403: answer("Unknown site key or origin"),
+        413: answer("Body or batch too large"),
+        415: answer("Unsupported content type"),
+        429: answer("Rate limit; see Retry-After", retry=True),
+        500: answer("Unexpected error (logged with its traceback)"),
+        503: answer("Broker unavailable; nothing stored, retry with the same ids", retry=True),
     },
 )
 async def post_events(request: Request) -> Response:
@@ -226,14 +318,23 @@ async def ingest(
     except Refused as exc:
         raise Reply(exc.status, {"detail": exc.detail}) from None
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in JSON_TYPES + CE_TYPES:
+    binary = ctype not in CE_TYPES and is_binary(request.headers)
+    if not binary and ctype not in JSON_TYPES + CE_TYPES:
         raise Reply(415, {"detail": f"unsupported content type {ctype!r}"})
     raw = await read_body(request, state.settings.max_body_bytes)
     now = datetime.now(UTC)
-    items = await decode_batch(state, raw, caller, now)
+    if binary:  # one event; its content type is its datacontenttype, checked as such
+        items = [binary_event(request.headers, raw)]
+    else:
+        items = await decode_batch(state, raw, caller, now)
     charge(caller, len(items))
     result = triage(
-        items, caller, cloudevents=ctype in CE_TYPES, now=now, forgotten=state.forgotten
+        items,
+        caller,
+        cloudevents=binary or ctype in CE_TYPES,
+        binary=binary,
+        now=now,
+        forgotten=state.forgotten,
     )
     return 202 if result.events else 422, await store(state, result), None
 
