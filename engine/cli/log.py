@@ -64,19 +64,31 @@ def init(
 @app.command()
 def schema(
     event_type: Annotated[
-        str | None, typer.Argument(help="One event type; without it, the schema of any event.")
+        str | None,
+        typer.Argument(
+            help="One event type, or `served_list` (a list as the gateway serves it); "
+            "without it, the schema of any event."
+        ),
     ] = None,
     list_types: Annotated[bool, typer.Option("--list", help="List the event types.")] = False,
 ) -> None:
-    """Print the JSON Schema of the events (generated from the pydantic models)."""
+    """Print the JSON Schema of the events, or of what the gateway serves (generated from the
+    pydantic models)."""
     from engine.events import LATEST, MODELS, json_schema
+    from engine.events.served import DOCUMENTS, document_schema
 
     if list_types:
         for t, v in sorted(LATEST.items()):
             out.print(f"{t:24} v{v}  {MODELS[(t, v)].properties_model.summary}", highlight=False)
+        for name, model in sorted(DOCUMENTS.items()):
+            summary = (model.__doc__ or "").split(":")[0]
+            out.print(f"{name:24} --  {summary} (HTTP, not an event)", highlight=False)
         return
     try:
-        doc = json_schema(event_type)
+        if event_type is not None and event_type in DOCUMENTS:
+            doc = document_schema(event_type)
+        else:
+            doc = json_schema(event_type)
     except KeyError:
         raise ConfigError(f"unknown event type {event_type!r}; see `nerve schema --list`") from None
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")

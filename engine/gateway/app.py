@@ -21,6 +21,12 @@ middleware (`engine.gateway.edge`). The cause is what the answering code set in 
 (`engine.gateway.ops.ERROR_CAUSE`); when a route built its own 5xx without one, a 503 with
 `Retry-After` counts as `broker_unavailable` (the gateway's convention for "the broker refused;
 retry") and any other as `unavailable` (503) or `internal`.
+
+The OpenAPI (`/openapi.json`, rendered at `/docs` and `/redoc` from local assets, see
+`engine.gateway.docs`) describes every route's success body, its errors (`responses`) and its
+security (`auth.SECURITY_SCHEMES`, added to the components by `openapi`). A parameter FastAPI
+refuses (`k=abc`) is answered like the routes' own bad parameters: 422 with
+`{"errors": [{"field", "reason"}]}` (`on_bad_parameter`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from engine import __version__
@@ -38,8 +47,8 @@ from engine.bus import Bus
 from engine.bus.pipeline import NATS_ERROR, broker_unavailable
 from engine.credentials import Credential, Tls
 from engine.errors import BrokerError
-from engine.gateway import assets, demo, events, ops, profiles, recommendations
-from engine.gateway.auth import Refused
+from engine.gateway import assets, crm, demo, docs, events, ops, profiles, recommendations
+from engine.gateway.auth import SECURITY_SCHEMES, Refused
 from engine.gateway.edge import Edge
 from engine.gateway.ops import ERROR_CAUSE
 from engine.gateway.state import GatewayState
@@ -92,6 +101,44 @@ async def on_broker_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers=headers)
 
 
+async def on_bad_parameter(_request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each parameter FastAPI could not parse, as the routes name theirs."""
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ())]
+        field = ".".join(loc[1:] if loc[:1] in (["query"], ["path"], ["header"]) else loc)
+        errors.append({"field": field, "reason": str(e.get("msg", "invalid"))})
+    return JSONResponse({"errors": errors}, status_code=422)
+
+
+def openapi_of(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document (built once): FastAPI's, with the security schemes the
+    routes' `security` names (they are not FastAPI dependencies, so it cannot add them)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+DESCRIPTION = """Events in, a user's lists out: the HTTP side of Nerve.
+
+* **Security**: a browser sends its site's public key (`X-Nerve-Site-Key` or `?site_key=`);
+  reading a known user's lists also needs an identity token for that user minted by the site's
+  backend (`X-Nerve-Identity` or `?identity=`); servers send `Authorization: Bearer <internal
+  token>`. Each operation lists the combinations it accepts.
+* **Errors**: a bad parameter or field is `{"errors": [{"field", "reason"}]}`; a refusal or an
+  outage `{"detail": "..."}`; a 503 or 429 says when to retry in `Retry-After`.
+* **Headers**: `X-Nerve-Source` says where a list came from; `X-Nerve-Warning` is set when it
+  is not quite what was asked (a `k` over the slot's maximum serves the maximum).
+* **Schemas**: `nerve schema` prints the events' JSON Schemas, and `nerve schema served_list`
+  the list as served here.
+"""
+
+
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     """The last resort: 500. Starlette runs it outside the middleware, so it counts itself."""
     request.app.state.gateway.metrics.inc("http_errors_total", status="500", cause="internal")
@@ -140,14 +187,18 @@ def create_app(
         title="Nerve gateway",
         version=__version__,
         lifespan=lifespan,
-        description="Event ingestion for Nerve. Event schemas: `nerve schema`.",
+        description=DESCRIPTION,
+        docs_url=None,  # served from local assets by engine.gateway.docs
+        redoc_url=None,
     )
+    app.openapi = lambda: openapi_of(app)  # type: ignore[method-assign]
     app.state.gateway = state
     app.add_exception_handler(Refused, refused)
+    app.add_exception_handler(RequestValidationError, on_bad_parameter)
     app.add_exception_handler(BrokerError, on_broker_error)
     app.add_exception_handler(NATS_ERROR, on_broker_error)
     app.add_exception_handler(Exception, on_unexpected)
     app.add_middleware(Edge)  # CORS and the 5xx count, pure ASGI (see engine.gateway.edge)
-    for module in (events, profiles, recommendations, ops, demo, assets):
+    for module in (events, crm, profiles, recommendations, ops, docs, demo, assets):
         app.include_router(module.router)
     return app

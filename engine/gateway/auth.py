@@ -8,7 +8,9 @@ browser is never told it may call with a key the routes would refuse.
 
 Routes take the checks as FastAPI dependencies (`require_internal`,
 `require_site_or_internal`, `require_reader`); a refusal raises `Refused`, which the app
-renders as `{"detail": ...}` with its status. `POST /v1/events` calls `check_site` itself, to
+renders as `{"detail": ...}` with its status. Each check has its OpenAPI `security`
+(`INTERNAL_ONLY`, `SITE_OR_INTERNAL`, `READER`, over `SECURITY_SCHEMES`), which its routes
+declare in `openapi_extra`. `POST /v1/events` calls `check_site` itself, to
 count its refusals in its request metrics.
 
 Identity: a page proves its signed-in customer with a token its site's backend minted
@@ -32,6 +34,66 @@ from engine.settings import SiteKey
 
 SITE_KEY_HEADER = "X-Nerve-Site-Key"
 IDENTITY_HEADER = "X-Nerve-Identity"
+
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "siteKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": SITE_KEY_HEADER,
+        "description": "A site's public key; the request's Origin must be in its allowlist.",
+    },
+    "siteKeyQuery": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "site_key",
+        "description": "The site key, where a browser cannot send headers (sendBeacon, "
+        "EventSource).",
+    },
+    "identity": {
+        "type": "apiKey",
+        "in": "header",
+        "name": IDENTITY_HEADER,
+        "description": "A signed-in customer's identity token, minted by the site's backend "
+        "with the key's identity secret (`engine.identity`).",
+    },
+    "identityQuery": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "identity",
+        "description": "The identity token, where a browser cannot send headers.",
+    },
+    "internalToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An internal token (`GatewaySettings.internal_tokens`): servers only.",
+    },
+    "crmKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A CRM backend's key (`GatewaySettings.crm_keys`, `--crm-keys`): "
+        "server-side, distinct from site keys and internal tokens.",
+    },
+}
+"""The OpenAPI security schemes of the checks below (`components.securitySchemes`)."""
+SITE_OR_INTERNAL: list[dict[str, list[str]]] = [
+    {"siteKey": []},
+    {"siteKeyQuery": []},
+    {"internalToken": []},
+]
+"""OpenAPI `security` of a route a browser (site key) or a server (bearer token) may call."""
+INTERNAL_ONLY: list[dict[str, list[str]]] = [{"internalToken": []}]
+"""OpenAPI `security` of `require_internal`."""
+CRM_ONLY: list[dict[str, list[str]]] = [{"crmKey": []}]
+"""OpenAPI `security` of `POST /v1/crm/events` (`engine.gateway.crm`)."""
+READER: list[dict[str, list[str]]] = [
+    {"siteKey": [], "identity": []},
+    {"siteKeyQuery": [], "identityQuery": []},
+    {"siteKey": []},
+    {"siteKeyQuery": []},
+    {"internalToken": []},
+]
+"""OpenAPI `security` of `require_reader`: a site key with an identity token for the user, a
+site key alone for an anonymous id (`anonymous=true`), or an internal token."""
 
 
 class Refused(NerveError):

@@ -22,16 +22,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from engine.gateway.auth import Refused, check_internal
+from engine.gateway.auth import CRM_ONLY, Refused, check_internal
 from engine.gateway.events import (
     JSON_TYPES,
     Caller,
+    Ingested,
     Reply,
     decode_batch,
     read_body,
     store,
     triage,
 )
+from engine.gateway.responses import Detail, answer
 from engine.gateway.state import GatewayState, gateway_state
 
 PRODUCER = "crm"
@@ -54,14 +56,20 @@ def check_crm(request: Request, keys: tuple[str, ...]) -> Caller:
     "/v1/crm/events",
     status_code=202,
     summary="Ingest CRM events (one or a batch) from a CRM backend",
+    openapi_extra={"security": CRM_ONLY},
     responses={
-        202: {"description": "Stored (some may be refused; see `rejected`)"},
-        422: {"description": "Every event refused; each with its fields and reasons"},
-        400: {"description": "Body is not JSON"},
-        401: {"description": "No Authorization: Bearer <CRM key>"},
-        403: {"description": "The bearer is not a CRM key"},
-        413: {"description": "Body or batch too large"},
-        503: {"description": "Broker unavailable; nothing stored, retry with the same ids"},
+        202: answer("Stored (some may be refused; see `rejected`)", Ingested),
+        422: {
+            "description": "Every event refused; each with its fields and reasons",
+            "model": Ingested | Detail,
+        },
+        400: answer("Body is not JSON"),
+        401: answer("No Authorization: Bearer <CRM key>"),
+        403: answer("The bearer is not a CRM key"),
+        413: answer("Body or batch too large"),
+        415: answer("Not a JSON body"),
+        500: answer("Unexpected error (logged with its traceback)"),
+        503: answer("Broker unavailable; nothing stored, retry with the same ids", retry=True),
     },
 )
 async def post_crm_events(request: Request) -> Response:

@@ -7,7 +7,9 @@ p99 had risen from 7 to 40-90 ms (`bench/freshness.py` part c). This one only wa
 
 * CORS: a preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered here, 204 with
   the allowed origin or 403; any other answer gets `Access-Control-Allow-Origin` when the
-  request's Origin is allowed for the site key it names (`auth.cors_origin`).
+  request's Origin is allowed for the site key it names (`auth.cors_origin`), and
+  `Access-Control-Expose-Headers` naming the gateway's own response headers (`EXPOSED`), so
+  that a page's script can read `X-Nerve-Warning` and `X-Nerve-Source`.
 * Errors: every answer >= 500 is counted as `http_errors_total{status, cause}`. The cause is
   what the answering code set on `request.state` (`ops.ERROR_CAUSE`); a 503 without one counts
   as `broker_unavailable` when it carries `Retry-After`, else `unavailable`; other 5xx as
@@ -32,6 +34,8 @@ PREFLIGHT = {
     "Access-Control-Max-Age": "600",
     "Vary": "Origin",
 }
+EXPOSED = "X-Nerve-Warning, X-Nerve-Source, Retry-After"
+"""Response headers a browser's script may read (CORS hides all but a few by default)."""
 
 
 class Edge:
@@ -61,6 +65,7 @@ class Edge:
                 if origin is not None:
                     headers = MutableHeaders(scope=message)
                     headers["Access-Control-Allow-Origin"] = origin
+                    headers["Access-Control-Expose-Headers"] = EXPOSED
                     headers["Vary"] = "Origin"
                 status = int(message["status"])
                 if status >= 500:

@@ -7,12 +7,33 @@ replacing an unread one by its successor, and hands them out in the order their 
 arrived. Its size is bounded by the number of slots, so nothing else needs dropping.
 
 `StreamLimits` counts the open streams per site key and per client address against their caps
-(`GatewaySettings.max_streams_per_key` / `max_streams_per_client`).
+(`GatewaySettings.max_streams_per_key` / `max_streams_per_client`). `EventStream` is the
+response a stream is sent as, and `FRAMES` what its OpenAPI says it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+
+from starlette.responses import StreamingResponse
+
+HEARTBEAT_S = 15.0
+"""Seconds without a list after which a stream sends a `: ping` comment (keeps proxies open)."""
+FRAMES = (
+    "Frames: `: connected` (a comment) once subscribed; then, for each new list of a "
+    "requested slot (`slots=home,similar`; none: every slot), `id: <recommendation id>`, "
+    "`event: recommendations` and `data: <ServedList JSON>` (the schema of "
+    "`GET /v1/recommendations/{user_id}`, `nerve schema served_list`); a `: ping` comment "
+    f"after {HEARTBEAT_S:g} s without one. A slow reader gets the newest list of each slot, "
+    "not every one."
+)
+"""What a live stream sends, for its OpenAPI description."""
+
+
+class EventStream(StreamingResponse):
+    """A Server-Sent Events response (`text/event-stream`)."""
+
+    media_type = "text/event-stream"
 
 
 class LatestPerSlot:

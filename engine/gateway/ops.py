@@ -1,17 +1,21 @@
-"""What operators call: `/healthz`, `/metrics`, `/v1/stats` (internal) and `/`."""
+"""What operators call: `/healthz`, `/metrics`, `/v1/stats` (internal) and `/`, with the
+models of their answers (`Health`, `Stats`) for the OpenAPI."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from pydantic import AwareDatetime, BaseModel, Field
 
 from engine import health
 from engine.gateway.assets import WIDGETS
-from engine.gateway.auth import require_internal
+from engine.gateway.auth import INTERNAL_ONLY, require_internal
+from engine.gateway.responses import COMMON, UNAVAILABLE
 from engine.gateway.state import gateway_state
 from engine.recommender.stats import click_through
 
@@ -28,12 +32,66 @@ def unavailable(request: Request, cause: str, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
+class Connection(BaseModel):
+    """The gateway's connection to NATS."""
+
+    connected: bool
+    since: float = Field(description="Unix time of the last change")
+    last_error: str | None
+    slow_consumer_errors: int
+
+
+class Beat(BaseModel):
+    """A service's last heartbeat (`engine.health`)."""
+
+    done: int
+    behind: int
+    seconds_since_progress: float
+    stuck: bool
+
+
+class Health(BaseModel):
+    """`/healthz`: the connection, each service's heartbeat (while connected), the stuck ones."""
+
+    nats: Connection
+    services: dict[str, Beat] | None = Field(default=None, description="Absent: not read")
+    stuck: list[str]
+    status: Literal["ok", "degraded"]
+
+
+class SlotRow(BaseModel):
+    """Impressions, clicks and dismissals of one slot and model version."""
+
+    slot: str
+    model_version: str
+    impressions: int
+    items_shown: int
+    clicks: int
+    dismissals: int
+    ctr: float
+
+
+class Stats(BaseModel):
+    """`/v1/stats`: click-through since `since`."""
+
+    since: AwareDatetime
+    rows: list[SlotRow]
+
+
 @router.get("/", include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/demo/" if (WIDGETS / "demo").is_dir() else "/docs")
 
 
-@router.get("/healthz", summary="Liveness, broker connection, and services that are stuck")
+@router.get(
+    "/healthz",
+    summary="Liveness, broker connection, and services that are stuck",
+    response_model=Health,
+    responses={
+        200: {"description": "Connected, and no service is stuck"},
+        503: {"description": "Not connected, or a service is stuck", "model": Health},
+    },
+)
 async def healthz(request: Request) -> JSONResponse:
     """200 when the gateway is connected and no service is stuck; else 503 with the reason.
     `services` lists every service's heartbeat (`engine.health`): `stuck` is true for one with
@@ -68,6 +126,9 @@ async def prometheus(request: Request) -> Response:
     "/v1/stats",
     summary="Click-through rate per slot and model version (internal)",
     dependencies=[Depends(require_internal)],
+    response_model=Stats,
+    responses={**COMMON, 503: UNAVAILABLE},
+    openapi_extra={"security": INTERNAL_ONLY},
 )
 async def get_stats(request: Request, hours: float = 24.0) -> JSONResponse:
     if not 0 < hours <= 24 * 366:

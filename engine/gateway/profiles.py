@@ -3,6 +3,8 @@
 The gateway cannot decrypt profiles (its broker credential reads neither `profiles` nor
 `userkeys`): it asks the profiles service on `nerve.profiles.get`, which reads the profile
 with a fresh key cache (a key erased by `nerve forget` is never served again) and answers.
+The body is the stored `Profile` (`engine.profiles.profile`); a refusal of the service (no
+profile: 404) is `{"errors": [{"field", "reason"}]}` like the gateway's other bad requests.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from engine.bus import NoAnswer
-from engine.gateway.auth import require_internal
+from engine.gateway.auth import INTERNAL_ONLY, require_internal
 from engine.gateway.ops import unavailable
+from engine.gateway.responses import COMMON, UNAVAILABLE, Errors, answer
 from engine.gateway.state import gateway_state
+from engine.profiles.profile import Profile
 from engine.subjects import PROFILE_REQUEST_SUBJECT
 
 router = APIRouter(dependencies=[Depends(require_internal)])
@@ -23,12 +27,14 @@ router = APIRouter(dependencies=[Depends(require_internal)])
 @router.get(
     "/v1/profiles/{user_id}",
     summary="A user's profile (internal callers only: Authorization: Bearer <token>)",
+    response_model=Profile,
     responses={
-        401: {"description": "No bearer token"},
-        403: {"description": "Not internal"},
-        404: {"description": "No profile"},
-        503: {"description": "The profiles service did not answer"},
+        200: {"description": "The stored profile (times in Unix milliseconds)"},
+        **COMMON,
+        404: answer("No profile for this user", Errors),
+        503: UNAVAILABLE,
     },
+    openapi_extra={"security": INTERNAL_ONLY},
 )
 async def get_profile(user_id: str, request: Request, anonymous: bool = False) -> Response:
     state = gateway_state(request)
@@ -42,5 +48,6 @@ async def get_profile(user_id: str, request: Request, anonymous: bool = False) -
     data = orjson.loads(reply)
     if "error" in data:
         e = data["error"]
-        return JSONResponse({"detail": e["reason"]}, status_code=e.get("status", 422))
+        problem = {"field": e.get("field", "user_id"), "reason": e["reason"]}
+        return JSONResponse({"errors": [problem]}, status_code=e.get("status", 422))
     return Response(reply, media_type="application/json")

@@ -12,6 +12,12 @@ an internal bearer token); an anonymous id (`anonymous=true`) needs only the sit
 (`auth.require_reader`). Open streams are capped per site key and per client address
 (`GatewaySettings.max_streams_per_key` / `max_streams_per_client`; 429 with `Retry-After`).
 
+What is served is a `ServedList` (`engine.events.served`, `nerve schema served_list`): the
+stored `recommendations_updated` with each entry's catalogue details in `items[].item`. Its
+source is in `X-Nerve-Source` (`stored`, `stale`, `computed`); when the recommender served less
+than was asked (a `k` over the slot's maximum) its reply's top-level `warning` is moved to the
+`X-Nerve-Warning` header (exposed to browsers by `edge`).
+
 Nothing is served that is not a list for this user: a message on `reco.<user>.<slot>` (stored
 or live) and a reply to `reco.request` are validated with the `recommendations_updated` model
 and must name this user and slot. A stored one that fails is not served (the recommender is
@@ -26,20 +32,23 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from engine.bus import NoAnswer
 from engine.errors import EventRejected
 from engine.events import parse_event
 from engine.events.catalog import RecommendationsUpdated
-from engine.gateway.auth import is_internal_call, require_reader, site_key_of
-from engine.gateway.live import LatestPerSlot, StreamLease
+from engine.events.items import details
+from engine.events.served import ServedList
+from engine.gateway.auth import READER, is_internal_call, require_reader, site_key_of
+from engine.gateway.live import FRAMES, HEARTBEAT_S, EventStream, LatestPerSlot, StreamLease
 from engine.gateway.ops import unavailable
+from engine.gateway.responses import COMMON, UNAVAILABLE, Errors, answer, common
 from engine.gateway.state import GatewayState, gateway_state
 from engine.ids import canonical_id, unsafe_character, uuid7_time_ms
 from engine.recommender.catalog import ItemCatalog
@@ -53,9 +62,10 @@ from engine.subjects import (
 )
 
 SLOT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-HEARTBEAT_S = 15.0
-ITEM_FIELDS = ("name", "url", "image", "category", "value")
 STREAM_RETRY_S = 5
+SOURCE_HEADER = "X-Nerve-Source"
+WARNING_HEADER = "X-Nerve-Warning"
+"""Set when the list served is not quite what was asked (the recommender's `warning`)."""
 
 router = APIRouter(dependencies=[Depends(require_reader)])
 
@@ -84,8 +94,7 @@ def enrich(event: dict[str, Any], catalog: ItemCatalog) -> dict[str, Any]:
     for entry in props["items"]:
         item = catalog.get(entry["item_id"])
         if item is not None:
-            details = {f: getattr(item, f) for f in ITEM_FIELDS if getattr(item, f) is not None}
-            entry = {**entry, "item": details}
+            entry = {**entry, "item": details(item)}
         items.append(entry)
     return {**event, "properties": {**props, "items": items}}
 
@@ -113,17 +122,37 @@ def bad(field: str, reason: str) -> JSONResponse:
 
 
 def recommendation(
-    state: GatewayState, event: dict[str, Any], k: int | None, source: str
+    state: GatewayState,
+    event: dict[str, Any],
+    k: int | None,
+    source: str,
+    warning: str | None = None,
 ) -> Response:
-    """The list as served: cut to `k`, items enriched, its source in `X-Nerve-Source`."""
+    """The list as served: cut to `k`, items enriched, its source in `X-Nerve-Source` and the
+    recommender's `warning`, if any, in `X-Nerve-Warning`."""
     if k is not None:
         props = event["properties"]
         event = {**event, "properties": {**props, "items": props["items"][:k]}}
     event = enrich(event, state.catalog)
     state.metrics.inc("recommendations_total", source=source)
-    return Response(
-        orjson.dumps(event), media_type="application/json", headers={"X-Nerve-Source": source}
-    )
+    headers = {SOURCE_HEADER: source}
+    if warning:
+        headers[WARNING_HEADER] = header_safe(warning)
+    return Response(orjson.dumps(event), media_type="application/json", headers=headers)
+
+
+def header_safe(text: str, limit: int = 512) -> str:
+    """`text` as a header value: printable ASCII (others as `?`), at most `limit` chars."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+
+
+def split_warning(data: Any) -> tuple[Any, str | None]:
+    """A recommender reply without its top-level `warning`, and the warning (None: none)."""
+    if not isinstance(data, dict) or "warning" not in data:
+        return data, None
+    rest = {k: v for k, v in data.items() if k != "warning"}
+    warning = data["warning"]
+    return rest, warning if isinstance(warning, str) else None
 
 
 async def stored_list(state: GatewayState, token: str, slot: str) -> dict[str, Any] | None:
@@ -144,32 +173,52 @@ def is_fresh(state: GatewayState, stored: dict[str, Any], k: int | None) -> bool
     return fresh and (k is None or k <= len(stored["properties"]["items"]))
 
 
+LIST_HEADERS = {
+    SOURCE_HEADER: {
+        "description": "`stored` (fresh from the log), `stale` (stored; the recommender did not "
+        "answer) or `computed` (by the recommender for this request)",
+        "schema": {"type": "string", "enum": ["stored", "stale", "computed"]},
+    },
+    WARNING_HEADER: {
+        "description": "Present when the list is not quite what was asked, e.g. a `k` over the "
+        "slot's maximum (the maximum is served)",
+        "schema": {"type": "string"},
+    },
+}
+GONE = answer("The user was forgotten (`nerve forget`): nothing is served for them", Errors)
+
+
 @router.get(
     "/v1/recommendations/{user_id}",
     summary="A user's recommendations for a slot",
     description="The latest stored list when it is fresh (younger than the gateway's "
     "`fresh_s` and than the last model switch), else computed by the recommender "
-    "(`reco.request`). The body is the `recommendations_updated` event. Site key or "
-    "internal bearer token.",
+    "(`reco.request`). The body is a `ServedList` (`nerve schema served_list`): the "
+    "`recommendations_updated` event with each entry's catalogue details in `items[].item`. "
+    "A known user's list needs a site key and an identity token for that user; an anonymous "
+    "id's (`anonymous=true`) the site key alone; an internal bearer token reads any.",
+    response_model=ServedList,
     responses={
-        404: {"description": "Unknown slot"},
-        422: {"description": "Bad parameter (field and reason)"},
-        503: {"description": "The recommender did not answer and nothing is stored"},
+        200: {"description": "The list", "headers": LIST_HEADERS},
+        **COMMON,
+        404: answer("Unknown slot", Errors),
+        410: GONE,
+        503: UNAVAILABLE,
     },
+    openapi_extra={"security": READER},
 )
 async def get_recommendations(
     user_id: str,
     request: Request,
-    slot: str = "home",
-    k: int | None = None,
-    anonymous: bool = False,
-    item: str | None = None,
+    slot: Annotated[str, Query(pattern=SLOT.pattern, description="The slot")] = "home",
+    k: Annotated[
+        int | None,
+        Query(ge=1, le=100, description="At most this many items (the slot's maximum if more)"),
+    ] = None,
+    anonymous: Annotated[bool, Query(description="`user_id` is an anonymous id")] = False,
+    item: Annotated[str | None, Query(description="The item a `similar` slot is about")] = None,
 ) -> Response:
     state = gateway_state(request)
-    if not SLOT.match(slot):
-        return bad("slot", "not a slot name")
-    if k is not None and not 1 <= k <= 100:
-        return bad("k", "between 1 and 100")
     problem = user_problem(user_id)
     if problem:
         return bad("user_id", problem)
@@ -196,7 +245,7 @@ async def get_recommendations(
             return recommendation(state, stored, k, "stale")
         state.metrics.inc("recommendations_total", source="unavailable")
         return unavailable(request, "recommender_unavailable", "the recommender did not answer")
-    data = orjson.loads(reply)
+    data, warning = split_warning(orjson.loads(reply))
     if "error" in data:
         e = data["error"]
         return JSONResponse(
@@ -207,7 +256,7 @@ async def get_recommendations(
     if computed is None:
         state.metrics.inc("recommendations_total", source="invalid")
         return JSONResponse({"detail": "the recommender's answer is not a list"}, status_code=503)
-    return recommendation(state, computed, None, "computed")
+    return recommendation(state, computed, None, "computed", warning)
 
 
 def sse_frame(event: dict[str, Any], catalog: ItemCatalog) -> bytes:
@@ -262,10 +311,19 @@ async def sse_events(
 @router.get(
     "/v1/recommendations/{user_id}/stream",
     summary="Live updates of a user's lists (Server-Sent Events)",
-    description="`event: recommendations`, `data:` the recommendations_updated event with "
-    "catalogue details, `id:` its recommendation id. Site key as `site_key=` and a known "
-    "user's identity token as `identity=` (EventSource cannot send headers).",
-    responses={429: {"description": "Too many open streams for this key or client address"}},
+    description="A `text/event-stream` that lasts until the browser goes. " + FRAMES + " Site "
+    "key as `site_key=` and a known user's identity token as `identity=` (EventSource cannot "
+    "send headers); an anonymous id (`anonymous=true`) needs the site key alone.",
+    response_class=EventStream,
+    responses={
+        200: {"description": "The stream (see the description for its frames)"},
+        **common(by_ref=True),
+        410: answer(GONE["description"], Errors, by_ref=True),
+        429: answer(
+            "Too many open streams for this key or client address", retry=True, by_ref=True
+        ),
+    },
+    openapi_extra={"security": READER},
 )
 async def stream(
     user_id: str, request: Request, slots: str = "", anonymous: bool = False
@@ -289,9 +347,8 @@ async def stream(
         )
     wanted = {s for s in slots.split(",") if s}
     events = sse_events(request, state, token_of(user_id, anonymous), wanted, lease)
-    return StreamingResponse(
+    return EventStream(
         events,
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         background=BackgroundTask(lease.release),  # when the stream never started
     )
