@@ -30,8 +30,8 @@ demo: $(DEPS)
 	@trap : INT; $(BIN)/nerve demo $(if $(PORT),--port $(PORT)) $(ARGS); rc=$$?; [ $$rc -eq 130 ] || exit $$rc
 
 lint: $(DEPS)
-	$(BIN)/ruff check engine models training tests bench
-	$(BIN)/ruff format --check engine models training tests bench
+	$(BIN)/ruff check engine models training client tests bench
+	$(BIN)/ruff format --check engine models training client tests bench
 	$(BIN)/mypy
 
 # The browser tests need Debian's chromium: installed here when missing and we are root with

@@ -37,8 +37,8 @@ from bench.ledger import Ledger
 from engine.bus import Bus
 from engine.bus.reader import read_all
 from engine.profiles.store import ProfileStore
-from engine.subjects import ACTIVITY, RECOMMENDATIONS, split_user_subject, user_token
 from engine.warehouse import Warehouse
+from nerve_client.subjects import ACTIVITY, RECOMMENDATIONS, split_user_subject, user_token
 
 CONSUMERS = ("profiles", "recommender-0-of-1")
 """The durable consumers of ACTIVITY whose progress the audit waits for."""

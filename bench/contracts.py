@@ -3,8 +3,8 @@
 
   decode      engine.bus.decode on a stored `item_viewed` (subject split, JSON parse, model
               validation, subject check) beside the raw baseline, orjson.loads of the same bytes
-  output      the check build_event adds to every list it publishes: engine.events.parse_event of
-              a 10-item recommendations_updated, beside the raw baseline, orjson.dumps of it
+  output      the check build_event adds to every list it publishes: nerve_client.events.parse_event
+              of a 10-item recommendations_updated, beside the raw baseline, orjson.dumps of it
 
 Medians of --rounds rounds of --n calls each, in microseconds per call, and the ratio to the
 raw baseline measured in the same run. No broker needed.
@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # before bench/, whose models.py would shadow the package
 
 from engine.bus.decode import decode  # noqa: E402
-from engine.events import parse_event  # noqa: E402
-from engine.ids import uuid7  # noqa: E402
 from engine.recommender.core import Outcome, Ranked  # noqa: E402
 from engine.recommender.lists import build_event  # noqa: E402
-from engine.subjects import activity_subject  # noqa: E402
+from nerve_client.events import parse_event  # noqa: E402
+from nerve_client.ids import uuid7  # noqa: E402
+from nerve_client.subjects import activity_subject  # noqa: E402
 
 
 def per_call_us(fn: Callable[[], object], n: int, rounds: int) -> float:

@@ -61,13 +61,13 @@ sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
 from engine.bus import Bus, Outgoing, connect  # noqa: E402
-from engine.identity import mint_identity_token  # noqa: E402
-from engine.ids import uuid7  # noqa: E402
 from engine.recommender.catalog import Item, item_subject  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
-from engine.subjects import REQUEST_SUBJECT, activity_subject  # noqa: E402
 from models import Interactions, make  # noqa: E402
 from models.base import pack  # noqa: E402
+from nerve_client.identity import mint_identity_token  # noqa: E402
+from nerve_client.ids import uuid7  # noqa: E402
+from nerve_client.subjects import REQUEST_SUBJECT, activity_subject  # noqa: E402
 
 SLOTS = """
 [slots.home]

@@ -65,10 +65,10 @@ sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
 from engine.bus import Bus, Outgoing, connect, provision  # noqa: E402
-from engine.events import parse_event_json  # noqa: E402
 from engine.importer import import_file  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
 from engine.synth import generate  # noqa: E402
+from nerve_client.events import parse_event_json  # noqa: E402
 
 SITE_KEY = "bench-site-key"
 INTERNAL_TOKEN = secrets.token_urlsafe(32)

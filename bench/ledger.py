@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from engine.ids import uuid7
-from engine.subjects import user_token
+from nerve_client.ids import uuid7
+from nerve_client.subjects import user_token
 
 RETRY_BATCH = 100
 MAX_IN_FLIGHT = 32

@@ -40,10 +40,10 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.subjects import activity_subject, user_token  # noqa: E402
 from engine.synth import generate  # noqa: E402
 from engine.warehouse import row, table  # noqa: E402
 from models import Interactions, make  # noqa: E402
+from nerve_client.subjects import activity_subject, user_token  # noqa: E402
 from training import metrics  # noqa: E402
 from training.evaluate import recommend_for, relevant_items  # noqa: E402
 from training.splits import global_cut  # noqa: E402

@@ -23,10 +23,16 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import Bus, Outgoing
 from engine.bus.reader import read_all
-from engine.events import DeadLetter, parse_event
-from engine.ids import uuid7
 from engine.profiles.store import ProfileStore
-from engine.subjects import DEADLETTER, RECOMMENDATIONS, activity_subject, reco_filter, user_token
+from nerve_client.events import DeadLetter, parse_event
+from nerve_client.ids import uuid7
+from nerve_client.subjects import (
+    DEADLETTER,
+    RECOMMENDATIONS,
+    activity_subject,
+    reco_filter,
+    user_token,
+)
 
 REQUIRED = ("profiles", "recommender", "signals", "warehouse")
 OTHERS = 5

@@ -39,12 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from engine.broker import EmbeddedBroker  # noqa: E402
 from engine.bus import Bus, connect, provision  # noqa: E402
-from engine.events import parse_event  # noqa: E402
-from engine.ids import uuid7  # noqa: E402
 from engine.profiles.store import ProfileStore  # noqa: E402
 from engine.services.profiles import ProfileService  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
 from engine.synth import generate  # noqa: E402
+from nerve_client.events import parse_event  # noqa: E402
+from nerve_client.ids import uuid7  # noqa: E402
 
 
 async def reset(nc: Any, events: list[Any]) -> None:

@@ -9,7 +9,7 @@ file, whose `loan` topic needs two loan simulations and one loan page view in 7 
 Load: --rate events/s (1,000) of page and product views by --users users, published from this
 process. Probes: every 200 ms a new user with marketing consent views a loan and simulates it
 once, then simulates again: that second simulation is the deciding event. A CRM consumer built
-on the public client (`engine.client.NerveClient.interest_signals`, a durable consumer) receives
+on the public client (`nerve_client.NerveClient.interest_signals`, a durable consumer) receives
 the signals; latency = its arrival - the deciding event's publish. Goal: p99 < 100 ms.
 
 Who connects as whom: this process publishes the load and the probes straight to ACTIVITY as
@@ -47,14 +47,14 @@ sys.path.insert(0, str(ROOT))
 from engine import credstore  # noqa: E402
 from engine.broker import EmbeddedBroker  # noqa: E402
 from engine.bus import Bus, Outgoing, Publisher, connect  # noqa: E402
-from engine.client import NerveClient  # noqa: E402
-from engine.ids import uuid7  # noqa: E402
 from engine.recommender.catalog import Item, item_subject  # noqa: E402
 from engine.settings import BrokerSettings  # noqa: E402
-from engine.subjects import activity_subject  # noqa: E402
 from engine.synth import CATALOGUE  # noqa: E402
 from models import Interactions, make  # noqa: E402
 from models.base import pack  # noqa: E402
+from nerve_client.client import NerveClient  # noqa: E402
+from nerve_client.ids import uuid7  # noqa: E402
+from nerve_client.subjects import activity_subject  # noqa: E402
 
 
 def now_iso() -> str:

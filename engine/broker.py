@@ -32,8 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine import credentials, credstore
-from engine.errors import BrokerError, ConfigError
 from engine.settings import BrokerSettings
+from nerve_client.errors import BrokerError, ConfigError
 
 _PR_SET_PDEATHSIG = 1
 

@@ -41,8 +41,8 @@ from urllib.parse import unquote
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.errors import EventRejected, FieldError
-from engine.events.envelope import ID_PATTERN, LATEST, Context, UserId
+from nerve_client.errors import EventRejected, FieldError
+from nerve_client.events.envelope import ID_PATTERN, LATEST, Context, UserId
 
 CE_NAMESPACE = uuid.UUID("5f1d3c1e-7a54-4c55-9d0b-0c3d9a6e6b61")
 """Namespace of the UUIDv5 ids made from a CloudEvent's (`source`, `id`). Never change it: a

@@ -78,14 +78,12 @@ any `health` key (a key is `<service>[-replica].<host>-<pid>`, not a token of it
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from engine.errors import ConfigError
-from engine.events.envelope import CRM_TYPES
 from engine.settings import BrokerSettings
-from engine.subjects import crm_type_filter, deadletter_subject
+from nerve_client.credentials import Credential, Tls
+from nerve_client.events.envelope import CRM_TYPES
+from nerve_client.subjects import crm_type_filter, deadletter_subject
 
 COMPONENTS = (
     "admin",
@@ -242,48 +240,6 @@ def grant(role: str, user: str) -> Grant:
 def inbox_prefix(user: str) -> str:
     """The reply-inbox prefix of `user`: `_INBOX_<user>` (admin keeps nats-py's `_INBOX`)."""
     return "_INBOX" if user == "admin" else "_INBOX_" + user
-
-
-@dataclass(frozen=True)
-class Credential:
-    """How one client authenticates: user and password (ours), or a NATS `.creds` file."""
-
-    user: str | None = None
-    password: str | None = None
-    role: str = "admin"
-    inbox_prefix: str = "_INBOX"
-    creds_file: Path | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> Credential:
-        """A credential file: ours (JSON) or a NATS `.creds` file (JWT and nkey seed)."""
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read credential {path}: {exc.strerror}") from None
-        if "BEGIN NATS USER JWT" in text:
-            return cls(creds_file=path, role="external")
-        try:
-            raw = json.loads(text)
-            return cls(
-                user=str(raw["user"]),
-                password=str(raw["password"]),
-                role=str(raw.get("role", "admin")),
-                inbox_prefix=str(raw.get("inbox_prefix", "_INBOX")),
-            )
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(
-                f"{path}: neither a Nerve credential (JSON) nor a NATS .creds file"
-            ) from None
-
-
-@dataclass(frozen=True)
-class Tls:
-    """TLS to the broker: the CA to trust and, for mutual TLS, the client's cert and key."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
 
 
 def url_with(url: str, cred: Credential) -> str:

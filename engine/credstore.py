@@ -12,9 +12,10 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine.credentials import COMPONENTS, OUTSIDE_ROLES, Credential, grant, inbox_prefix
-from engine.errors import ConfigError
+from engine.credentials import COMPONENTS, OUTSIDE_ROLES, grant, inbox_prefix
 from engine.settings import BrokerSettings
+from nerve_client.credentials import Credential
+from nerve_client.errors import ConfigError
 
 DIR = "credentials"
 AUTH_CONF = "nats-auth.conf"

@@ -1,4 +1,4 @@
-"""A reference CRM built only on the public client (`engine.client`): how another team would
+"""A reference CRM built only on the public client (`nerve_client.client`): how another team would
 consume interest signals and log what its salespeople did.
 
 It stores each signal as a lead in SQLite (a real database file), prints it, and logs a
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.client import CrmContact, InterestSignal, NerveClient
+from nerve_client.client import CrmContact, InterestSignal, NerveClient
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leads (

@@ -41,9 +41,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from engine.bus import Ack, KeyValueStore, Outgoing, Publisher
-from engine.errors import EventRejected, FieldError
-from engine.events import OUTPUT_TYPES, DeadLetter, parse_event
-from engine.ids import derived_uuid7
+from nerve_client.errors import EventRejected, FieldError
+from nerve_client.events import OUTPUT_TYPES, DeadLetter, parse_event
+from nerve_client.ids import derived_uuid7
 
 Format = Literal["jsonl", "interactions"]
 ALIASES = {

@@ -93,8 +93,9 @@ class StreamSettings(BaseModel):
 
 class SiteKey(BaseModel):
     """A public site key: which origins may use it, how fast, and the secret its site's backend
-    signs identity tokens with (`engine.identity`). Without a secret the key is anonymous-only:
-    no event naming a `user_id` and no known user's list is ever accepted with it."""
+    signs identity tokens with (`nerve_client.identity`). Without a secret the key is
+    anonymous-only: no event naming a `user_id` and no known user's list is ever accepted with
+    it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

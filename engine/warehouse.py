@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.bus.decode import Record, Refusal, decode
-from engine.subjects import ACTIVITY
+from nerve_client.subjects import ACTIVITY
 
 log = logging.getLogger("nerve.warehouse")
 

@@ -19,12 +19,12 @@ from nats.aio.client import Client as NATS
 from engine.broker import EmbeddedBroker
 from engine.bus import Bus, connect, provision
 from engine.bus.reader import read_all
-from engine.events import Envelope, parse_event_json
-from engine.ids import uuid7
 from engine.settings import BrokerSettings, StreamSettings
-from engine.subjects import activity_subject, user_token
 from engine.synth import generate
 from engine.warehouse import row, table
+from nerve_client.events import Envelope, parse_event_json
+from nerve_client.ids import uuid7
+from nerve_client.subjects import activity_subject, user_token
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import pandas as pd
 from nats.aio.client import Client as NATS
 
 from engine.bus import Bus, Outgoing, Publisher
-from engine.ids import uuid7
 from engine.profiles.profile import apply, new_profile
 from engine.recommender.catalog import Item, item_subject
 from engine.recommender.slots import SlotsConfig
 from models import Interactions, make
 from models.base import pack
 from models.nbo import NextBestOffer, feature_names, features
+from nerve_client.ids import uuid7
 
 ITEMS = [
     Item(

@@ -15,11 +15,11 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.bus.reader import read_all
-from engine.errors import FieldError
-from engine.events import DeadLetter
-from engine.events.deadletter import RAW_CAP
 from engine.gateway import SITE_KEY_HEADER, create_app
 from engine.settings import GatewaySettings, SiteKey
+from nerve_client.errors import FieldError
+from nerve_client.events import DeadLetter
+from nerve_client.events.deadletter import RAW_CAP
 from tests.conftest import count, event, serving
 
 KEY = "abuse-site-key"

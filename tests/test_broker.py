@@ -11,8 +11,8 @@ import pytest
 
 from engine.broker import EmbeddedBroker, broker_url, find_server_binary
 from engine.bus import connect
-from engine.errors import BrokerUnavailable, ConfigError
 from engine.settings import BrokerSettings
+from nerve_client.errors import BrokerUnavailable, ConfigError
 
 
 def port_open(url: str) -> bool:

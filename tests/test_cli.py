@@ -114,6 +114,11 @@ def test_up_serves_the_gateway_and_stops_everything_on_a_signal(
             headers={"X-Nerve-Site-Key": "cli-test-key", "Content-Type": "application/json"},
         )
         assert r.status_code == 202 and r.json()["accepted"] == 2
+        # a k above the slot's maximum: the maximum, and the warning on stderr (not in the JSON)
+        many = nerve("recommend", "a-0", "--anonymous", "--k", "99", "--json", data_dir=tmp_path)
+        assert many.returncode == 0, many.stderr
+        assert "nerve: warning: k=99 is more than slot 'home' serves" in many.stderr
+        assert "warning" not in json.loads(many.stdout)
         broker = json.loads((tmp_path / "broker.json").read_text())
     finally:
         proc.send_signal(sig)

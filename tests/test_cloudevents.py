@@ -13,10 +13,10 @@ from cloudevents.core.v1.event import CloudEvent
 from nats.aio.client import Client as NATS
 
 from engine.cloudevents import from_cloudevent, nerve_id
-from engine.errors import EventRejected
-from engine.events.producers import BEHAVIOURAL, PRODUCERS
 from engine.gateway import SITE_KEY_HEADER, create_app
 from engine.settings import GatewaySettings, SiteKey
+from nerve_client.errors import EventRejected
+from nerve_client.events.producers import BEHAVIOURAL, PRODUCERS
 from tests.conftest import serving, stored
 
 KEY = "ce-site-key"

@@ -28,16 +28,15 @@ from nats.aio.client import Client as NATS
 from engine import credentials, credstore
 from engine.broker import EmbeddedBroker, reload
 from engine.bus import AuthRefused, Bus, accepts, connect
-from engine.bus.connection import auth_options
-from engine.client import CrmContact, InterestSignal, NerveClient
-from engine.credentials import Credential
-from engine.errors import BrokerUnavailable
-from engine.events import parse_event
 from engine.gateway import SITE_KEY_HEADER
 from engine.profiles.store import ProfileStore
 from engine.runner import run_services
 from engine.settings import BrokerSettings, GatewaySettings, SiteKey
-from engine.subjects import RECOMMENDATIONS, reco_subject, signal_subject, user_token
+from nerve_client.client import CrmContact, InterestSignal, NerveClient
+from nerve_client.credentials import Credential, auth_options
+from nerve_client.errors import BrokerUnavailable
+from nerve_client.events import parse_event
+from nerve_client.subjects import RECOMMENDATIONS, reco_subject, signal_subject, user_token
 from tests.conftest import count
 from tests.conftest import event as make_event
 from tests.reco_world import publish_world
@@ -346,7 +345,7 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 
 async def test_tls_is_an_option_and_verifies_the_server(tmp_path: Path) -> None:
     from engine.broker import find_server_binary
-    from engine.credentials import Tls
+    from nerve_client.credentials import Tls
 
     cert, key = self_signed(tmp_path)
     port = free_port()

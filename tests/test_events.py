@@ -5,8 +5,8 @@ import orjson
 import pytest
 
 from engine.cloudevents import from_cloudevent, to_cloudevent
-from engine.errors import EventRejected
-from engine.events import LATEST, event_types, json_schema, parse_event, parse_event_json
+from nerve_client.errors import EventRejected
+from nerve_client.events import LATEST, event_types, json_schema, parse_event, parse_event_json
 from tests.conftest import EXAMPLE_PROPERTIES, event
 
 

@@ -24,8 +24,8 @@ from bench import faults  # noqa: E402
 from bench.audit import audit, violations  # noqa: E402
 from bench.ledger import Ledger, make_event  # noqa: E402
 from engine.bus import Bus, Outgoing  # noqa: E402
-from engine.events import parse_event  # noqa: E402
-from engine.ids import uuid7  # noqa: E402
+from nerve_client.events import parse_event  # noqa: E402
+from nerve_client.ids import uuid7  # noqa: E402
 
 RATE = 100.0  # events/s: the suite shares two cores
 

@@ -12,14 +12,14 @@ from nats.aio.client import Client as NATS
 
 from engine.broker import EmbeddedBroker
 from engine.bus import Bus, Outgoing, connect
-from engine.errors import FieldError
-from engine.events import DeadLetter, parse_event
 from engine.profiles.erasure import forget
 from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore
 from engine.services.warehouse import WarehouseService
 from engine.settings import BrokerSettings
-from engine.subjects import reco_subject, signal_subject, user_token
+from nerve_client.errors import FieldError
+from nerve_client.events import DeadLetter, parse_event
+from nerve_client.subjects import reco_subject, signal_subject, user_token
 from tests.conftest import count, event, stored
 from tests.test_profiles_service import drain, history, service
 from tests.test_warehouse import run_until
@@ -149,7 +149,7 @@ async def test_a_forgotten_user_stays_forgotten(fresh: NATS, nats_url: str) -> N
     """Before, a request for a forgotten user's recommendations stored a new list under their
     id seconds after the erasure, and their next event made a new profile. The tombstone
     written by `nerve forget` stops both; other users are served as before."""
-    from engine.subjects import REQUEST_SUBJECT
+    from nerve_client.subjects import REQUEST_SUBJECT
     from tests.reco_world import publish_world
     from tests.test_recommender_service import act, lists, running, send, until
 

@@ -15,13 +15,13 @@ from nats.aio.client import Client as NATS
 from engine.bus import Bus
 from engine.bus.reader import read_all
 from engine.cloudevents import to_cloudevent
-from engine.events import DeadLetter
 from engine.gateway import SITE_KEY_HEADER, GatewayState, create_app
 from engine.gateway.live import LatestPerSlot
 from engine.gateway.recommendations import sse_events
-from engine.ids import uuid7
 from engine.settings import GatewaySettings, SiteKey
-from engine.subjects import reco_subject, user_token
+from nerve_client.events import DeadLetter
+from nerve_client.ids import uuid7
+from nerve_client.subjects import reco_subject, user_token
 from tests.conftest import count
 from tests.conftest import event as known_event
 
@@ -177,7 +177,7 @@ async def test_a_body_that_is_not_json_is_dead_lettered_whole(
 
 
 async def test_cloudevents_batches_are_accepted(client: httpx.AsyncClient, fresh: NATS) -> None:
-    from engine.events import parse_event
+    from nerve_client.events import parse_event
 
     ces = [
         to_cloudevent(orjson.loads(parse_event(event("item_viewed")).to_json())) for _ in range(3)

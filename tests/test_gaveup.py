@@ -11,7 +11,7 @@ from engine.bus import Bus, Refusal
 from engine.bus.consumer import DurableConsumer, refusals
 from engine.bus.gaveup import sweep
 from engine.bus.reader import read_all
-from engine.subjects import GAVE_UP
+from nerve_client.subjects import GAVE_UP
 
 
 async def test_a_message_given_up_on_while_nobody_swept_is_dead_lettered_later(

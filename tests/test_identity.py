@@ -1,7 +1,7 @@
 """Signed identity (issue 12, finding 2): a public site key cannot act as a customer.
 
-The token itself (`engine.identity`), the producers table, and the gateway end to end on a real
-nats-server: the seven-POST takeover, reading a known user's lists and stream, the demo bank's
+The token itself (`nerve_client.identity`), the producers table, and the gateway end to end on a
+real nats-server: the seven-POST takeover, reading a known user's lists and stream, the demo bank's
 backend, the rate budget of refused input and the caps on live streams."""
 
 from __future__ import annotations
@@ -24,20 +24,20 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from pydantic import SecretStr
 
-from engine.errors import ConfigError, EventRejected
-from engine.events import parse_event
-from engine.events.producers import BEHAVIOURAL, PRODUCERS, check_producer
 from engine.gateway import SITE_KEY_HEADER, create_app
 from engine.gateway import demo as demo_routes
-from engine.identity import (
+from engine.settings import GatewaySettings, SiteKey
+from nerve_client.errors import ConfigError, EventRejected
+from nerve_client.events import parse_event
+from nerve_client.events.producers import BEHAVIOURAL, PRODUCERS, admit, check_producer
+from nerve_client.identity import (
     CLOCK_SKEW_S,
     InvalidIdentity,
     mint_identity_token,
     verify_identity_token,
 )
-from engine.ids import uuid7
-from engine.settings import GatewaySettings, SiteKey
-from engine.subjects import reco_subject, user_token
+from nerve_client.ids import uuid7
+from nerve_client.subjects import reco_subject, user_token
 from tests.conftest import count, event
 
 KEY, OTHER = "bank-site-key", "other-site-key"
@@ -168,6 +168,17 @@ def test_the_table_gives_a_site_key_behaviour_only_and_the_server_the_rest() -> 
     assert exc.value.errors[0].field == "user_id"
     ok = check_producer("site", parse_event(event(user_id=VICTIM)), identified=VICTIM)
     assert ok.user_id == VICTIM
+
+
+def test_a_type_the_producer_may_not_send_is_refused_as_such_before_its_fields() -> None:
+    """Before: a site key's item_purchased with a bad property was told about the property,
+    as if fixing it would get the purchase in."""
+    bad = event("item_purchased", user_id=None, anonymous_id="a-1", item_id="card-gold")
+    bad["properties"] = {"price": "lots"}
+    with pytest.raises(EventRejected) as exc:
+        admit("site", bad)
+    [error] = exc.value.errors
+    assert error.field == "type" and "not accepted from a site key" in error.reason
 
 
 # -- the takeover through the gateway ---------------------------------------------------------

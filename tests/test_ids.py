@@ -1,6 +1,6 @@
 import uuid
 
-from engine.ids import canonical_id, derived_uuid7, unsafe_character, uuid7, uuid7_time_ms
+from nerve_client.ids import canonical_id, derived_uuid7, unsafe_character, uuid7, uuid7_time_ms
 
 
 def test_uuid7_has_version_variant_and_time() -> None:

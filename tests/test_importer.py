@@ -8,9 +8,9 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import Bus
 from engine.bus.reader import read_all
-from engine.events import DeadLetter
 from engine.importer import Checkpoint, file_sha256, import_file
 from engine.settings import StreamSettings
+from nerve_client.events import DeadLetter
 from tests.conftest import count, event, stored, write_lines
 
 

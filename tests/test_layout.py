@@ -15,9 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"models": {"engine", "training"}, "engine": {"training"}, "training": set()}
-CHECKED = ("engine", "models", "training")
-NATS_DOORS = ("engine/bus/", "engine/client.py")
+CLIENT = "client/src/nerve_client"
+"""The client's own distribution (nerve-client): it imports nothing of the rest."""
+FORBIDDEN = {
+    "models": {"engine", "training"},
+    "engine": {"training"},
+    "training": set(),
+    CLIENT: {"engine", "models", "training"},
+}
+CHECKED = ("engine", "models", "training", CLIENT)
+NATS_DOORS = ("engine/bus/", "client/src/nerve_client/client.py")
 NATS_METHODS = {"jetstream", "subscribe", "publish", "request", "delete_msg", "stream_info"}
 SUBJECT_PREFIXES = ("activity.", "crm.", "reco.", "signals.", "dlq.", "catalog.", "nerve.")
 BUS_SUBJECT_PREFIXES = ("$KV.", "$JS.")
@@ -56,7 +63,7 @@ def sources(root: Path, packages: tuple[str, ...] = CHECKED) -> Iterator[tuple[s
 
 
 def module_name(rel: str) -> str:
-    parts = rel.removesuffix(".py").split("/")
+    parts = rel.removeprefix("client/src/").removesuffix(".py").split("/")
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -130,7 +137,7 @@ def models_stand_alone(root: Path) -> list[str]:
 
 
 def nats_imports(root: Path) -> list[str]:
-    """`import nats` / `from nats...` outside engine/bus/ and engine/client.py."""
+    """`import nats` / `from nats...` outside engine/bus/ and nerve_client/client.py."""
     found = []
     for rel, tree in sources(root):
         if rel.startswith(NATS_DOORS):
@@ -173,11 +180,11 @@ def nats_calls(root: Path) -> list[str]:
 
 
 def fstring_subjects(root: Path) -> list[str]:
-    """An f-string that starts like a subject, outside engine/subjects.py (and, for `$KV.` and
+    """An f-string that starts like a subject, outside nerve_client/subjects.py (and, for `$KV.` and
     `$JS.`, outside engine/bus/)."""
     found = []
     for rel, tree in sources(root):
-        if rel == "engine/subjects.py":
+        if rel == f"{CLIENT}/subjects.py":
             continue
         prefixes: tuple[str, ...] = SUBJECT_PREFIXES
         if not rel.startswith("engine/bus/"):
@@ -347,9 +354,9 @@ def test_imports_flow_one_way(package: str) -> None:
 
 
 def test_only_the_bus_package_imports_nats() -> None:
-    # engine/client.py is the stand-alone client other teams' services import
-    allowed = {ROOT / "engine" / "bus", ROOT / "engine" / "client.py"}
-    for path in (ROOT / "engine").rglob("*.py"):
+    # nerve_client/client.py is the stand-alone client other teams' services import
+    allowed = {ROOT / "engine" / "bus", ROOT / CLIENT / "client.py"}
+    for path in [*(ROOT / "engine").rglob("*.py"), *(ROOT / CLIENT).rglob("*.py")]:
         if "nats" in imported_packages(path):
             assert any(path == a or a in path.parents for a in allowed), path
 
@@ -357,7 +364,7 @@ def test_only_the_bus_package_imports_nats() -> None:
 def test_nats_is_imported_only_behind_the_bus() -> None:
     violations = nats_imports(ROOT)
     assert not violations, report(
-        "nats is imported only in engine/bus/, engine/client.py", violations
+        "nats is imported only in engine/bus/, nerve_client/client.py", violations
     )
 
 
@@ -368,7 +375,7 @@ def test_nats_is_called_only_behind_the_bus() -> None:
 
 def test_subjects_are_built_only_in_engine_subjects() -> None:
     violations = fstring_subjects(ROOT)
-    assert not violations, report("subjects are built only in engine/subjects.py", violations)
+    assert not violations, report("subjects are built only in nerve_client/subjects.py", violations)
 
 
 def test_services_do_not_import_each_other() -> None:
@@ -397,7 +404,7 @@ def test_files_and_functions_fit_on_a_screen() -> None:
 
 def plant(root: Path, files: dict[str, str]) -> Path:
     for package in CHECKED:
-        (root / package).mkdir(exist_ok=True)
+        (root / package).mkdir(parents=True, exist_ok=True)
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -418,11 +425,17 @@ def test_a_planted_nats_import_is_found(tmp_path: Path) -> None:
             "training/t.py": "def f():\n    from nats.js.api import StreamConfig\n",
             "models/m.py": "import os\nimport nats.errors\n",
             "engine/bus/ok.py": "import nats\n",
-            "engine/client.py": "from nats.aio.client import Client\n",
+            f"{CLIENT}/client.py": "from nats.aio.client import Client\n",
+            f"{CLIENT}/x.py": "import nats\n",
             "engine/natsish.py": "import natsort\n",
         },
     )
-    assert lines_of(nats_imports(root)) == {"engine/x.py:1", "training/t.py:2", "models/m.py:2"}
+    assert lines_of(nats_imports(root)) == {
+        "engine/x.py:1",
+        "training/t.py:2",
+        "models/m.py:2",
+        f"{CLIENT}/x.py:1",
+    }
 
 
 def test_a_planted_nats_call_is_found(tmp_path: Path) -> None:
@@ -457,7 +470,7 @@ def test_a_planted_fstring_subject_is_found(tmp_path: Path) -> None:
             ),
             "training/t.py": "def f(u):\n    return f'nerve.control.{u}'\n",
             "engine/bus/kv.py": "def f(u):\n    a = f'$JS.API.{u}'\n    return a, f'dlq.{u}'\n",
-            "engine/subjects.py": "def f(u):\n    return f'reco.{u}', f'$KV.x.{u}'\n",
+            f"{CLIENT}/subjects.py": "def f(u):\n    return f'reco.{u}', f'$KV.x.{u}'\n",
         },
     )
     assert lines_of(fstring_subjects(root)) == {

@@ -29,10 +29,10 @@ from fastapi.responses import Response
 from engine.broker import find_server_binary
 from engine.bus import Bus, Outgoing, connect, provision
 from engine.bus.reader import read_all
-from engine.errors import BrokerDown, PublishError
-from engine.events import parse_event
 from engine.gateway import SITE_KEY_HEADER, create_app
 from engine.settings import GatewaySettings, SiteKey, StreamSettings
+from nerve_client.errors import BrokerDown, PublishError
+from nerve_client.events import parse_event
 from tests.conftest import event, serving
 
 KEY = "outage-site-key"

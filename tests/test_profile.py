@@ -6,8 +6,8 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.events import parse_event
 from engine.profiles import CannotApply, Profile, apply, content, new_profile, settle_floor
+from nerve_client.events import parse_event
 from tests.conftest import event
 
 T0 = "2026-05-01T10:00:00Z"

@@ -13,13 +13,13 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import Bus, Outgoing, Publisher, connect
 from engine.bus.consumer import DurableConsumer
-from engine.events import parse_event
 from engine.profiles import Profile, content
 from engine.profiles.reading import read_profile
 from engine.profiles.replay import rebuild, verify
 from engine.profiles.store import ProfileStore
 from engine.services.profiles import ProfileService
-from engine.subjects import user_token
+from nerve_client.events import parse_event
+from nerve_client.subjects import user_token
 from tests.conftest import count, event, stored
 from tests.test_profile import script
 

@@ -3,8 +3,8 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
 
 from engine.bus import BUCKETS, OBJECT_STORES, provision, streams
-from engine.errors import ProvisionError
 from engine.settings import StreamSettings
+from nerve_client.errors import ProvisionError
 
 
 async def wipe(nc: NATS) -> None:

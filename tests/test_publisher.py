@@ -7,8 +7,8 @@ from nats.aio.client import Client as NATS
 from engine.broker import EmbeddedBroker
 from engine.bus import Outgoing, Publisher
 from engine.bus.reader import read_all
-from engine.errors import PublishError
-from engine.events import parse_event, parse_event_json
+from nerve_client.errors import PublishError
+from nerve_client.events import parse_event, parse_event_json
 from tests.conftest import count, event, reset_streams
 
 

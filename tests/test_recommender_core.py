@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from engine.errors import ConfigError
 from engine.profiles.profile import apply, new_profile
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Loaded, Serving
 from engine.recommender.slots import SlotsConfig, load_slots
 from models import make
+from nerve_client.errors import ConfigError
 from tests.reco_world import ITEMS, NOW, _event, fit_nbo, interactions, slots_config
 
 NOW_MS = int(NOW.timestamp() * 1000)

@@ -16,14 +16,14 @@ from nats.aio.client import Client as NATS
 from engine.bus import Bus, Publisher
 from engine.bus.consumer import Delivery
 from engine.bus.reader import read_all
-from engine.events import parse_event
 from engine.profiles.store import ProfileStore
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Serving
 from engine.replicas import owner
 from engine.services.recommender import RecommenderService
-from engine.subjects import REQUEST_SUBJECT, user_token
 from models import Interactions, make
+from nerve_client.events import parse_event
+from nerve_client.subjects import REQUEST_SUBJECT, user_token
 from tests.conftest import event
 from tests.reco_world import publish_model, publish_world, slots_config
 
@@ -301,8 +301,8 @@ async def test_gateway_serves_stored_then_asks_and_refuses_bad_input(
     from pydantic import SecretStr
 
     from engine.gateway import SITE_KEY_HEADER, create_app
-    from engine.identity import mint_identity_token
     from engine.settings import GatewaySettings, SiteKey
+    from nerve_client.identity import mint_identity_token
 
     nc = fresh
     site = SiteKey(key="site-key-1", identity_secret=SecretStr("recommender-test-secret"))

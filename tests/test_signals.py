@@ -14,12 +14,12 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import Bus, Publisher
 from engine.bus.reader import read_all
-from engine.client import CrmContact, InterestSignal, NerveClient
-from engine.events import parse_event
 from engine.profiles.store import ProfileStore
 from engine.recommender.slots import SignalDef
 from engine.services.signals import SignalsService
 from engine.signals import Detector
+from nerve_client.client import CrmContact, InterestSignal, NerveClient
+from nerve_client.events import parse_event
 from tests.conftest import event
 from tests.reco_world import publish_world
 from tests.test_recommender_service import items, running, until

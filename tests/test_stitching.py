@@ -13,13 +13,13 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.bus import Bus
-from engine.events import parse_event
 from engine.profiles import content, settle_floor, stitch
 from engine.profiles.reading import read_profile
 from engine.profiles.replay import rebuild
 from engine.profiles.store import ProfileStore
 from engine.services.profiles import ProfileService
-from engine.subjects import REQUEST_SUBJECT, user_token
+from nerve_client.events import parse_event
+from nerve_client.subjects import REQUEST_SUBJECT, user_token
 from tests.conftest import event
 from tests.reco_world import publish_world
 from tests.test_recommender_service import items, running, send, until

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from engine.subjects import activity_subject, decode_token, user_token
+from nerve_client.subjects import activity_subject, decode_token, user_token
 
 TOKEN = re.compile(r"^[A-Za-z0-9_~-]+$")
 TRICKY = [

@@ -6,8 +6,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.events import parse_event_json
 from engine.synth import CATALOGUE, generate
+from nerve_client.events import parse_event_json
 
 END = datetime(2026, 6, 1, tzinfo=UTC)
 CATEGORY = {p.item_id: p.category for p in CATALOGUE}

@@ -8,7 +8,7 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import Outgoing, Publisher
 from engine.bus.consumer import tail
-from engine.ids import uuid7
+from nerve_client.ids import uuid7
 
 
 async def put(nc: NATS, start: int, n: int) -> None:

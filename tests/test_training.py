@@ -16,9 +16,9 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import Bus
 from engine.bus.registry import UnknownModel
-from engine.events import parse_event
 from engine.synth import generate
 from models.base import Recommender, pack, unpack
+from nerve_client.events import parse_event
 from tests.conftest import stored
 from training.history import load_history
 from training.train import train, write

@@ -18,10 +18,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from engine.bus import Bus
-from engine.events import parse_event
 from engine.synth import generate
 from models import REGISTRY
 from models.artifact import LOADERS
+from nerve_client.events import parse_event
 from training import api, load_history
 
 
@@ -116,6 +116,12 @@ async def test_cli_publish_names_the_change_and_refuses_a_kind_change_without_fo
         if line.startswith("published ")
     )
     assert f"slot trending: (empty) → popular {version}" in popular.stdout
+    assert "warning" not in popular.stderr  # trending is a slot of the default slots file
+    nowhere = nerve(nats_url, tmp_path, *train, "--model", "popular", "--slot", "nosuchslot")
+    assert nowhere.returncode == 0, nowhere.stderr  # published, but said nothing serves it
+    assert "nerve: warning: no slot of default_slots.toml is served by registry slot" in (
+        nowhere.stderr
+    )
     refused = nerve(nats_url, tmp_path, *train, "--model", "ease", "--slot", "trending")
     assert refused.returncode == 2
     assert refused.stderr.startswith("nerve: error: slot trending serves popular")
@@ -191,3 +197,21 @@ async def test_the_api_example_runs_and_two_runs_in_a_second_get_two_versions(
     assert len(versions) == 2 and all(v.startswith("itemknn-") for v in versions)
     rows = {r["version"]: r["slots"] for r in api.listing(nats_url=nats_url)}
     assert rows == {versions[0]: ["similar"], versions[1]: []}  # the second run rolled back
+
+
+def test_the_api_finds_the_data_dir_as_the_cli_does_and_an_empty_history_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the API always used ./.nerve (a new, empty broker when NERVE_DATA_DIR pointed
+    elsewhere) and an empty history died deep in the model with a traceback."""
+    from training.remote import data_dir_of, settings_of
+
+    monkeypatch.setenv("NERVE_DATA_DIR", str(tmp_path / "shop"))
+    assert data_dir_of(None) == tmp_path / "shop"
+    assert settings_of().data_dir == tmp_path / "shop"
+    assert data_dir_of(tmp_path / "other") == tmp_path / "other"
+    frame = load_history("warehouse")  # nothing stored there yet
+    with pytest.raises(api.ConfigError, match="^no interactions to train on") as exc:
+        api.train(frame, "itemknn", curve=False)
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "shop" / "models").exists()

@@ -19,10 +19,10 @@ from nats.aio.client import Client as NATS
 
 from engine.bus import Bus, Publisher
 from engine.bus.reader import read_all
-from engine.events import parse_event
 from engine.services.warehouse import WarehouseService
 from engine.synth import generate
 from engine.warehouse import Warehouse
+from nerve_client.events import parse_event
 from training import load_history
 
 END = datetime(2026, 6, 1, tzinfo=UTC)

@@ -33,12 +33,12 @@ import pandas as pd
 import models
 from engine.bus import Bus
 from engine.bus.registry import UnknownModel
-from engine.errors import ConfigError
 from engine.settings import BrokerSettings
 from models.artifact import LOADERS
 from models.nbo import NBOConfig
+from nerve_client.errors import ConfigError
 from training.nbo import train_nbo, write_nbo
-from training.remote import on_bus, settings_of
+from training.remote import data_dir_of, on_bus, settings_of
 from training.train import compare, write
 from training.train import split as cut
 from training.train import train as fit
@@ -138,11 +138,16 @@ def train(
     split: Split = "global",
     k: int = 10,
     curve: bool = True,
-    data_dir: Path | str = ".nerve",
+    data_dir: Path | str | None = None,
 ) -> Trained:
     """Train `kind` on `frame`, evaluate it beside popularity, refit on all of it, and write the
     artifact, the card and the report under `<data_dir>/models/<version>/`."""
-    root = Path(data_dir) / "models"
+    if frame.empty:
+        raise ConfigError(
+            "no interactions to train on: the history is empty (is the data dir or --nats-url "
+            "the one the events went to? import some with `nerve import`)"
+        )
+    root = data_dir_of(data_dir) / "models"
     if kind == "nbo":
         version, card, folder = write_nbo(frame, config(kind, params), root)
         return Trained(version, card, folder)
@@ -157,7 +162,7 @@ def check_slot(
     *,
     force: bool = False,
     nats_url: str | None = None,
-    data_dir: Path | str = ".nerve",
+    data_dir: Path | str | None = None,
     broker: BrokerSettings | None = None,
 ) -> str:
     """The slot a `kind` model would go to (`slot`, else the kind's default); `KindChange` if
@@ -177,7 +182,7 @@ def publish(
     slot: str | None = None,
     force: bool = False,
     nats_url: str | None = None,
-    data_dir: Path | str = ".nerve",
+    data_dir: Path | str | None = None,
     broker: BrokerSettings | None = None,
 ) -> Change:
     """Store a trained model (a `Trained`, or a version under `<data_dir>/models/`) in the
@@ -207,7 +212,7 @@ def activate(
     slot: str | None = None,
     force: bool = False,
     nats_url: str | None = None,
-    data_dir: Path | str = ".nerve",
+    data_dir: Path | str | None = None,
     broker: BrokerSettings | None = None,
 ) -> Change:
     """Make a published `version` the active model of `slot` (default: its kind's) and announce
@@ -228,7 +233,7 @@ def activate(
 def listing(
     *,
     nats_url: str | None = None,
-    data_dir: Path | str = ".nerve",
+    data_dir: Path | str | None = None,
     broker: BrokerSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Every published model, oldest first: `version`, `model` (its kind), `created_at`, `k`,

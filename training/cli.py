@@ -15,8 +15,8 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from engine.cli.toolkit import broker, out
-from engine.errors import ConfigError
+from engine.cli.toolkit import broker, err, out
+from nerve_client.errors import ConfigError
 
 ModelName = Annotated[str, typer.Option("--model", help="The kind of model: {kinds}")]
 Recommender = Annotated[str, typer.Option("--model", help="The kind of model: {recommenders}")]
@@ -86,6 +86,21 @@ def _check_model(name: str, params: dict[str, Any], recommender: bool = False) -
         raise ConfigError(f"--model: {exc}") from None
 
 
+def _warn_unserved(slot: str, data_dir: Path) -> None:
+    """A warning (not a refusal: a slots file elsewhere may name it) when no slot of the slots
+    file the recommender would load here is served by registry slot `slot`."""
+    from engine.recommender.slots import load_slots
+
+    config, path = load_slots(None, data_dir)
+    if slot not in config.registry_slots():
+        served = ", ".join(sorted(config.registry_slots()))
+        err.print(
+            f"nerve: warning: no slot of {path.name} is served by registry slot {slot!r} "
+            f"(those are: {served}); a recommender with that file will not use this model",
+            highlight=False,
+        )
+
+
 def train(
     model: ModelName,
     params: Params = None,
@@ -122,9 +137,11 @@ def train(
     settings = broker()
     if publish:
         slot = api.check_slot(model, slot, force=force, broker=settings)
+        _warn_unserved(slot, settings.data_dir)
     frame = load_history(source, since, until, broker=settings)  # type: ignore[arg-type]
     if frame.empty:
-        raise ConfigError(f"no history in the {source} for that range (try --source stream)")
+        other = "stream" if source == "warehouse" else "warehouse"
+        raise ConfigError(f"no history in the {source} for that range (try --source {other})")
     how: Literal["global", "last"] = "last" if split == "last" else "global"
     trained = api.train(
         frame, model, values, split=how, k=k, curve=curve, data_dir=settings.data_dir
@@ -253,9 +270,9 @@ def recommend_batch(
 ) -> None:
     """Train on an interactions CSV and write the top-k of each listed user; no broker needed,
     so any harness can score any data set (the plug-in contract for outside benchmarks)."""
-    from engine.errors import EventRejected
     from engine.importer import InteractionReader
     from models import Interactions, make
+    from nerve_client.errors import EventRejected
     from training.evaluate import recommend_for
 
     values = _params(params)

@@ -5,8 +5,8 @@ and published to the kind's default slot, unless that slot already has one (a se
 from __future__ import annotations
 
 from engine.cli.toolkit import out
-from engine.errors import ConfigError
 from engine.settings import BrokerSettings
+from nerve_client.errors import ConfigError
 from training import api
 from training.history import load_history
 

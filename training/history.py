@@ -23,8 +23,8 @@ import pyarrow.dataset as ds
 from engine.bus import Bus
 from engine.bus.consumer import Batch
 from engine.settings import BrokerSettings
-from engine.subjects import ACTIVITY
 from engine.warehouse import SCHEMA, row, table
+from nerve_client.subjects import ACTIVITY
 from training.remote import on_bus, settings_of
 
 
@@ -41,7 +41,7 @@ def load_history(
     until: str | datetime | None = None,
     types: Sequence[str] | None = None,
     *,
-    data_dir: Path | str = ".nerve",
+    data_dir: Path | str | None = None,
     nats_url: str | None = None,
     broker: BrokerSettings | None = None,
 ) -> pd.DataFrame:

@@ -8,6 +8,7 @@ commands as a plug-in, so training leaning on it would be a circle waiting to cl
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,14 +25,22 @@ T = TypeVar("T")
 
 def settings_of(
     nats_url: str | None = None,
-    data_dir: Path | str = ".nerve",
+    data_dir: Path | str | None = None,
     broker: BrokerSettings | None = None,
 ) -> BrokerSettings:
     """`broker` when given, else the settings of `nats_url` (None: the embedded broker of
-    `data_dir`, started for the call when none runs)."""
+    `data_dir` (default: `NERVE_DATA_DIR`, else `./.nerve`), started for the call when none
+    runs)."""
     if broker is not None:
         return broker
-    return BrokerSettings(nats_url=nats_url, data_dir=Path(data_dir))
+    return BrokerSettings(nats_url=nats_url, data_dir=data_dir_of(data_dir))
+
+
+def data_dir_of(data_dir: Path | str | None) -> Path:
+    """`data_dir`, else `NERVE_DATA_DIR`, else `./.nerve`: what the `nerve` command uses."""
+    if data_dir is not None:
+        return Path(data_dir)
+    return Path(os.environ.get("NERVE_DATA_DIR") or ".nerve")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -1,7 +1,7 @@
 """`Bus`: the one holder of a NATS connection, and every operation Nerve performs on it.
 
 Everything outside `engine.bus` talks to the broker through a `Bus` (tests and
-`engine.client`, the stand-alone door for other teams' services, are the only exceptions), so
+`nerve_client.client`, the stand-alone door for other teams' services, are the only exceptions), so
 the layering test and mypy see every call. The methods are thin: the work is done by the
 modules beside this one (`publisher`, `pipeline`, `consumer`, `reader`, `kv`, `registry`,
 `provision`), which hold the measured reasons for how each is done.
@@ -37,11 +37,11 @@ from engine.bus.pipeline import Ack, Conditional, publish_conditional
 from engine.bus.provision import Report, provision
 from engine.bus.publisher import Outgoing, Publisher
 from engine.bus.registry import Registry
-from engine.credentials import Credential, Tls
-from engine.errors import BrokerUnavailable, Conflict, NoAnswer
-from engine.events import DeadLetter, Envelope
 from engine.settings import ACK_WAIT_S, StreamSettings
-from engine.subjects import FORGET_SUBJECT, PUBLISHED_SUBJECT
+from nerve_client.credentials import Credential, Tls
+from nerve_client.errors import BrokerUnavailable, Conflict, NoAnswer
+from nerve_client.events import DeadLetter, Envelope
+from nerve_client.subjects import FORGET_SUBJECT, PUBLISHED_SUBJECT
 
 
 class Subscription(Protocol):

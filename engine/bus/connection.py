@@ -1,5 +1,5 @@
 """Connecting to NATS: retries with backoff, never-ending reconnects, errors that are reported,
-and the credential (`engine.credentials.Credential`) and TLS files a connection presents.
+and the credential (`nerve_client.credentials.Credential`) and TLS files a connection presents.
 
 A server that refuses the credential (authorization violation) is not retried until the
 timeout: the first refusal ends the attempt with `AuthRefused`, which names the user.
@@ -8,16 +8,15 @@ timeout: the first refusal ends the attempt with `AuthRefused`, which names the 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
-import ssl
 import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from engine.credentials import Credential, Tls, redact
-from engine.errors import BrokerUnavailable, ConfigError
+from engine.credentials import redact
+from nerve_client.credentials import Credential, Tls, auth_options
+from nerve_client.errors import BrokerUnavailable
 
 log = logging.getLogger("nerve.bus")
 
@@ -46,28 +45,6 @@ class AuthRefused(BrokerUnavailable):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(url, reason)
         self.args = (f"NATS at {url} refused the connection: {reason}",)
-
-
-def auth_options(credential: Credential | None, tls: Tls | None) -> dict[str, Any]:
-    """nats-py connect options for `credential` and `tls` (none: as the URL says)."""
-    opts: dict[str, Any] = {}
-    if credential is not None:
-        if credential.creds_file is not None:
-            if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it, lazily
-                raise ConfigError(
-                    f"{credential.creds_file} is a NATS .creds file: it needs the nkeys "
-                    "package (pip install nkeys), or use a `nerve credentials` file"
-                )
-            opts["user_credentials"] = str(credential.creds_file)
-        else:
-            opts["user"], opts["password"] = credential.user, credential.password
-        opts["inbox_prefix"] = credential.inbox_prefix
-    if tls is not None:
-        context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
-        if tls.cert is not None:
-            context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
-        opts["tls"] = context
-    return opts
 
 
 def _refusal(text: str) -> bool:

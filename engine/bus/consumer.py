@@ -22,9 +22,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from engine.bus.decode import Refusal
 from engine.bus.jsmeta import Batch, ack_info, stream_subject
 from engine.bus.scanning import scan, tail
-from engine.errors import FieldError
-from engine.events import DeadLetter
 from engine.settings import ACK_WAIT_S
+from nerve_client.errors import FieldError
+from nerve_client.events import DeadLetter
 
 GIVE_UP_AFTER = 100
 """Deliveries after which the server stops redelivering a message. Not `MAX_DELIVER` (5):

@@ -1,7 +1,7 @@
 """The one decoder: a delivered message becomes a `Record` or a `Refusal` with its reason.
 
 Every consumer of ACTIVITY and CRM reads through `decode`, so the subject is split, the JSON
-parsed and the event validated in one place: against its model (`engine.events.parse_event`,
+parsed and the event validated in one place: against its model (`nerve_client.events.parse_event`,
 the same check as at the gateway, since events may be written to the bus directly), and against
 its subject, which must be the one the event itself names (stream, user and type: a payload
 about another user than its subject is refused, not silently filed under the subject's user).
@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from engine.errors import EventRejected
-from engine.events import parse_event
-from engine.subjects import SubjectError, is_user_token, split_user_subject
+from nerve_client.errors import EventRejected
+from nerve_client.events import parse_event
+from nerve_client.subjects import SubjectError, is_user_token, split_user_subject
 
 _NO_FUTURE_CHECK = datetime(9000, 1, 1, tzinfo=UTC)
 """Stored events are not refused for their time (neither bound of the gateway's window): it

@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from engine.bus.decode import Refusal
-from engine.subjects import GAVE_UP, max_deliveries_subject
+from nerve_client.subjects import GAVE_UP, max_deliveries_subject
 
 log = logging.getLogger("nerve.gaveup")
 

@@ -31,7 +31,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from engine.errors import BrokerDown, BrokerError, PublishError
+from nerve_client.errors import BrokerDown, BrokerError, PublishError
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"

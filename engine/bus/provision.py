@@ -24,9 +24,9 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError
 
 from engine.bus.pipeline import EXPECTED_LAST_SUBJECT_SEQ
-from engine.errors import ProvisionError
 from engine.settings import StreamSettings
-from engine.subjects import (
+from nerve_client.errors import ProvisionError
+from nerve_client.subjects import (
     ACTIVITY,
     CATALOG,
     CRM,

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 
 from engine.bus.pipeline import MSG_ID, Ack, NoStream, Pipeline, Refused
-from engine.errors import BrokerDown, PublishError
-from engine.events import DeadLetter, Envelope
-from engine.subjects import deadletter_subject
+from nerve_client.errors import BrokerDown, PublishError
+from nerve_client.events import DeadLetter, Envelope
+from nerve_client.subjects import deadletter_subject
 
 
 @dataclass(frozen=True, slots=True)

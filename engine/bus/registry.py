@@ -12,9 +12,9 @@ from nats.aio.client import Client as NATS
 
 from engine.bus.kv import JetStreamKV
 from engine.bus.publisher import Outgoing, Publisher
-from engine.errors import NerveError
-from engine.events import parse_event
-from engine.ids import uuid7
+from nerve_client.errors import NerveError
+from nerve_client.events import parse_event
+from nerve_client.ids import uuid7
 
 
 class UnknownModel(NerveError):

@@ -27,7 +27,7 @@ from engine.cli import (  # noqa: F401  (they register their commands)
 )
 from engine.cli.app import app
 from engine.cli.toolkit import err
-from engine.errors import ConfigError, NerveError
+from nerve_client.errors import ConfigError, NerveError
 
 __all__ = ["app", "load_plugins", "main"]
 _loaded: list[str] = []

@@ -23,8 +23,8 @@ from engine.broker import reload, running_url
 from engine.bus import accepts
 from engine.cli.app import app
 from engine.cli.toolkit import broker, out
-from engine.credentials import Credential
-from engine.errors import BrokerError, ConfigError
+from nerve_client.credentials import Credential
+from nerve_client.errors import BrokerError, ConfigError
 
 RELOAD_WAIT_S = 5.0
 """How long `add` / `revoke` wait for the running server to apply its new authorization."""

@@ -11,7 +11,7 @@ from engine.cli.app import app
 from engine.cli.toolkit import broker, out, with_broker
 
 crm_app = typer.Typer(
-    help="A reference CRM built only on engine.client: stores interest signals as leads in "
+    help="A reference CRM built only on nerve_client.client: stores interest signals as leads in "
     "SQLite (<data dir>/crm-demo.sqlite), logs a simulated contact outcome back. Ctrl-C stops.",
     invoke_without_command=True,
 )

@@ -12,8 +12,8 @@ import socket
 from pydantic import SecretStr
 
 from engine.cli.toolkit import config_error
-from engine.errors import ConfigError
 from engine.settings import GatewaySettings, SiteKey
+from nerve_client.errors import ConfigError
 
 
 def check_port(host: str, port: int) -> None:

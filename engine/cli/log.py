@@ -14,9 +14,9 @@ from rich.table import Table
 from engine.bus import Bus
 from engine.cli.app import app
 from engine.cli.toolkit import config_error, default, out, progress, with_bus
-from engine.errors import ConfigError
 from engine.settings import StreamSettings
-from engine.subjects import DEADLETTER
+from nerve_client.errors import ConfigError
+from nerve_client.subjects import DEADLETTER
 
 
 @app.command()
@@ -74,8 +74,8 @@ def schema(
 ) -> None:
     """Print the JSON Schema of the events, or of what the gateway serves (generated from the
     pydantic models)."""
-    from engine.events import LATEST, MODELS, json_schema
-    from engine.events.served import DOCUMENTS, document_schema
+    from nerve_client.events import LATEST, MODELS, json_schema
+    from nerve_client.events.served import DOCUMENTS, document_schema
 
     if list_types:
         for t, v in sorted(LATEST.items()):
@@ -214,7 +214,7 @@ def deadletters(
     limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 20,
 ) -> None:
     """Show the newest rejected inputs with who refused them and why."""
-    from engine.events import DeadLetter
+    from nerve_client.events import DeadLetter
 
     async def work(bus: Bus) -> None:
         total, msgs = await bus.last_messages(DEADLETTER, limit)

@@ -10,8 +10,8 @@ import typer
 from engine.bus import Bus
 from engine.cli.app import app
 from engine.cli.toolkit import Anonymous, User, broker, out, progress, token, with_bus
-from engine.errors import NerveError
-from engine.subjects import ACTIVITY, CRM
+from nerve_client.errors import NerveError
+from nerve_client.subjects import ACTIVITY, CRM
 
 
 @app.command()

@@ -12,9 +12,9 @@ from rich.table import Table
 
 from engine.bus import Bus, NoAnswer
 from engine.cli.app import app
-from engine.cli.toolkit import Anonymous, SlotsFile, User, broker, out, progress, with_bus
-from engine.errors import ConfigError, NerveError
-from engine.subjects import REQUEST_SUBJECT
+from engine.cli.toolkit import Anonymous, SlotsFile, User, broker, err, out, progress, with_bus
+from nerve_client.errors import ConfigError, NerveError
+from nerve_client.subjects import REQUEST_SUBJECT
 
 
 @app.command()
@@ -48,6 +48,9 @@ def recommend(
     if "error" in answer:
         e = answer["error"]
         raise NerveError(f"{e['field'] or 'request'}: {e['reason']}")
+    warning = answer.pop("warning", None)  # e.g. k above the slot's maximum: served the maximum
+    if warning:
+        err.print(f"nerve: warning: {warning}", highlight=False)
     if as_json:
         out.print_json(orjson.dumps(answer).decode())
         return

@@ -1,7 +1,7 @@
 """Commands that run services: up, run, demo.
 
 Site keys are public (`--site-keys`); the identity secret of each, with which its site's backend
-signs identity tokens (`engine.identity`), is private and comes separately: `--site-secrets` /
+signs identity tokens (`nerve_client.identity`), is private and comes separately: `--site-secrets` /
 `NERVE_SITE_SECRETS` as `KEY=SECRET,...` (prefer the variable: a flag shows in `ps`). A key
 without a secret serves anonymous visitors only. `nerve demo` generates its site key and secret
 on first start into `<data dir>/demo/site.json` (mode 0600) and plays that site's backend.
@@ -33,13 +33,13 @@ from engine.cli.toolkit import (
     with_broker,
     with_bus,
 )
-from engine.errors import ConfigError
 from engine.settings import (
     GatewaySettings,
     RecommenderOptions,
     ServiceSettings,
     SiteKey,
 )
+from nerve_client.errors import ConfigError
 
 Host = Annotated[str, typer.Option(envvar="NERVE_HOST", show_envvar=True)]
 Port = Annotated[int, typer.Option(envvar="NERVE_PORT", show_envvar=True)]

@@ -4,7 +4,7 @@ other packages contribute (training's) use the same pieces as the engine's own.
 
 A command reads the broker settings with `broker()`, then runs its async work with
 `with_bus(name, work)` (a `Bus` connected to the configured broker, or to an embedded one
-started around it) or, for work that connects on its own (the services, `engine.client`),
+started around it) or, for work that connects on its own (the services, `nerve_client.client`),
 `with_broker(work)` (just the URL).
 """
 
@@ -34,9 +34,9 @@ from engine.broker import broker_url
 from engine.bus import Bus
 from engine.credentials import tls_of
 from engine.credstore import for_component
-from engine.errors import ConfigError
 from engine.settings import BrokerSettings
-from engine.subjects import user_token
+from nerve_client.errors import ConfigError
+from nerve_client.subjects import user_token
 
 T = TypeVar("T")
 

@@ -45,8 +45,6 @@ from fastapi.responses import JSONResponse
 from engine import __version__
 from engine.bus import Bus
 from engine.bus.pipeline import NATS_ERROR, broker_unavailable
-from engine.credentials import Credential, Tls
-from engine.errors import BrokerError
 from engine.gateway import assets, crm, demo, docs, events, ops, profiles, recommendations
 from engine.gateway.auth import SECURITY_SCHEMES, Refused
 from engine.gateway.edge import Edge
@@ -54,7 +52,9 @@ from engine.gateway.ops import ERROR_CAUSE
 from engine.gateway.state import GatewayState
 from engine.profiles.tombstones import Tombstones
 from engine.settings import GatewaySettings
-from engine.subjects import CATALOG
+from nerve_client.credentials import Credential, Tls
+from nerve_client.errors import BrokerError
+from nerve_client.subjects import CATALOG
 
 
 def new_state(settings: GatewaySettings) -> GatewayState:

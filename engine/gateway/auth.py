@@ -14,7 +14,8 @@ declare in `openapi_extra`. `POST /v1/events` calls `check_site` itself, to
 count its refusals in its request metrics.
 
 Identity: a page proves its signed-in customer with a token its site's backend minted
-(`engine.identity`), sent as `X-Nerve-Identity` or, where headers cannot be sent, `?identity=`.
+(`nerve_client.identity`), sent as `X-Nerve-Identity` or, where headers cannot be sent,
+`?identity=`.
 `identity` verifies it against the site key's `identity_secret`. Reading a known user's lists
 or live stream needs such a token for exactly that user, or an internal bearer token
 (`require_reader`); an anonymous id (`?anonymous=true`) needs none: it is a random id only its
@@ -27,10 +28,10 @@ import hmac
 
 from fastapi import Request
 
-from engine.errors import NerveError
 from engine.gateway.state import gateway_state
-from engine.identity import Identity, InvalidIdentity, verify_identity_token
 from engine.settings import SiteKey
+from nerve_client.errors import NerveError
+from nerve_client.identity import Identity, InvalidIdentity, verify_identity_token
 
 SITE_KEY_HEADER = "X-Nerve-Site-Key"
 IDENTITY_HEADER = "X-Nerve-Identity"
@@ -54,7 +55,7 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
         "in": "header",
         "name": IDENTITY_HEADER,
         "description": "A signed-in customer's identity token, minted by the site's backend "
-        "with the key's identity secret (`engine.identity`).",
+        "with the key's identity secret (`nerve_client.identity`).",
     },
     "identityQuery": {
         "type": "apiKey",

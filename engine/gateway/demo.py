@@ -9,7 +9,7 @@ routers are included in:
   page's stub, which queues it for the widget (a real site renders its public key into its
   pages the same way). The secret never leaves the server.
 * `POST /demo-site/sign-in` with `{"user_id": "..."}` — signs the customer in and answers
-  `{"user_id", "token", "expires_in"}`, the token minted with `engine.identity`
+  `{"user_id", "token", "expires_in"}`, the token minted with `nerve_client.identity`
   exactly as a real backend would; the page then calls `Nerve.identify(user_id, token)`.
   The demo has no passwords: any well-formed customer id signs in (a real backend mints a
   token only for the customer its own login proved).
@@ -24,8 +24,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from engine.gateway.state import GatewayState, gateway_state
-from engine.identity import mint_identity_token
 from engine.settings import SiteKey
+from nerve_client.identity import mint_identity_token
 
 DEMO_TOKEN_TTL_S = 3600
 """The demo signs a customer in for an hour; the page signs in again after that."""

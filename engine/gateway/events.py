@@ -17,7 +17,7 @@ What a request gets back:
   is stored). 429 — the key's rate limit, with `Retry-After`. 503 — the broker did not
   acknowledge; nothing was stored, so the client may retry (with the same ids).
 
-Who may send what is `engine.events.producers`: with a site key the producer is `site`
+Who may send what is `nerve_client.events.producers`: with a site key the producer is `site`
 (behavioural events; one naming a `user_id` only with a valid identity token for that user, in
 `X-Nerve-Identity` or `?identity=`); with `Authorization: Bearer <internal token>` it is
 `server` (purchases, consent of record, CRM events, ...). A token that fails verification does
@@ -48,10 +48,6 @@ from pydantic import BaseModel, Field
 
 from engine.bus import Outgoing
 from engine.cloudevents import CloudEvent, binary_event, ce_errors, from_cloudevent, is_binary
-from engine.errors import EventRejected, FieldError, PublishError
-from engine.events import DeadLetter, Envelope, json_schema
-from engine.events.envelope import type_error
-from engine.events.producers import PRODUCERS, admit
 from engine.gateway.auth import (
     SITE_OR_INTERNAL,
     Refused,
@@ -63,9 +59,13 @@ from engine.gateway.auth import (
 )
 from engine.gateway.responses import Detail, answer
 from engine.gateway.state import GatewayState, gateway_state
-from engine.identity import InvalidIdentity
-from engine.ids import uuid7
 from engine.settings import GatewaySettings
+from nerve_client.errors import EventRejected, FieldError, PublishError
+from nerve_client.events import DeadLetter, Envelope, json_schema
+from nerve_client.events.envelope import type_error
+from nerve_client.events.producers import PRODUCERS, admit
+from nerve_client.identity import InvalidIdentity
+from nerve_client.ids import uuid7
 
 JSON_TYPES = ("application/json", "text/plain", "")
 CE_TYPES = ("application/cloudevents+json", "application/cloudevents-batch+json")
@@ -144,7 +144,7 @@ class Triage:
 
 def accept(data: Any, caller: Caller, now: datetime, forgotten: Container[str]) -> Envelope:
     """The event `data` describes if `caller` may send it, else `EventRejected`: an unknown
-    type is told only the types this caller may send (`engine.events.producers.admit`); an
+    type is told only the types this caller may send (`nerve_client.events.producers.admit`); an
     event of a user erased by `nerve forget` (`forgotten` tokens) is refused, so nothing is
     stored under their id again."""
     etype = data.get("type") if isinstance(data, dict) else ""

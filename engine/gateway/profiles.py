@@ -19,7 +19,7 @@ from engine.gateway.ops import unavailable
 from engine.gateway.responses import COMMON, UNAVAILABLE, Errors, answer
 from engine.gateway.state import gateway_state
 from engine.profiles.profile import Profile
-from engine.subjects import PROFILE_REQUEST_SUBJECT
+from nerve_client.subjects import PROFILE_REQUEST_SUBJECT
 
 router = APIRouter(dependencies=[Depends(require_internal)])
 

@@ -12,7 +12,7 @@ an internal bearer token); an anonymous id (`anonymous=true`) needs only the sit
 (`auth.require_reader`). Open streams are capped per site key and per client address
 (`GatewaySettings.max_streams_per_key` / `max_streams_per_client`; 429 with `Retry-After`).
 
-What is served is a `ServedList` (`engine.events.served`, `nerve schema served_list`): the
+What is served is a `ServedList` (`nerve_client.events.served`, `nerve schema served_list`): the
 stored `recommendations_updated` with each entry's catalogue details in `items[].item`. Its
 source is in `X-Nerve-Source` (`stored`, `stale`, `computed`); when the recommender served less
 than was asked (a `k` over the slot's maximum) its reply's top-level `warning` is moved to the
@@ -40,19 +40,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from engine.bus import NoAnswer
-from engine.errors import EventRejected
-from engine.events import parse_event
-from engine.events.catalog import RecommendationsUpdated
-from engine.events.items import details
-from engine.events.served import ServedList
 from engine.gateway.auth import READER, is_internal_call, require_reader, site_key_of
 from engine.gateway.live import FRAMES, HEARTBEAT_S, EventStream, LatestPerSlot, StreamLease
 from engine.gateway.ops import unavailable
 from engine.gateway.responses import COMMON, UNAVAILABLE, Errors, answer, common
 from engine.gateway.state import GatewayState, gateway_state
-from engine.ids import canonical_id, unsafe_character, uuid7_time_ms
 from engine.recommender.catalog import ItemCatalog
-from engine.subjects import (
+from nerve_client.errors import EventRejected
+from nerve_client.events import parse_event
+from nerve_client.events.catalog import RecommendationsUpdated
+from nerve_client.events.items import details
+from nerve_client.events.served import ServedList
+from nerve_client.ids import canonical_id, unsafe_character, uuid7_time_ms
+from nerve_client.subjects import (
     RECOMMENDATIONS,
     REQUEST_SUBJECT,
     last_token,

@@ -32,12 +32,12 @@ import orjson
 
 from engine.bus import Bus
 from engine.bus.consumer import Batch
-from engine.events import parse_event
-from engine.ids import uuid7
 from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
-from engine.subjects import DEADLETTER, decode_token, user_filters, user_token
 from engine.warehouse import Warehouse
+from nerve_client.events import parse_event
+from nerve_client.ids import uuid7
+from nerve_client.subjects import DEADLETTER, decode_token, user_filters, user_token
 
 __all__ = ["Erasure", "forget"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.profiles.profile import Profile
 from engine.profiles.store import ProfileStore
-from engine.subjects import user_token
+from nerve_client.subjects import user_token
 
 
 async def read_profile(

@@ -21,7 +21,7 @@ from engine.bus.consumer import Batch
 from engine.profiles import stitch
 from engine.profiles.profile import CannotApply, content, settle_floor
 from engine.profiles.store import ProfileStore
-from engine.subjects import SHORT, user_filters
+from nerve_client.subjects import SHORT, user_filters
 
 
 @dataclass

@@ -74,7 +74,7 @@ class Profile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     version: int = PROFILE_VERSION
-    key: str = Field(description="The subject token of the user (see engine.subjects)")
+    key: str = Field(description="The subject token of the user (see nerve_client.subjects)")
     user_id: str | None = None
     anonymous_id: str | None = None
     anonymous_ids: list[str] = Field(default_factory=list, description="Linked by login")

@@ -33,7 +33,7 @@ from engine.profiles.profile import (
     apply,
     new_profile,
 )
-from engine.subjects import ANON_PREFIX, decode_token, user_token
+from nerve_client.subjects import ANON_PREFIX, decode_token, user_token
 
 
 def blank(token: str) -> dict[str, Any]:

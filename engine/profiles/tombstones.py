@@ -21,7 +21,7 @@ import hashlib
 import hmac
 
 from engine.bus import Bus, JetStreamKV
-from engine.errors import ConfigError
+from nerve_client.errors import ConfigError
 
 BUCKET = "tombstones"
 _SALT_KEY = "salt"

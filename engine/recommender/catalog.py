@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 
 from engine.bus import Bus, Outgoing
-from engine.errors import FieldError
-from engine.events import DeadLetter
-from engine.events.items import ITEM_ID, Item, parse_item
-from engine.ids import derived_uuid7
-from engine.subjects import catalog_subject
+from nerve_client.errors import FieldError
+from nerve_client.events import DeadLetter
+from nerve_client.events.items import ITEM_ID, Item, parse_item
+from nerve_client.ids import derived_uuid7
+from nerve_client.subjects import catalog_subject
 
 __all__ = ["ITEM_ID", "Item", "ItemCatalog", "item_subject", "load_lines", "parse_item"]
 

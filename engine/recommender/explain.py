@@ -24,13 +24,14 @@ import orjson
 
 from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Batch
-from engine.errors import NerveError
 from engine.profiles.profile import apply, settle_floor
 from engine.profiles.store import blank
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Loaded, Outcome, Serving
 from engine.recommender.slots import SlotsConfig
-from engine.subjects import (
+from models.base import load_packed
+from nerve_client.errors import NerveError
+from nerve_client.subjects import (
     ACTIVITY,
     CATALOG,
     CRM,
@@ -40,7 +41,6 @@ from engine.subjects import (
     user_filters,
     user_token,
 )
-from models.base import load_packed
 
 
 class NotFound(NerveError):

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.events import parse_event
-from engine.ids import uuid7
 from engine.recommender.core import Outcome
-from engine.subjects import decode_token
+from nerve_client.events import parse_event
+from nerve_client.ids import uuid7
+from nerve_client.subjects import decode_token
 
 QUIET_TYPES = frozenset({"page_viewed"})
 """Events that do not trigger a recomputation (they still enter the working profile)."""
@@ -59,7 +59,7 @@ def build_event(
     token: str, outcome: Outcome, profile: dict[str, Any], now_ms: int
 ) -> dict[str, Any]:
     """The `recommendations_updated` event of a computed list (envelope id = recommendation id),
-    checked against its model (`engine.events`) before it leaves."""
+    checked against its model (`nerve_client.events`) before it leaves."""
     rid = uuid7(now_ms)
     positions = profile.get("positions", {})
     user_id, anonymous_id = decode_token(token)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.errors import ConfigError
+from nerve_client.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).with_name("default_slots.toml")
 SLOT_NAME = r"^[A-Za-z0-9_-]{1,64}$"

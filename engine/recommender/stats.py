@@ -19,7 +19,7 @@ import orjson
 
 from engine.bus import Bus
 from engine.bus.consumer import Batch
-from engine.subjects import ACTIVITY, RECOMMENDATIONS, type_filter
+from nerve_client.subjects import ACTIVITY, RECOMMENDATIONS, type_filter
 
 ATTRIBUTION_MARGIN = timedelta(days=1)
 

@@ -15,7 +15,7 @@ from engine.profiles import stitch
 from engine.profiles.profile import settle_floor
 from engine.profiles.store import ProfileStore, blank
 from engine.recommender.lists import Last, UserState, signature
-from engine.subjects import RECOMMENDATIONS, reco_subject, user_token
+from nerve_client.subjects import RECOMMENDATIONS, reco_subject, user_token
 
 
 class WorkingSet:

@@ -15,11 +15,12 @@ from collections.abc import Generator
 import uvicorn
 
 from engine.bus import Bus
-from engine.credentials import Credential, Tls, tls_of
+from engine.credentials import tls_of
 from engine.credstore import for_component
-from engine.errors import ConfigError
 from engine.gateway import create_app
 from engine.settings import GatewaySettings, Settings
+from nerve_client.credentials import Credential, Tls
+from nerve_client.errors import ConfigError
 
 
 class _Server(uvicorn.Server):

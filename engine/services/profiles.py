@@ -36,7 +36,6 @@ import orjson
 
 from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Delivery, DurableConsumer, refusals
-from engine.events.requests import error_reply
 from engine.health import beating
 from engine.profiles import stitch
 from engine.profiles.profile import CannotApply, settle_floor
@@ -44,7 +43,8 @@ from engine.profiles.reading import read_profile
 from engine.profiles.store import ProfileStore, Slot, blank
 from engine.profiles.tombstones import Tombstones
 from engine.settings import ACK_WAIT_S, MAX_DELIVER, Settings
-from engine.subjects import (
+from nerve_client.events.requests import error_reply
+from nerve_client.subjects import (
     PROFILE_REQUEST_SUBJECT,
     SHORT,
     SubjectError,

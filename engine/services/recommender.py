@@ -54,7 +54,6 @@ from engine.bus import Bus, Conditional, Record, Refusal, Subscription, decode
 from engine.bus.consumer import Delivery, PushConsumer, refusals
 from engine.bus.registry import Registry
 from engine.bus.retry import settle_batch
-from engine.events.requests import error_reply, parse_request
 from engine.health import beating
 from engine.profiles.profile import CannotApply
 from engine.profiles.store import ProfileStore
@@ -66,7 +65,8 @@ from engine.recommender.slots import load_slots
 from engine.recommender.working import WorkingSet
 from engine.replicas import owner
 from engine.settings import ACK_WAIT_S, Settings
-from engine.subjects import (
+from nerve_client.events.requests import error_reply, parse_request
+from nerve_client.subjects import (
     CATALOG,
     DEADLETTER,
     REQUEST_SUBJECT,

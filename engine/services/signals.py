@@ -32,9 +32,7 @@ import orjson
 from engine.bus import Bus, Conflict, Refusal, decode
 from engine.bus.consumer import Batch, refusals
 from engine.bus.registry import Registry
-from engine.events import parse_event
 from engine.health import beating
-from engine.ids import derived_uuid7
 from engine.profiles.profile import CannotApply, time_ms
 from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
@@ -44,9 +42,11 @@ from engine.recommender.slots import SignalDef, load_slots
 from engine.replicas import owner
 from engine.settings import Settings
 from engine.signals.detector import DAY_MS, Detector, Firing, describe, iso, offer_of
-from engine.subjects import SHORT, SIGNALS, decode_token, signal_subject
 from models.nbo import features
 from models.scorer import Propensities
+from nerve_client.events import parse_event
+from nerve_client.ids import derived_uuid7
+from nerve_client.subjects import SHORT, SIGNALS, decode_token, signal_subject
 
 log = logging.getLogger("nerve.signals")
 

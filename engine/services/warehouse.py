@@ -12,11 +12,11 @@ from typing import Any
 
 from engine.bus import Bus, Refusal, decode
 from engine.bus.consumer import Batch, refusals
-from engine.errors import PublishError
 from engine.health import beating
 from engine.settings import Settings
-from engine.subjects import ACTIVITY
 from engine.warehouse import Warehouse, row_of
+from nerve_client.errors import PublishError
+from nerve_client.subjects import ACTIVITY
 
 log = logging.getLogger("nerve.warehouse")
 

@@ -30,13 +30,13 @@ import orjson
 
 from engine.bus import Bus
 from engine.bus.consumer import Delivery, DurableConsumer
-from engine.errors import FieldError, PublishError
-from engine.events import DeadLetter
 from engine.health import beating
 from engine.settings import Settings
 from engine.webhooks.delivery import DeliveryOptions, backoff, client, post
 from engine.webhooks.feeds import FEEDS
 from engine.webhooks.subscriptions import Subscription, WebhookStore, shown_url
+from nerve_client.errors import FieldError, PublishError
+from nerve_client.events import DeadLetter
 
 log = logging.getLogger("nerve.webhooks")
 SOURCE = "webhooks"

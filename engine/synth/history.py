@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from engine.ids import uuid7_from_bits
 from engine.synth.model import (
     BUY_RATE,
     CATALOGUE,
@@ -32,6 +31,7 @@ from engine.synth.model import (
     item_weights,
     simulation,
 )
+from nerve_client.ids import uuid7_from_bits
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

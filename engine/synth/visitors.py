@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from engine.events import Envelope, parse_event
-from engine.ids import uuid7
 from engine.synth.model import CATALOGUE, CREDIT, SEGMENTS, simulation
+from nerve_client.events import Envelope, parse_event
+from nerve_client.ids import uuid7
 
 
 class EventSink(Protocol):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.errors import FieldError
+from nerve_client.errors import FieldError
 
 ITEM_ID = r"^[^\x00-\x1f\x7f]{1,128}$"
 

@@ -4,7 +4,7 @@ operator issued with `nerve credentials add my-crm --role crm` (role crm: publis
 consume SIGNALS; nothing else); nothing else of the engine runs in-process.
 
 ```python
-from engine.client import CrmContact, NerveClient
+from nerve_client.client import CrmContact, NerveClient
 
 async with await NerveClient.connect(
     "nats://127.0.0.1:4222", credentials=".nerve/credentials/my-crm.json"
@@ -27,7 +27,7 @@ the same models the engine uses and stores it in the CRM stream with its id as `
 (a retry is stored once).
 
 For a site's backend: `mint_identity_token(secret, user_id, site_key=...)` makes the signed
-identity token a page passes to `Nerve.identify(userId, token)` (`engine.identity`).
+identity token a page passes to `Nerve.identify(userId, token)` (`nerve_client.identity`).
 """
 
 from __future__ import annotations
@@ -44,15 +44,14 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.bus.connection import auth_options
-from engine.credentials import Credential, Tls
-from engine.errors import EventRejected
-from engine.events import parse_event, parse_event_json
-from engine.events.catalog import InterestSignal as SignalProperties
-from engine.events.producers import check_producer
-from engine.identity import mint_identity_token, verify_identity_token
-from engine.ids import uuid7
-from engine.subjects import SIGNALS, signal_filter
+from nerve_client.credentials import Credential, Tls, auth_options
+from nerve_client.errors import EventRejected
+from nerve_client.events import parse_event, parse_event_json
+from nerve_client.events.catalog import InterestSignal as SignalProperties
+from nerve_client.events.producers import check_producer
+from nerve_client.identity import mint_identity_token, verify_identity_token
+from nerve_client.ids import uuid7
+from nerve_client.subjects import SIGNALS, signal_filter
 
 log = logging.getLogger("nerve.client")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, create_model
 
-from engine.events.catalog import RecommendationsUpdated
-from engine.events.envelope import LATEST, MODELS
-from engine.events.items import ItemDetails
+from nerve_client.events.catalog import RecommendationsUpdated
+from nerve_client.events.envelope import LATEST, MODELS
+from nerve_client.events.items import ItemDetails
 
 SERVED_LIST = "served_list"
 """The name `nerve schema` publishes the served list's JSON Schema under."""

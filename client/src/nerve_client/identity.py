@@ -23,7 +23,7 @@ A site backend (Flask here; any framework, or PyJWT's `jwt.encode(..., algorithm
     import os
 
     from flask import Flask, jsonify, session
-    from engine.identity import mint_identity_token   # or engine.client
+    from nerve_client.identity import mint_identity_token   # or nerve_client.client
 
     app = Flask(__name__)
     NERVE_SITE_KEY = "bank-web-1"                        # public, also in the <script> tag
@@ -47,7 +47,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from engine.ids import canonical_id
+from nerve_client.ids import canonical_id
 
 DEFAULT_TTL_S = 900
 """Lifetime of a token minted without `ttl_s`: fifteen minutes."""
@@ -163,7 +163,7 @@ def _check_claims(
     iat = claims.get("iat")
     if isinstance(iat, int) and iat - CLOCK_SKEW_S > now:
         raise InvalidIdentity("token issued in the future (clock?)")
-    sub = canonical_id(sub)  # a UUID is one user in any case, as in events (`engine.ids`)
+    sub = canonical_id(sub)  # a UUID is one user in any case, as in events (`nerve_client.ids`)
     if user_id is not None and sub != canonical_id(user_id):
         raise InvalidIdentity("token is for another user")
     return Identity(site_key=iss, user_id=sub, expires_at=exp)

@@ -6,8 +6,8 @@ entry point that turns untrusted input into an `Envelope` or raises `EventReject
 each bad field with its reason.
 
 Identifiers (`user_id`, `anonymous_id`, `item_id`) refuse control, bidi and invisible
-characters (`engine.ids.unsafe_character`), and a UUID among them, or as the event `id`, is
-stored in lowercase (`engine.ids.canonical_id`): one UUID is one user whatever its case.
+characters (`nerve_client.ids.unsafe_character`), and a UUID among them, or as the event `id`, is
+stored in lowercase (`nerve_client.ids.canonical_id`): one UUID is one user whatever its case.
 An event's `time` may lie at most a day ahead of `now` and, when the event carries a
 `received_at` (the gateway stamps every event it receives), at most `max_age` (default
 `MAX_PAST`, 7 days) before it. History without `received_at` (`nerve import`, producers'
@@ -39,10 +39,10 @@ from pydantic import (
 )
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 
-from engine.errors import EventRejected, FieldError
-from engine.events.catalog import CATALOG, CrmContactLogged, Properties
-from engine.ids import canonical_id, unsafe_character
-from engine.subjects import SYSTEM_TOKEN, activity_subject, crm_subject, user_token
+from nerve_client.errors import EventRejected, FieldError
+from nerve_client.events.catalog import CATALOG, CrmContactLogged, Properties
+from nerve_client.ids import canonical_id, unsafe_character
+from nerve_client.subjects import SYSTEM_TOKEN, activity_subject, crm_subject, user_token
 
 ID_PATTERN = (
     r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -172,7 +172,7 @@ class Envelope(BaseModel):
 
     @property
     def user_token(self) -> str:
-        """The token-safe user key of this event's subject (see `engine.subjects`)."""
+        """The token-safe user key of this event's subject (see `nerve_client.subjects`)."""
         if self.properties_model.system:
             return SYSTEM_TOKEN
         return user_token(self.user_id, self.anonymous_id)
@@ -236,7 +236,7 @@ def parse_event(
     `time` may be at most `MAX_FUTURE` after `now` (default: the clock) and, for an event
     with a `received_at`, at most `max_age` before that (None: no lower bound). An unknown
     type is told the whole catalog: a caller that knows its producer lists what that one may
-    send instead (`engine.events.producers.admit`)."""
+    send instead (`nerve_client.events.producers.admit`)."""
     if not isinstance(data, dict):
         raise EventRejected([FieldError("", f"an event is a JSON object, not {_kind(data)}")])
     etype = data.get("type")

@@ -1,7 +1,7 @@
 """Wire formats: the event envelope, the per-type catalog and the dead-letter record."""
 
-from engine.events.deadletter import DeadLetter
-from engine.events.envelope import (
+from nerve_client.events.deadletter import DeadLetter
+from nerve_client.events.envelope import (
     CRM_TYPES,
     LATEST,
     MODELS,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from engine.errors import FieldError
+from nerve_client.errors import FieldError
 
 
 class Reason(BaseModel):

@@ -5,7 +5,7 @@
 | `site`        | the gateway, with a public site key         | `BEHAVIOURAL` events only      |
 | `server`      | the gateway, `Authorization: Bearer <tok>`  | all but outputs and system     |
 | `import`      | `nerve import` (history files)              | all but outputs                |
-| `crm`         | `engine.client.NerveClient.publish`         | CRM events                     |
+| `crm`         | `nerve_client.NerveClient.publish`          | CRM events                     |
 | `training`    | the model registry                          | `model_published`              |
 | `nerve`       | `nerve forget`                              | `user_forgotten`               |
 | `recommender` | the recommender service                     | `recommendations_updated`      |
@@ -16,7 +16,7 @@ what a visitor's own behaviour says (views, searches, simulator runs, cart, rati
 shown, clicked or dismissed, and `user_identified`), and three more rules hold for it:
 
 * an event that names a `user_id` is accepted only when the request proved that very user with
-  a signed identity token (`engine.identity`); the gateway verifies the token and passes the
+  a signed identity token (`nerve_client.identity`); the gateway verifies the token and passes the
   proven user id here as `identified`;
 * transactional and consent-of-record facts — `item_purchased` (what a customer holds),
   `consent_updated`, CRM events — are never accepted from it, token or not: they come from
@@ -44,8 +44,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from engine.errors import EventRejected, FieldError
-from engine.events.envelope import (
+from nerve_client.errors import EventRejected, FieldError
+from nerve_client.events.envelope import (
     CRM_TYPES,
     LATEST,
     OUTPUT_TYPES,
@@ -157,6 +157,9 @@ def admit(
     problem = unknown_type(producer, data)
     if problem is not None:
         raise EventRejected([problem])
+    etype = data.get("type") if isinstance(data, dict) else None
+    if isinstance(etype, str) and not may_send(producer, etype):  # before its fields: moot
+        raise EventRejected([_not_from(producer, etype)])
     event = parse_event(data, now=now)
     return check_producer(producer, event, identified=identified, token_problem=token_problem)
 
@@ -174,16 +177,20 @@ def check_producer(
     valid token; `token_problem` then says what was wrong with the one it sent); it matters
     only for `site`, where an event naming any other `user_id` is refused."""
     if not may_send(producer, event.type):
-        if producer in ("import", "server") and event.type in OUTPUT_TYPES:
-            reason = f"{event.type} is produced by Nerve itself"
-        else:
-            reason = f"{event.type} is not accepted from {_NAMES.get(producer, producer)}"
-            if producer == "site" and event.type in PRODUCERS["server"]:
-                reason += f": {SERVER_SIDE}"
-        raise EventRejected([FieldError("type", reason)])
+        raise EventRejected([_not_from(producer, event.type)])
     if producer == "site":
         _check_site(event, identified, token_problem)
     return event
+
+
+def _not_from(producer: str, event_type: str) -> FieldError:
+    """The `type` error of a known type `producer` may not send."""
+    if producer in ("import", "server") and event_type in OUTPUT_TYPES:
+        return FieldError("type", f"{event_type} is produced by Nerve itself")
+    reason = f"{event_type} is not accepted from {_NAMES.get(producer, producer)}"
+    if producer == "site" and event_type in PRODUCERS["server"]:
+        reason += f": {SERVER_SIDE}"
+    return FieldError("type", reason)
 
 
 def _check_site(event: Envelope, identified: str | None, token_problem: str | None) -> None:
