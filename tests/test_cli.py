@@ -74,6 +74,11 @@ def test_usage_errors_exit_2_and_failures_exit_1_with_one_line(tmp_path: Path) -
     down = nerve("--connect-timeout", "0.5", "--nats-url", f"nats://127.0.0.1:{port}", "init")
     assert down.returncode == 1
     assert down.stderr.count("\n") == 1 and "cannot reach NATS" in down.stderr
+    # a broker nobody provisioned yet (before `nerve init`): one line saying so, not a traceback
+    for args in (("deadletters",), ("webhooks", "add", "http://127.0.0.1:9/hook")):
+        fresh = nerve(*args, data_dir=tmp_path / "unprovisioned")
+        assert fresh.returncode == 2, fresh.stderr
+        assert fresh.stderr.strip().endswith("on this broker: run `nerve init` first")
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -23,7 +23,7 @@ from engine.bus.reader import read_all
 from engine.gateway import SITE_KEY_HEADER, crm
 from engine.gateway.app import create_app
 from engine.settings import GatewaySettings, SiteKey
-from engine.subjects import crm_subject, user_token
+from nerve_client.subjects import crm_subject, user_token
 from tests.conftest import event, serving
 
 SITE = "site-key-0123456789"

@@ -20,20 +20,22 @@ import pytest
 from nats.aio.client import Client as NATS
 from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
+from openapi_core.validation.request.exceptions import InvalidRequestBody
 from pydantic import SecretStr
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from engine.bus import Bus
-from engine.events import json_schema
-from engine.events.served import document_schema
 from engine.gateway import IDENTITY_HEADER, SITE_KEY_HEADER, create_app
-from engine.identity import mint_identity_token
 from engine.profiles.store import ProfileStore
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Serving
 from engine.services.profiles import ProfileService
 from engine.services.recommender import RecommenderService
 from engine.settings import GatewaySettings, SiteKey
+from nerve_client.events import json_schema
+from nerve_client.events.producers import PRODUCERS
+from nerve_client.events.served import document_schema
+from nerve_client.identity import mint_identity_token
 from tests.conftest import event, serving
 from tests.reco_world import ITEMS, publish_world, slots_config
 
@@ -43,6 +45,7 @@ TOKEN = "openapi-internal-token"
 ORIGIN = "https://bank.example"
 SITE = {SITE_KEY_HEADER: KEY}
 INTERNAL = {"Authorization": f"Bearer {TOKEN}"}
+CRM = {"Authorization": "Bearer openapi-crm-key-0123456789"}
 CHROMIUM = "/usr/bin/chromium"
 PUBLIC = {("get", "/healthz"), ("get", "/metrics")}
 """The operations anyone may call; every other one must declare its security."""
@@ -102,7 +105,8 @@ async def gateway(fresh: NATS, nats_url: str) -> AsyncIterator[str]:
     with an identity secret, an internal token) under uvicorn; yields the gateway's URL."""
     await publish_world(fresh)
     site = SiteKey(key=KEY, origins=(ORIGIN,), identity_secret=SecretStr(SECRET))
-    settings = GatewaySettings(site_keys=(site,), internal_tokens=(TOKEN,))
+    crm_key = CRM["Authorization"].removeprefix("Bearer ")
+    settings = GatewaySettings(site_keys=(site,), internal_tokens=(TOKEN,), crm_keys=(crm_key,))
     async with services(fresh), serving(create_app(settings, nats_url, 5)) as url:
         yield url
 
@@ -179,6 +183,8 @@ async def test_every_operation_has_response_schemas_errors_and_its_security(
                 assert all(m.get("schema") for m in content.values()), f"{where} {status}"
                 if status >= "400":
                     assert "application/json" in content, f"{where} {status}: not JSON"
+            if method in ("post", "put", "patch"):
+                assert op.get("requestBody", {}).get("content"), f"{where}: no request body"
             if (method, path) not in PUBLIC:
                 assert {"401", "403"} <= set(op["responses"]), f"{where}: no refusals"
                 security = op.get("security")
@@ -243,6 +249,34 @@ async def test_events_accepted_and_refused_and_a_profile_match_the_served_openap
     check(api, refused)
     profile = await until_ok(client, "/v1/profiles/visitor-2?anonymous=true", INTERNAL)
     check(api, profile)
+
+
+async def test_crm_events_declare_one_crm_event_or_a_batch_and_their_answers_match(
+    client: httpx.AsyncClient,
+) -> None:
+    """Before: `POST /v1/crm/events` declared no request body at all."""
+    api = await api_of(client)
+    op = (await spec_of(client))["paths"]["/v1/crm/events"]["post"]
+    native = op["requestBody"]["content"]["application/json"]["schema"]
+    mapping = native["$defs"]["CrmEvent"]["discriminator"]["mapping"]
+    assert set(mapping) == PRODUCERS["crm"]  # the CRM types only, not all a server may send
+    contact = event("crm_contact_logged", user_id="ana", item_id="loan-personal")
+    one = await client.post("/v1/crm/events", json=contact, headers=CRM)
+    assert one.status_code == 202, one.text
+    check(api, one)
+    batch = [event("crm_contact_logged", user_id=u) for u in ("bo", "cy")]
+    many = await client.post("/v1/crm/events", json=batch, headers=CRM)
+    assert many.status_code == 202 and many.json()["accepted"] == 2, many.text
+    check(api, many)
+    anonymous = event("crm_contact_logged", user_id=None, anonymous_id="visitor-9")
+    refused = await client.post("/v1/crm/events", json=[anonymous], headers=CRM)
+    assert refused.status_code == 422, refused.text  # as declared, yet refused: no user
+    check(api, refused)
+    behavioural = await client.post("/v1/crm/events", json=[event("page_viewed")], headers=CRM)
+    assert behavioural.status_code == 422, behavioural.text
+    check(api, behavioural, valid=False)
+    with pytest.raises(InvalidRequestBody):  # the spec, too, says it is no CRM event
+        api.validate_request(Req(behavioural.request))
 
 
 async def test_the_stream_is_an_event_stream_as_declared(client: httpx.AsyncClient) -> None:

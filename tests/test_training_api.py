@@ -211,7 +211,7 @@ def test_the_api_finds_the_data_dir_as_the_cli_does_and_an_empty_history_is_one_
     assert settings_of().data_dir == tmp_path / "shop"
     assert data_dir_of(tmp_path / "other") == tmp_path / "other"
     frame = load_history("warehouse")  # nothing stored there yet
-    with pytest.raises(api.ConfigError, match="^no interactions to train on") as exc:
+    with pytest.raises(api.ConfigError, match=r"^no interactions to train on") as exc:
         api.train(frame, "itemknn", curve=False)
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "shop" / "models").exists()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,19 +22,20 @@ import orjson
 import pytest
 from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client as NATS
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from engine import credstore
 from engine.broker import EmbeddedBroker
 from engine.bus import Bus, Outgoing
 from engine.bus.reader import read_all
-from engine.errors import ConfigError
-from engine.events import DeadLetter, parse_event
 from engine.services.webhooks import WebhookService
-from engine.subjects import DEADLETTER, signal_subject, user_token
 from engine.webhooks import DeliveryOptions, Subscription, WebhookStore, verify
 from engine.webhooks.signing import BadSignature
 from engine.webhooks.subscriptions import subscribe
+from nerve_client.errors import ConfigError
+from nerve_client.events import DeadLetter, parse_event
+from nerve_client.subjects import DEADLETTER, signal_subject, user_token
 from tests.conftest import event as make_event
 from tests.conftest import serving
 
@@ -350,3 +353,83 @@ async def test_two_adds_at_once_keep_both_subscriptions(fresh: NATS) -> None:
     await asyncio.gather(*(subscribe(admin, u) for u in urls))
     subs, _ = await (await WebhookStore.open(admin)).load()
     assert sorted(s.url for s in subs) == sorted(urls)
+
+
+def nerve(nats_url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`nerve webhooks ARGS` as a user runs it, in an 80-column terminal (COLUMNS=80), with
+    none of the caller's NERVE_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NERVE_")}
+    pre = ["--nats-url", nats_url, "--data-dir", str(data_dir)]
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *pre, "webhooks", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**env, "COLUMNS": "80"},
+    )
+
+
+def test_the_list_in_80_columns_keeps_every_id_whole_so_remove_can_take_it(
+    fresh: NATS, nats_url: str, tmp_path: Path
+) -> None:
+    """Before: the id column was cut (`wh_cd05b8e1…`) and the URL kept whole."""
+    long_url = "https://crm.example.com/hooks/nerve/receiver-with-a-long-path/v2?tenant=bank"
+    for url in (long_url, "https://x.io/h"):
+        assert nerve(nats_url, tmp_path, "add", url, "--topic", "loan").returncode == 0
+    listed = nerve(nats_url, tmp_path, "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines and max(cell_len(line) for line in lines) <= 80, listed.stdout
+    ids = {s["id"] for s in orjson.loads(nerve(nats_url, tmp_path, "list", "--json").stdout)}
+    assert set(re.findall(r"wh_[0-9a-f]{16}", listed.stdout)) == ids and len(ids) == 2
+    assert long_url not in listed.stdout and "https://crm.example.com/" in listed.stdout
+    assert "…" in listed.stdout and "https://x.io/h" in listed.stdout
+    for sub_id in re.findall(r"wh_[0-9a-f]{16}", listed.stdout):
+        removed = nerve(nats_url, tmp_path, "remove", sub_id)
+        assert removed.returncode == 0, removed.stderr
+    assert "no webhook subscriptions" in nerve(nats_url, tmp_path, "list").stdout
+
+
+CARDS_SLOTS = """
+[slots.home]
+k = 3
+
+[signals.cards]
+window_days = 7
+cooldown_days = 14
+[[signals.cards.conditions]]
+type = "item_viewed"
+category = ["cards"]
+min_count = 1
+"""
+
+
+def test_a_topic_the_signals_service_does_not_detect_is_refused_naming_those_it_does(
+    fresh: NATS, nats_url: str, tmp_path: Path
+) -> None:
+    """Before: `add --topic nosuchtopic` was stored, and would never receive a signal."""
+    refused = nerve(nats_url, tmp_path, "add", "https://crm.example/a", "--topic", "nosuchtopic")
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+    (line,) = refused.stderr.splitlines()  # one line, no traceback
+    assert "--topic" in line and "'nosuchtopic'" in line and "default_slots.toml" in line
+    assert "investment, loan, mortgage" in line  # the shipped file's topics
+    slots = tmp_path / "cards.toml"
+    slots.write_text(CARDS_SLOTS)
+    config = ("--config", str(slots))
+    wrong = nerve(nats_url, tmp_path, "add", "https://crm.example/b", "--topic", "loan", *config)
+    assert wrong.returncode == 2 and "(its topics: cards)" in wrong.stderr, wrong.stderr
+    assert nerve(nats_url, tmp_path, "list", "--json").stdout.strip() == "[]"  # none stored
+    added = nerve(nats_url, tmp_path, "add", "https://crm.example/c", "--topic", "cards", *config)
+    assert added.returncode == 0, added.stderr
+    (tmp_path / "slots.toml").write_text(CARDS_SLOTS)  # the data dir's, as the service reads it
+    again = nerve(nats_url, tmp_path, "add", "https://crm.example/d", "--topic", "cards")
+    assert again.returncode == 0, again.stderr
+    anything = nerve(nats_url, tmp_path, "add", "https://crm.example/e")  # no topic: all of them
+    assert anything.returncode == 0, anything.stderr
+    listed = orjson.loads(nerve(nats_url, tmp_path, "list", "--json").stdout)
+    assert sorted((s["url"][-1], s["topic"]) for s in listed) == [
+        ("c", "cards"),
+        ("d", "cards"),
+        ("e", "*"),
+    ]

@@ -277,8 +277,8 @@ async def test_nothing_is_sent_without_consent(gateway: str, browser: Any) -> No
 
 async def test_text_is_escaped(gateway: str, browser: Any, nats_url: str) -> None:
     from engine.bus import Outgoing, Publisher
-    from engine.ids import uuid7
     from engine.recommender.catalog import Item, item_subject
+    from nerve_client.ids import uuid7
 
     nc = await connect(nats_url, "widget-xss", timeout=5)
     evil = Item(item_id="card-gold", name="<img src=x onerror=alert(1)>", category="cards")

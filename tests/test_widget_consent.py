@@ -1,6 +1,6 @@
 """Consent from the widget, through the gateway on a real nats-server: a site key may grant
-marketing only on an identity-proven event (`engine.events.producers`), and such a grant is what
-lets the signals service tell a CRM about the customer. Also: what a site key is told when it
+marketing only on an identity-proven event (`nerve_client.events.producers`), and such a grant is
+what lets the signals service tell a CRM about the customer. Also: what a site key is told when it
 sends a type Nerve does not know."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
-from engine.errors import EventRejected
-from engine.events.producers import BEHAVIOURAL, admit
+from nerve_client.errors import EventRejected
+from nerve_client.events.producers import BEHAVIOURAL, admit
 from tests.conftest import count, event
 from tests.test_identity import SITE, VICTIM, make_app, reasons, token, with_token
 from tests.test_signals import LOAN, signals, stored_signals

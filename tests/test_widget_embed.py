@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.bus import Outgoing, Publisher, connect
-from engine.ids import uuid7
 from engine.recommender.catalog import Item, item_subject
+from nerve_client.ids import uuid7
 from tests.reco_world import ITEMS
 from tests.test_widget import (
     accept,
@@ -170,6 +170,52 @@ async def test_a_marketing_grant_is_sent_only_for_the_signed_in_customer(
     assert all(e["context"]["consent"]["marketing"] is True for e in stored)
 
 
+STATE = """() => [JSON.parse(localStorage.getItem('nerve_consent')),
+    localStorage.getItem('nerve_aid')]"""
+
+
+async def test_a_partial_consent_keeps_the_purposes_it_does_not_name(
+    gateway: str, browser: Any
+) -> None:
+    page = await browser.new_page()
+    await page.goto(gateway + "/demo/")
+    await accept(page)
+    home = await wait_items(page, "#home-offers", lambda xs: True)
+    _, aid = await page.evaluate(STATE)
+    assert aid
+    # a later "contact me" tick names marketing only
+    reloaded = page.expect_response(lambda r: "slot=home" in r.url and r.status == 200)
+    async with reloaded:
+        ok = await page.evaluate(
+            "Nerve.consent({marketing: true}); Nerve.track('search_performed', {query: 'x'})"
+        )
+        consent, kept = await page.evaluate(STATE)
+        assert consent == {"analytics": True, "personalization": True, "marketing": True}
+        assert kept == aid and ok is True  # before: analytics off, the id deleted, False
+        assert await items_in(page, "#home-offers") == home  # before: emptied at once
+    assert await wait_items(page, "#home-offers", lambda xs: True) == home
+    # naming one purpose changes that one only
+    ok = await page.evaluate("Nerve.consent({personalization: false}); Nerve.track('x', {})")
+    consent, kept = await page.evaluate(STATE)
+    assert consent == {"analytics": True, "personalization": False, "marketing": True}
+    assert kept == aid and ok is True
+    assert await page.eval_on_selector(
+        "#home-offers", "el => !!el.shadowRoot.querySelector('slot')"
+    )
+    # the booleans: none, then analytics and personalization (marketing as it was)
+    await page.evaluate("Nerve.consent(false)")
+    assert await page.evaluate(STATE) == [
+        {"analytics": False, "personalization": False, "marketing": False},
+        None,
+    ]
+    assert await page.evaluate("Nerve.track('x', {})") is False
+    await page.evaluate("Nerve.consent(true)")
+    consent, fresh = await page.evaluate(STATE)
+    assert consent == {"analytics": True, "personalization": True, "marketing": False}
+    assert fresh and fresh != aid
+    await wait_items(page, "#home-offers", lambda xs: True)
+
+
 async def debug_page(browser: Any, gateway: str, debug: bool) -> tuple[Any, list[str]]:
     """The demo home page, its script tag with `data-debug` when `debug`; its console warnings."""
     page = await browser.new_page()
@@ -240,7 +286,11 @@ DISMISS = """el => [...el.shadowRoot.querySelectorAll('li[data-item]')].map(li =
 })"""
 
 
-async def test_no_item_shows_in_two_widgets_and_the_height_is_reserved_at_375_and_1280(
+HEIGHTS = """() => Object.fromEntries([...document.querySelectorAll('nerve-recommendations')]
+    .map(el => [el.id, el.getBoundingClientRect().height]))"""
+
+
+async def test_no_item_shows_in_two_widgets_and_nothing_jumps_at_375_and_1280(
     gateway: str, browser: Any
 ) -> None:
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -249,30 +299,39 @@ async def test_no_item_shows_in_two_widgets_and_the_height_is_reserved_at_375_an
         page = await context.new_page()
         await page.goto(gateway + "/demo/")
         await page.wait_for_function("!!(window.Nerve && window.Nerve.config)")
-        reserved = await page.eval_on_selector("#trending", "el => el.offsetHeight")
+        reserved = await page.evaluate(HEIGHTS)  # #home-offers shows the site's own content
         await accept(page)
         home = await wait_items(page, "#home-offers", lambda xs: True)
         trending = await wait_items(page, "#trending", lambda xs: True)
-        assert not set(home) & set(await items_in(page, "#trending")), (home, trending)
-        height = await page.eval_on_selector("#trending", "el => el.offsetHeight")
-        assert reserved > 0.4 * height, (width, reserved, height)  # before: 0, then 557 px
+        assert not set(home) & set(trending), (home, trending)
+        assert (len(home), len(trending)) == (3, 4)  # k cards each
+        height = await page.evaluate(HEIGHTS)
+        for where in ("home-offers", "trending"):
+            # before: trending at 1280 98 -> 133 px, home at 375 159 -> 254 px
+            assert abs(height[where] - reserved[where]) <= 8, (width, where, reserved, height)
         await page.screenshot(path=str(SCREENSHOTS / f"demo-{width}.png"), full_page=True)
         await context.close()
 
 
-async def test_on_a_phone_the_dismiss_is_24px_and_clear_of_long_titles(
+async def test_with_long_names_the_dismiss_is_clear_of_titles_and_nothing_jumps(
     gateway: str, browser: Any, nats_url: str
 ) -> None:
     await long_names(nats_url, gateway)  # last in this module: the names stay long
-    context = await browser.new_context(viewport={"width": 375, "height": 800})
-    page = await context.new_page()
-    await page.goto(gateway + "/demo/")
-    await accept(page)
-    await wait_items(page, "#home-offers", lambda xs: True)
-    await wait_items(page, "#trending", lambda xs: True)
-    for where in ("#home-offers", "#trending"):
-        boxes = await page.eval_on_selector(where, DISMISS)
-        assert boxes
-        for w, h, apart in boxes:
-            assert w >= 24 and h >= 24 and apart, (where, w, h, apart)
-    await context.close()
+    for width in (375, 1280):
+        context = await browser.new_context(viewport={"width": width, "height": 800})
+        page = await context.new_page()
+        await page.goto(gateway + "/demo/")
+        await page.wait_for_function("!!(window.Nerve && window.Nerve.config)")
+        reserved = await page.evaluate(HEIGHTS)
+        await accept(page)
+        await wait_items(page, "#home-offers", lambda xs: True)
+        await wait_items(page, "#trending", lambda xs: True)
+        height = await page.evaluate(HEIGHTS)
+        for where in ("#home-offers", "#trending"):
+            boxes = await page.eval_on_selector(where, DISMISS)
+            assert boxes
+            for w, h, apart in boxes:
+                assert w >= 24 and h >= 24 and apart, (where, w, h, apart)
+            # two-line titles: before, 98 -> 133 px at 1280
+            assert abs(height[where[1:]] - reserved[where[1:]]) <= 8, (width, reserved, height)
+        await context.close()

@@ -6,8 +6,8 @@
  * </script>
  * <script src="https://nerve.example/widget.js" data-endpoint="https://nerve.example"
  *         data-site-key="KEY" [data-require-consent] [data-debug] async></script>
- * <nerve-recommendations placement="home" k="4" heading="For you">
- *   ...fallback content, shown while loading fails or the service is away...
+ * <nerve-recommendations placement="home" k="3" heading="For you">
+ *   ...fallback content: shown, in the space of k cards, until a list comes; and alone when none will...
  *   <template>optional card markup: elements with data-field="name|reason|url|image|category"</template>
  * </nerve-recommendations>
  *
@@ -15,16 +15,19 @@
  * host an element with slot="home" is assigned to a missing slot and renders at 0x0). `k` caps
  * the cards; without it the slot's own k (server side) decides. The widget asks for the slot's
  * whole list, so that an item another widget earlier on the page shows is skipped here.
+ * A card is two title lines (clamped) and one line below high, which is what the placeholders
+ * reserve; a site whose <template> cards differ sets --nerve-card-height.
  *
  * JS API (the only global): Nerve.init({siteKey, endpoint, debug}), Nerve.track(type, props,
  * fields), Nerve.identify(userId, token), Nerve.consent({analytics, personalization, marketing})
- * (consent(true): analytics and personalization, marketing unstated; consent(false): none),
+ * (a purpose left out keeps its current value: consent({marketing: true}) adds marketing and
+ * changes nothing else; consent(true): analytics and personalization; consent(false): none),
  * Nerve.page(), Nerve.flush(), Nerve.reset(). Calls queued by the stub run first, in order.
  * DOM events: nerve:rendered, nerve:click, nerve:error. data-debug (or init({debug: true}))
  * logs each event the gateway refused, with its reasons, as a console warning.
  *
  * Identity: the page never asserts a user id on its own say-so. identify() takes the token the
- * site's backend signed for the signed-in customer (engine.identity); the widget sends it as
+ * site's backend signed for the signed-in customer (nerve_client.identity); the widget sends it as
  * ?identity= (beacons and EventSource cannot send headers) with the events that name the user and
  * with the user's list and stream requests. Once the token has expired the widget acts as the
  * anonymous visitor again until the page calls identify() with a fresh one (a site re-mints it on
@@ -231,17 +234,18 @@
     ":host{display:block;font:inherit;color:inherit}" +
     "h2{font-size:var(--nerve-heading-size,1.2em);margin:0 0 .5em}" +
     "ul{list-style:none;margin:0;padding:0;display:grid;gap:var(--nerve-gap,12px);grid-template-columns:repeat(auto-fit,minmax(min(100%,var(--nerve-card-width,220px)),1fr))}" +
-    "li{position:relative;min-height:var(--nerve-card-height,64px);border:1px solid var(--nerve-border,#ddd);border-radius:var(--nerve-radius,8px);background:var(--nerve-card-bg,#fff)}" +
-    "li>a{display:flex;gap:10px;align-items:flex-start;box-sizing:border-box;height:100%;padding:10px 38px 10px 12px;color:inherit;text-decoration:none}" +
+    // a card is as tall as two title lines and one line below: what the placeholders hold
+    "li{position:relative;min-height:var(--nerve-card-height,calc(3.605em + 23px));border:1px solid var(--nerve-border,#ddd);border-radius:var(--nerve-radius,8px);background:var(--nerve-card-bg,#fff)}" +
+    "li>a{display:flex;gap:10px;align-items:center;box-sizing:border-box;height:100%;padding:10px 38px 10px 12px;color:inherit;text-decoration:none}" +
     "a:focus-visible,button:focus-visible{outline:2px solid var(--nerve-accent,#0b5fff);outline-offset:2px}" +
     "img{width:56px;height:56px;object-fit:cover;border-radius:6px;flex:none}" +
     ".text{min-width:0;overflow-wrap:anywhere}" +
-    ".title{display:block;font-weight:600;line-height:1.25;color:var(--nerve-accent,#0b5fff)}" +
-    ".sub{display:block;font-size:.85em;opacity:.75;margin-top:3px;line-height:1.3}" +
+    ".title{display:-webkit-box;-webkit-box-orient:vertical;-webkit-line-clamp:2;overflow:hidden;font-weight:600;line-height:1.25;color:var(--nerve-accent,#0b5fff)}" +
+    ".sub{display:block;font-size:.85em;opacity:.75;margin-top:3px;line-height:1.3;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}" +
     ".meta+.reason::before{content:' \\00b7  '}" +
     ".dismiss{position:absolute;top:5px;right:5px;width:28px;height:28px;padding:0;border:0;border-radius:50%;background:none;color:inherit;opacity:.6;cursor:pointer;font-size:20px;line-height:1}" +
     ".dismiss:hover{opacity:1;background:var(--nerve-skeleton,#f2f2f2)}" +
-    ".skeleton{visibility:hidden}.skeleton.on{visibility:visible}" +
+    ".skeleton{visibility:hidden}.skeleton.on{visibility:visible}.hold{display:grid}.hold>*{grid-area:1/1}" +
     ".skeleton li{border-color:transparent;background:var(--nerve-skeleton,#f2f2f2)}" +
     ".fresh{margin-top:.5em}" +
     "@media (prefers-reduced-motion:no-preference){li{transition:opacity .2s}}";
@@ -290,21 +294,23 @@
       this.box.textContent = "";
       this.box.appendChild(make("slot"));
     }
-    // Until a list comes: the site's own content, else an invisible skeleton of k cards that
-    // holds the space (shown after 300 ms), so that nothing below jumps when the list arrives.
+    // Until a list comes, a skeleton of k cards holds their space, so that nothing below jumps
+    // when the list arrives: shown after 300 ms, or kept invisible under the site's own content.
     wait() {
       if (this.current) return;
-      if (this.hasFallback()) { this.fallback(); return; }
       this.box.textContent = "";
+      var hold = make("div", "hold");
       var section = make("section", "skeleton");
       section.setAttribute("aria-hidden", "true");
-      section.appendChild(text(make("h2"), this.getAttribute("heading") || "Recommended for you"));
-      var ul = make("ul");
+      section.appendChild(text(make("h2", null, "heading"), this.getAttribute("heading") || "Recommended for you"));
+      var ul = make("ul", null, "list");
       for (var i = 0; i < (this.k || 4); i++) ul.appendChild(make("li"));
       section.appendChild(ul);
-      this.box.appendChild(section);
+      hold.appendChild(section);
+      this.box.appendChild(hold);
       clearTimeout(this.skeletonTimer);
-      this.skeletonTimer = setTimeout(function () { section.classList.add("on"); }, 300);
+      if (this.hasFallback()) hold.appendChild(make("div")).appendChild(make("slot"));
+      else this.skeletonTimer = setTimeout(function () { section.classList.add("on"); }, 300);
     }
     // Nothing will come: the site's own content, else collapse.
     settle() {
@@ -484,13 +490,16 @@
       relisten();
       if (!same) widgets.forEach(function (w) { w.load(); });
     },
-    // consent(true): analytics and personalization; consent(false): nothing; or per purpose
+    // consent(true): analytics and personalization; consent(false): nothing; or per purpose,
+    // a purpose left out (or undefined) keeping its current value
     consent: function (c) {
       var was = allowed("analytics");
       if (c === true || c === false) c = { analytics: c, personalization: c, marketing: c ? undefined : false };
       c = c || {};
-      consent = { analytics: !!c.analytics, personalization: !!c.personalization };
-      if (c.marketing !== undefined) consent.marketing = !!c.marketing;
+      function keep(p) { return c[p] !== undefined ? !!c[p] : allowed(p); }
+      var m = c.marketing !== undefined ? !!c.marketing : consent && consent.marketing;
+      consent = { analytics: keep("analytics"), personalization: keep("personalization") };
+      if (m === true || m === false) consent.marketing = m;
       write("consent", JSON.stringify(consent));
       if (!allowed("analytics")) queue = [];
       if (!allowed("analytics") && !allowed("personalization")) anonId = write("aid", null);

@@ -9,13 +9,17 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from engine.bus.consumer import scan
+from nerve_client.errors import ConfigError
 
 
 async def last_messages(
     js: JetStreamContext, stream: str, limit: int
 ) -> tuple[int, list[tuple[int, bytes]]]:
     """(number of messages in `stream`, the newest `limit` as (sequence, payload), newest first)."""
-    info = await js.stream_info(stream)
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:  # a broker nobody provisioned yet: say what to do, not a traceback
+        raise ConfigError(f"no stream {stream} on this broker: run `nerve init` first") from None
     found: list[tuple[int, bytes]] = []
     seq = info.state.last_seq
     while seq >= max(1, info.state.first_seq) and len(found) < limit:

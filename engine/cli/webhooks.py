@@ -1,23 +1,29 @@
 """`nerve webhooks add|list|remove`: who receives interest signals over HTTP.
 
 The subscriptions live in the broker (`engine.webhooks.subscriptions`); the webhooks service
-(`nerve run webhooks`, part of `nerve up`) picks a change up within seconds.
+(`nerve run webhooks`, part of `nerve up`) picks a change up within seconds. A `--topic` must
+be one the signals service detects: a `[signals.<topic>]` of the slots file it reads (the same
+`--config` / `NERVE_SLOTS`, else `<data dir>/slots.toml`, else the shipped default), or the
+subscription would never receive anything.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.cells import cell_len
+from rich.table import Column, Table
 
 from engine.bus import Bus
 from engine.cli.app import app
-from engine.cli.toolkit import out, with_bus
-from engine.errors import ConfigError
+from engine.cli.toolkit import SlotsFile, broker, out, with_bus
+from engine.recommender.slots import load_slots
 from engine.webhooks.feeds import DEFAULT_FEED
-from engine.webhooks.subscriptions import Subscription, WebhookStore, subscribe
+from engine.webhooks.subscriptions import Subscription, WebhookStore, check_topic, subscribe
+from nerve_client.errors import ConfigError
 
 webhooks_app = typer.Typer(
     help="Deliver interest signals to HTTP receivers (CRMs), signed with HMAC-SHA256 in the "
@@ -32,7 +38,11 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a tabl
 def add(
     url: Annotated[str, typer.Argument(help="The receiver's http(s) URL.")],
     topic: Annotated[
-        str | None, typer.Option(help="Only signals of this topic (default: every topic).")
+        str | None,
+        typer.Option(
+            help="Only signals of this topic, one of the slots file's [signals.<topic>] "
+            "(default: every topic)."
+        ),
     ] = None,
     secret: Annotated[
         str | None,
@@ -43,9 +53,13 @@ def add(
             "printed once. Prefer the environment variable (a flag shows in ps).",
         ),
     ] = None,
+    config: SlotsFile = None,
     as_json: Json = False,
 ) -> None:
     """Subscribe URL to the interest signals stored from now on."""
+    if topic is not None:  # before connecting: a topic nothing detects is a usage error
+        slots, path = load_slots(config, broker().data_dir)
+        check_topic(topic, slots.signals, path)
 
     async def work(bus: Bus) -> Subscription:
         return await subscribe(bus, url, topic=topic, secret=secret, feed=DEFAULT_FEED)
@@ -75,18 +89,51 @@ def list_subscriptions(as_json: Json = False) -> None:
     if as_json:
         out.print_json(json.dumps([s.masked() for s in subs]))
         return
-    table = Table("id", "url", "topic", "secret", "since seq", "created")
-    for s in subs:
-        m = s.masked()
-        table.add_row(
-            s.id,
-            s.url,
-            str(m["topic"]),
-            str(m["secret"]),
-            str(s.start_seq),
-            s.created_at.isoformat(timespec="seconds"),
-        )
-    out.print(table if subs else "no webhook subscriptions")
+    out.print(table_of(subs, out.width) if subs else "no webhook subscriptions")
+
+
+MIN_URL = 24
+"""The narrowest URL column worth showing; below it, optional columns are left out."""
+OPTIONAL = ("since seq", "secret", "created")
+"""The columns a narrow terminal drops, first to last (`--json` always has them)."""
+
+
+def table_of(subs: list[Subscription], width: int) -> Table:
+    """The subscriptions as a table at most `width` cells wide: the id is always whole (it is
+    what `remove` takes), the URL is cut with an ellipsis, and when even a short URL would
+    not fit, the optional columns are left out."""
+    rows = [row_of(s) for s in subs]
+    shown = list(rows[0])
+    need = {c: max(cell_len(c), *(cell_len(r[c]) for r in rows)) for c in shown}
+    dropping = list(OPTIONAL)
+    while True:  # each column costs its padding (2) and a border (1); the table one more
+        room = width - 1 - sum(need[c] + 3 for c in shown if c != "url") - 3
+        if room >= min(MIN_URL, need["url"]) or not dropping:
+            break
+        shown.remove(dropping.pop(0))
+    columns = [
+        Column(c, no_wrap=True, overflow="ellipsis", max_width=max(room, 1))
+        if c == "url"
+        else Column(c, no_wrap=True, min_width=need[c])
+        for c in shown
+    ]
+    table = Table(*columns)
+    for r in rows:
+        table.add_row(*(r[c] for c in shown))
+    return table
+
+
+def row_of(sub: Subscription) -> dict[str, str]:
+    """One subscription as `list` shows it, by column (secret masked, times in UTC)."""
+    m = sub.masked()
+    return {
+        "id": sub.id,
+        "url": sub.url,
+        "topic": str(m["topic"]),
+        "secret": str(m["secret"]),
+        "since seq": str(sub.start_seq),
+        "created": sub.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ"),
+    }
 
 
 @webhooks_app.command("remove")

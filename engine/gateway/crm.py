@@ -6,7 +6,7 @@ server-side secret of its own: a site key (public, in every browser) or an inter
 not one, and gets 401 (no `Authorization`) or 403 (a bearer that is not a CRM key). The body
 is one event or a JSON array, as for `POST /v1/events`, and the same code validates and stores
 it (`engine.gateway.events`), with producer `crm`: only the CRM types are accepted
-(`engine.events.producers`), `source` defaults to `crm`, and the events go to
+(`nerve_client.events.producers`), `source` defaults to `crm`, and the events go to
 `crm.<user>.<type>` (the CRM stream).
 
 Answers: 202 (some stored; `rejected` lists each refused event's index, id and fields with
@@ -35,9 +35,38 @@ from engine.gateway.events import (
 )
 from engine.gateway.responses import Detail, answer
 from engine.gateway.state import GatewayState, gateway_state
+from nerve_client.events import json_schema
+from nerve_client.events.producers import PRODUCERS
 
 PRODUCER = "crm"
+PATH = "/v1/crm/events"
 router = APIRouter()
+
+
+def request_body() -> dict[str, Any]:
+    """The OpenAPI `requestBody` of `POST /v1/crm/events`, generated from the models: one
+    event of a type the `crm` producer may send, or a batch of them. Built like
+    `engine.gateway.events.request_body` (which documents every `server` type and
+    CloudEvents, neither accepted here): a route cannot add to `components`, so the schema
+    keeps its `$defs` and refers to them by JSON pointer into this very operation."""
+    path = PATH.replace("~", "~0").replace("/", "~1")
+    here = f"#/paths/{path}/post/requestBody/content/{JSON_TYPES[0].replace('/', '~1')}/schema"
+    event = json_schema(types=PRODUCERS[PRODUCER], ref_template=here + "/$defs/{model}")
+    event["title"] = "CRM event"
+    defs = {**event.pop("$defs"), "CrmEvent": event}
+    one = {"$ref": here + "/$defs/CrmEvent"}
+    many = {"type": "array", "items": one, "minItems": 1}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "A CRM event or a batch of them, as JSON (`source` defaults to "
+            f"`crm`); only the CRM types: {', '.join(sorted(PRODUCERS[PRODUCER]))}.",
+            "content": {
+                JSON_TYPES[0]: {"schema": {"$defs": defs, "anyOf": [one, many]}},
+                JSON_TYPES[1]: {"schema": {"$ref": here}},
+            },
+        }
+    }
 
 
 def check_crm(request: Request, keys: tuple[str, ...]) -> Caller:
@@ -53,10 +82,10 @@ def check_crm(request: Request, keys: tuple[str, ...]) -> Caller:
 
 
 @router.post(
-    "/v1/crm/events",
+    PATH,
     status_code=202,
     summary="Ingest CRM events (one or a batch) from a CRM backend",
-    openapi_extra={"security": CRM_ONLY},
+    openapi_extra={**request_body(), "security": CRM_ONLY},
     responses={
         202: answer("Stored (some may be refused; see `rejected`)", Ingested),
         422: {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.subjects import SIGNALS, signal_filter
+from nerve_client.subjects import SIGNALS, signal_filter
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.bus import Bus, JetStreamKV
-from engine.errors import ConfigError
 from engine.webhooks.feeds import DEFAULT_FEED, FEEDS
+from nerve_client.errors import ConfigError
 
 BUCKET = "webhooks"
 KEY = "subscriptions"
@@ -41,6 +43,19 @@ def check_url(url: str) -> str:
     if parts.username or parts.password:
         raise ValueError("credentials in the URL would be stored and logged; sign instead")
     return url
+
+
+def check_topic(topic: str, topics: Collection[str], where: Path) -> str:
+    """`topic` if the signals service detects it (`topics`: the `[signals.<topic>]` of the
+    slots file `where`); else `ConfigError` naming the topics it does detect. A subscription
+    to any other topic would be stored and never receive anything."""
+    if topic in topics:
+        return topic
+    known = ", ".join(sorted(topics)) or "none"
+    raise ConfigError(
+        f"--topic: no signals topic {topic!r} in {where} (its topics: {known}); add "
+        f"[signals.{topic}] to the slots file the signals service reads and pass it with --config"
+    )
 
 
 def shown_url(url: str) -> str:
