@@ -20,7 +20,7 @@ Who holds which credential:
 | --- | --- |
 | `admin` | operator commands on the data dir's machine; provisioning and import in `nerve up` |
 | `gateway` | the HTTP gateway (the internet-facing process) |
-| `profiles`, `recommender`, `signals`, `warehouse`, `webhooks` | that service, each its own |
+| `profiles`, `recommender`, `signals`, `anomalies`, `warehouse`, `webhooks` | that service |
 | `visitors` | the demo's synthetic visitors (`nerve demo`) |
 | role `crm` | an outside CRM service (`nerve credentials add NAME --role crm`) |
 | role `reader` | an outside read-only consumer (`--role reader`) |
@@ -29,38 +29,41 @@ Who holds which credential:
 What each may do (✓ allowed; everything else is denied; admin may do everything; every
 role may also look up account limits and stream names):
 
-| may | gateway | profiles | recommender | signals | warehouse | webhooks | visitors | crm | reader|
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| publish `activity.>` | ✓ | | | | | | ✓ | | |
-| publish `crm.>` | | | | | | | | ✓ | |
-| publish `crm.*.<CRM type>` (`POST /v1/crm/events`) | ✓ | | | | | | | | |
-| publish `reco.>` (lists) | | | ✓ | | | | | | |
-| publish `signals.>` | | | | ✓ | | | | | |
-| publish `dlq.>` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | |
-| publish `dlq.webhooks` (its own dead letters) | | | | | | ✓ | | | |
-| request `reco.request` | ✓ | | | | | | | | |
-| answer `reco.request` | | | ✓ | | | | | | |
-| request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | | |
-| answer `nerve.profiles.get` | | ✓ | | | | | | | |
-| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | | | | ✓ |
-| read CRM | | ✓ | ✓ | ✓ | | | | | |
-| read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | | |
-| read CATALOG | ✓ | | ✓ | | | | ✓ | | |
-| read RECOMMENDATIONS | ✓ | | ✓ | | | | | | ✓ |
-| read SIGNALS | | | | ✓ | | ✓ | | ✓ | ✓ |
-| read KV `profiles` | | ✓ | ✓ | ✓ | | | | | |
-| read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | | |
-| write KV `profiles`, `userkeys` | | ✓ | | | | | | | |
-| read KV `registry`, objects `models` | | | ✓ | ✓ | | | | | |
-| read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | | | | | |
-| read KV `webhooks` (subscriptions, signing secrets) | | | | | | ✓ | | | |
-| write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
-| read KV `health` (for `/healthz`) | ✓ | | | | | | | | |
-| core `reco.>` (live lists) | ✓ | | | | | | | | |
-| core `model_published` | ✓ | | ✓ | | | | | | |
-| core `nerve.control.forget` | ✓ | ✓ | ✓ | ✓ | | | | | |
-| create/update/delete/purge streams | | | | | | | | | |
-| delete messages (secure erasure) | | | | | | | | | |
+|may|gateway|profiles|recommender|signals|anomalies|warehouse|webhooks|visitors|crm|reader|
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| publish `activity.>` | ✓ | | | | | | | ✓ | | |
+| publish `crm.>` | | | | | | | | | ✓ | |
+| publish `crm.*.<CRM type>` (`POST /v1/crm/events`) | ✓ | | | | | | | | | |
+| publish `reco.>` (lists) | | | ✓ | | | | | | | |
+| publish `signals.>` | | | | ✓ | | | | | | |
+| publish `anomalies.>` | | | | | ✓ | | | | | |
+| publish `dlq.>` | ✓ | ✓ | ✓ | ✓ | | ✓ | | | | |
+| publish its own `dlq.webhooks` / `dlq.anomalies` | | | | | ✓ | | ✓ | | | |
+| request `reco.request` | ✓ | | | | | | | | | |
+| answer `reco.request` | | | ✓ | | | | | | | |
+| request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | | | |
+| answer `nerve.profiles.get` | | ✓ | | | | | | | | |
+| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | ✓ | | | | ✓ |
+| read CRM | | ✓ | ✓ | ✓ | ✓ | | | | | |
+| read DEADLETTER (it counts dead letters) | | | | | ✓ | | | | | |
+| read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | | | |
+| read CATALOG | ✓ | | ✓ | | | | | ✓ | | |
+| read RECOMMENDATIONS | ✓ | | ✓ | | | | | | | ✓ |
+| read SIGNALS | | | | ✓ | | | ✓ | | ✓ | ✓ |
+| read ANOMALIES | | | | | ✓ | | ✓ | | ✓ | ✓ |
+| read KV `profiles` | | ✓ | ✓ | ✓ | | | | | | |
+| read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | | | |
+| write KV `profiles`, `userkeys` | | ✓ | | | | | | | | |
+| read KV `registry`, objects `models` | | | ✓ | ✓ | | | | | | |
+| read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | |
+| read KV `webhooks` (subscriptions, signing secrets) | | | | | | | ✓ | | | |
+| write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
+| read KV `health` (for `/healthz`) | ✓ | | | | | | | | | |
+| core `reco.>` (live lists) | ✓ | | | | | | | | | |
+| core `model_published` | ✓ | | ✓ | | | | | | | |
+| core `nerve.control.forget` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | |
+| create/update/delete/purge streams | | | | | | | | | | |
+| delete messages (secure erasure) | | | | | | | | | | |
 
 Every credential except admin may also subscribe only to its own reply inbox,
 `_INBOX_<user>.>` (the client sets that prefix, `Credential.inbox_prefix`), so one credential
@@ -92,6 +95,7 @@ COMPONENTS = (
     "warehouse",
     "recommender",
     "signals",
+    "anomalies",
     "webhooks",
     "visitors",
 )
@@ -214,17 +218,35 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
         (_FORGET,),
         False,
     ),
+    # anomalies: reads the log (and the dead letters it counts), publishes only its findings
+    # and its own dead letters; no profiles, no models
+    "anomalies": (
+        (
+            "anomalies.>",
+            deadletter_subject("anomalies"),
+            *reads("ACTIVITY", "CRM", "DEADLETTER", "ANOMALIES"),
+            *_TOMBSTONES,
+            *_HEARTBEAT,
+        ),
+        (_FORGET,),
+        False,
+    ),
     "warehouse": (("dlq.>", *reads("ACTIVITY"), *_HEARTBEAT), (), False),
-    # webhooks: its consumers on SIGNALS (one per subscription), the subscriptions, the
-    # dead letters of deliveries it gave up on; no publish anywhere else
+    # webhooks: its consumers on SIGNALS and ANOMALIES (one per subscription), the
+    # subscriptions, the dead letters of deliveries it gave up on; no publish anywhere else
     "webhooks": (
-        (deadletter_subject("webhooks"), *reads("SIGNALS"), *kv("webhooks"), *_HEARTBEAT),
+        (
+            deadletter_subject("webhooks"),
+            *reads("SIGNALS", "ANOMALIES"),
+            *kv("webhooks"),
+            *_HEARTBEAT,
+        ),
         (),
         False,
     ),
     "visitors": (("activity.>", *reads("CATALOG")), (), False),
-    "crm": (("crm.>", *reads("SIGNALS")), (), False),
-    "reader": (reads("ACTIVITY", "RECOMMENDATIONS", "SIGNALS"), (), False),
+    "crm": (("crm.>", *reads("SIGNALS", "ANOMALIES")), (), False),
+    "reader": (reads("ACTIVITY", "RECOMMENDATIONS", "SIGNALS", "ANOMALIES"), (), False),
 }
 """What each role may do besides admin (which may do everything); see the module table."""
 

@@ -27,6 +27,7 @@ from engine.bus import Bus
 from engine.credentials import redact, tls_of
 from engine.credstore import for_component
 from engine.importer import import_file
+from engine.services.anomalies import AnomalyService
 from engine.services.gateway import GatewayService
 from engine.services.profiles import ProfileService
 from engine.services.recommender import RecommenderService
@@ -59,6 +60,7 @@ SERVICES: dict[str, Callable[[Bus, Settings], Awaitable[Service]]] = {
     "warehouse": WarehouseService.build,
     "recommender": RecommenderService.build,
     "signals": SignalsService.build,
+    "anomalies": AnomalyService.build,
     "webhooks": WebhookService.build,
 }
 """Every service by name, in start order, with how it is built."""

@@ -157,6 +157,26 @@ NEEDS_ITEM = {
     "offer_dismissed",
 }
 EXAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
+    "anomaly_detected": {
+        "detector": "bursts",
+        "kind": "rate_burst",
+        "subject": "user",
+        "score": 7.5,
+        "value": 12,
+        "threshold": 6,
+        "baseline": [{"of": "user", "method": "median_mad", "window": "last 30", "samples": 30}],
+        "evidence": [
+            {
+                "event_id": "e-1",
+                "stream": "ACTIVITY",
+                "seq": 3,
+                "type": "item_viewed",
+                "time": "2026-11-01T00:00:00Z",
+            }
+        ],
+        "decided_at": "2026-11-01T00:00:00Z",
+        "description": "12 item_viewed in 60 s",
+    },
     "page_viewed": {"page_type": "home", "title": "Welcome"},
     "item_viewed": {"category": "loans"},
     "search_performed": {"query": "mortgage", "results_count": 3},

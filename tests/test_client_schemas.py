@@ -26,6 +26,7 @@ def test_shipped_schemas_equal_freshly_generated_ones() -> None:
 def test_a_schema_of_what_the_client_consumes_and_publishes_ships() -> None:
     assert set(schemas.shipped()) == {
         "interest_signal.schema.json",
+        "anomaly_detected.schema.json",
         "recommendations_updated.schema.json",
         "crm_contact_logged.schema.json",
     }

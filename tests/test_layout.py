@@ -26,7 +26,16 @@ FORBIDDEN = {
 CHECKED = ("engine", "models", "training", CLIENT)
 NATS_DOORS = ("engine/bus/", "client/src/nerve_client/client.py")
 NATS_METHODS = {"jetstream", "subscribe", "publish", "request", "delete_msg", "stream_info"}
-SUBJECT_PREFIXES = ("activity.", "crm.", "reco.", "signals.", "dlq.", "catalog.", "nerve.")
+SUBJECT_PREFIXES = (
+    "activity.",
+    "crm.",
+    "reco.",
+    "signals.",
+    "anomalies.",
+    "dlq.",
+    "catalog.",
+    "nerve.",
+)
 BUS_SUBJECT_PREFIXES = ("$KV.", "$JS.")
 """The JetStream API and KV subjects, which only the bus may spell out."""
 MAX_FILE_LINES = 400

@@ -28,6 +28,7 @@ from engine.settings import StreamSettings
 from nerve_client.errors import ProvisionError
 from nerve_client.subjects import (
     ACTIVITY,
+    ANOMALIES,
     CATALOG,
     CRM,
     DEADLETTER,
@@ -149,6 +150,12 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
             SIGNALS,
             ["signals.*.*"],
             "interest_signal per signals.<topic>.<user>",
+            max_age=s.signals_max_age_days * DAY,
+        ),
+        cfg(
+            ANOMALIES,
+            ["anomalies.>"],
+            "anomaly_detected per anomalies.<detector>.<user> (or .~site)",
             max_age=s.signals_max_age_days * DAY,
         ),
         cfg(

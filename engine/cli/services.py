@@ -181,7 +181,7 @@ def up(
             "recommender, run with `nerve run recommender` in another process for a core of "
             "its own)."
         ),
-    ] = "gateway,profiles,warehouse,recommender,signals,webhooks",
+    ] = "gateway,profiles,warehouse,recommender,signals,anomalies,webhooks",
     gc_tuning: GcTuning = GC_TUNING,
 ) -> None:
     """Run the engine: provision, then every service (gateway, profiles, warehouse,
@@ -336,7 +336,7 @@ def demo(
 def run(
     service: Annotated[
         str,
-        typer.Argument(help="profiles | warehouse | gateway | recommender | signals | webhooks"),
+        typer.Argument(help="profiles | warehouse | gateway | recommender | signals | anomalies | webhooks"),
     ],
     host: Host = HOST,
     port: Port = PORT,

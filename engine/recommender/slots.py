@@ -5,7 +5,9 @@ A slot names the model that serves it (the active model of a registry slot, `ner
 may show (categories, item attributes), the business rules that remove candidates, and the slot
 whose list a visitor gets when this one cannot personalise (cold start, no model, no consent).
 
-The same file defines `signals`: interest topics for CRM services (see `engine.signals`).
+The same file defines `signals`: interest topics for CRM services (see `engine.signals`), and
+`anomalies`: the detectors of `nerve run anomalies`, one `[anomalies.<name>]` each, its method
+chosen by `kind` (`engine.anomalies.config`).
 
 The configuration is TOML: `--config FILE`, else `<data dir>/slots.toml`, else the default that
 ships beside this module (`default_slots.toml`, commented). Unknown keys are refused.
@@ -19,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.anomalies.config import AnomalyDef
 from nerve_client.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).with_name("default_slots.toml")
@@ -124,6 +127,7 @@ class SignalDef(_Strict):
 class SlotsConfig(_Strict):
     slots: dict[str, Slot]
     signals: dict[str, SignalDef] = Field(default_factory=dict)
+    anomalies: dict[str, AnomalyDef] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self) -> SlotsConfig:
@@ -132,6 +136,9 @@ class SlotsConfig(_Strict):
         for topic in self.signals:
             if not re.match(SLOT_NAME, topic):
                 raise ValueError(f"signal topic {topic!r}: letters, digits, _ and - only")
+        for detector in self.anomalies:
+            if not re.match(SLOT_NAME, detector):
+                raise ValueError(f"anomaly detector {detector!r}: letters, digits, _ and - only")
         for name, slot in self.slots.items():
             if not re.match(SLOT_NAME, name):
                 raise ValueError(f"slot name {name!r}: letters, digits, _ and - only")

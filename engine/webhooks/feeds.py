@@ -1,9 +1,9 @@
 """What a webhook subscription can receive: a feed is one stream, filtered by topic.
 
-Interest signals are the only feed today. Anomalies (or any other stored event a CRM should
-hear about) become a second `Feed` here — its stream, its topic filter — plus a read grant on
-that stream in the `webhooks` role (`engine.credentials.ROLES`); the service, the signing and
-the retries need no change.
+Two feeds: interest signals (topic: a signal topic) and anomalies (topic: a detector name).
+Another stored event a CRM should hear about becomes one more `Feed` here — its stream, its
+topic filter — plus a read grant on that stream in the `webhooks` role
+(`engine.credentials.ROLES`); the service, the signing and the retries need no change.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nerve_client.subjects import SIGNALS, signal_filter
+from nerve_client.subjects import ANOMALIES, SIGNALS, anomaly_filter, signal_filter
 
 
 @dataclass(frozen=True)
@@ -28,5 +28,6 @@ class Feed:
 
 FEEDS: dict[str, Feed] = {
     "signals": Feed("signals", SIGNALS, signal_filter, "interest_signal"),
+    "anomalies": Feed("anomalies", ANOMALIES, anomaly_filter, "anomaly_detected"),
 }
 DEFAULT_FEED = "signals"

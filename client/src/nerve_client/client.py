@@ -1,7 +1,8 @@
-"""The client for services that are not Nerve (a CRM, a marketing tool): receive interest
-signals, publish CRM events. Needs a NATS URL and, for a secured broker, the credential file an
-operator issued with `nerve credentials add my-crm --role crm` (role crm: publish `crm.>`,
-consume SIGNALS; nothing else); nothing else of the engine runs in-process.
+"""The client for services that are not Nerve (a CRM, a marketing tool, an operator's tool):
+receive interest signals and anomalies, publish CRM events. Needs a NATS URL and, for a secured
+broker, the credential file an operator issued with `nerve credentials add my-crm --role crm`
+(role crm: publish `crm.>`, consume SIGNALS and ANOMALIES; nothing else); nothing else of the
+engine runs in-process.
 
 ```python
 from nerve_client.client import CrmContact, NerveClient
@@ -21,7 +22,9 @@ consuming application, shared by its replicas): a signal is acknowledged when th
 `async for` has finished with it and the next one is asked for. A signal whose loop was left
 (`break`, an exception) is handed back by `close()` at once; after a crash it comes again
 after a minute. A restart resumes with the first signal not yet finished, so handling should be
-idempotent by `signal.id`. A message that is not a
+idempotent by `signal.id`. `anomalies(detector=None, durable=...)` reads the ANOMALIES stream
+the same way (`Anomaly`: detector, kind, score, baseline, evidence ids; a credential of role
+crm or reader may read it). A message that is not a
 valid signal is terminated (never redelivered) and logged. `publish` validates the event with
 the same models the engine uses and stores it in the CRM stream with its id as `Nats-Msg-Id`
 (a retry is stored once).
@@ -47,15 +50,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from nerve_client.credentials import Credential, Tls, auth_options
 from nerve_client.errors import EventRejected
 from nerve_client.events import parse_event, parse_event_json
+from nerve_client.events.catalog import AnomalyDetected as AnomalyProperties
 from nerve_client.events.catalog import InterestSignal as SignalProperties
 from nerve_client.events.producers import check_producer
 from nerve_client.identity import mint_identity_token, verify_identity_token
 from nerve_client.ids import uuid7
-from nerve_client.subjects import SIGNALS, signal_filter
+from nerve_client.subjects import ANOMALIES, SIGNALS, anomaly_filter, signal_filter
 
 log = logging.getLogger("nerve.client")
 
 __all__ = [
+    "Anomaly",
     "CrmContact",
     "InterestSignal",
     "NerveClient",
@@ -91,6 +96,43 @@ class InterestSignal(BaseModel):
             raise ValueError(f"not an interest_signal: {event.type!r}")
         props = event.properties.model_dump()
         return cls(id=event.id, time=event.time, user_id=event.user_id or "", **props)
+
+
+class Anomaly(BaseModel):
+    """An anomaly as an operator tool sees it (`anomaly_detected`, flattened). `user_id` or
+    `anonymous_id` names the user; both are None for a site-wide one (`subject == "site"`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    id: str
+    time: datetime
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    detector: str
+    kind: str
+    subject: Literal["user", "site"]
+    score: float
+    value: float
+    threshold: float
+    baseline: list[AnomalyProperties.Baseline]
+    evidence: list[AnomalyProperties.Evidence]
+    decided_at: datetime
+    description: str
+    event_type: str | None = None
+
+    @classmethod
+    def from_event(cls, raw: bytes) -> Anomaly:
+        """Validate a stored `anomaly_detected` with the engine's models, then flatten it."""
+        event = parse_event_json(raw)
+        if event.type != "anomaly_detected":
+            raise ValueError(f"not an anomaly_detected: {event.type!r}")
+        props = event.properties.model_dump()
+        return cls(
+            id=event.id,
+            time=event.time,
+            user_id=event.user_id,
+            anonymous_id=event.anonymous_id,
+            **props,
+        )
 
 
 class CrmContact(BaseModel):
@@ -176,7 +218,38 @@ class NerveClient:
         self, topic: str | None = None, *, durable: str, new_only: bool = False
     ) -> AsyncGenerator[InterestSignal, None]:
         """Signals (of `topic`, or all), from where `durable` stopped; see the module doc."""
-        subject = signal_filter(topic)
+        messages = self._consume(SIGNALS, signal_filter(topic), durable, new_only)
+        async with contextlib.aclosing(messages):  # unsubscribes when the caller's loop ends
+            async for raw in messages:
+                try:
+                    signal = InterestSignal.from_event(raw.data)
+                except (ValueError, KeyError, TypeError, ValidationError, EventRejected) as exc:
+                    await self._drop(raw, "signal", exc)
+                    continue
+                yield signal
+                await self._done(raw)
+
+    async def anomalies(
+        self, detector: str | None = None, *, durable: str, new_only: bool = False
+    ) -> AsyncGenerator[Anomaly, None]:
+        """Anomalies (of `detector`, or all) from the ANOMALIES stream, from where `durable`
+        stopped; acknowledged, handed back and resumed exactly like `interest_signals`."""
+        messages = self._consume(ANOMALIES, anomaly_filter(detector), durable, new_only)
+        async with contextlib.aclosing(messages):  # unsubscribes when the caller's loop ends
+            async for raw in messages:
+                try:
+                    anomaly = Anomaly.from_event(raw.data)
+                except (ValueError, KeyError, TypeError, ValidationError, EventRejected) as exc:
+                    await self._drop(raw, "anomaly", exc)
+                    continue
+                yield anomaly
+                await self._done(raw)
+
+    async def _consume(
+        self, stream: str, subject: str, durable: str, new_only: bool
+    ) -> AsyncGenerator[Any, None]:
+        """The messages of a durable consumer on `stream`, one at a time, each held in hand
+        (handed back by `close()`) until `_done` or `_drop`."""
         config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -185,32 +258,32 @@ class NerveClient:
             ack_wait=60,
             max_deliver=10,
         )
-        await self.js.add_consumer(SIGNALS, config)
-        sub = await self.js.pull_subscribe_bind(durable, SIGNALS)
+        await self.js.add_consumer(stream, config)
+        sub = await self.js.pull_subscribe_bind(durable, stream)
         try:
             while True:
                 try:
                     # One at a time: nats-py's fetch(n) holds a lone message until n arrive or
-                    # the timeout passes, and signals are rare enough not to need batches.
+                    # the timeout passes, and these are rare enough not to need batches.
                     msgs = await sub.fetch(1, timeout=5.0)
                 except TimeoutError:
                     continue
                 for msg in msgs:  # fetched, not yet finished: handed back by close()
                     self._in_hand[id(msg)] = msg
                 for msg in msgs:
-                    try:
-                        signal = InterestSignal.from_event(msg.data)
-                    except (ValueError, KeyError, TypeError, ValidationError, EventRejected) as exc:
-                        log.error("dropping a malformed signal on %s: %s", msg.subject, exc)
-                        self._in_hand.pop(id(msg), None)
-                        await msg.term()
-                        continue
-                    yield signal
-                    self._in_hand.pop(id(msg), None)
-                    await msg.ack()
+                    yield msg
         finally:
             with contextlib.suppress(Exception):  # the connection may be closing already
                 await sub.unsubscribe()
+
+    async def _done(self, msg: Any) -> None:
+        self._in_hand.pop(id(msg), None)
+        await msg.ack()
+
+    async def _drop(self, msg: Any, what: str, exc: Exception) -> None:
+        log.error("dropping a malformed %s on %s: %s", what, msg.subject, exc)
+        self._in_hand.pop(id(msg), None)
+        await msg.term()
 
     async def publish(self, event: CrmContact | dict[str, Any]) -> str:
         """Validate and store a CRM event (crm_contact_logged); returns its id."""

@@ -9,6 +9,7 @@ Streams and what they capture (provisioned by `engine.bus.provision`):
 | CATALOG         | `catalog.item.<item>`        |
 | RECOMMENDATIONS | `reco.<user>.<slot>`         |
 | SIGNALS         | `signals.<topic>.<user>`     |
+| ANOMALIES       | `anomalies.<detector>.<user>` (`<user>` is `SITE_TOKEN` for site-wide ones) |
 | DEADLETTER      | `dlq.<source>`               |
 
 Core (not stored) subjects: `reco.request` (the recommender answers), `nerve.control.forget`
@@ -39,6 +40,7 @@ CRM = "CRM"
 CATALOG = "CATALOG"
 RECOMMENDATIONS = "RECOMMENDATIONS"
 SIGNALS = "SIGNALS"
+ANOMALIES = "ANOMALIES"
 DEADLETTER = "DEADLETTER"
 GAVE_UP = "GAVEUP"
 """The server's advisories of messages a consumer stopped redelivering (`max_deliver`)."""
@@ -57,6 +59,10 @@ SYSTEM_TOKEN = "~system"
 """The token of events about the system rather than a user (`user_forgotten`). `user_token`
 never produces it: `~` there is always followed by two hex digits or by another `~`."""
 PUBLISHED_SUBJECT = f"activity.{SYSTEM_TOKEN}.model_published"
+SITE_TOKEN = "~site"
+"""The token of site-wide anomalies (`anomalies.<detector>.~site`). Never a user token: `_escape`
+passes `_` through (`_site` is a valid user id), but `~` in an encoded id is always followed by
+two upper-case hex digits or by another `~`, and `s` is neither."""
 
 
 def _escape(value: str) -> str:
@@ -100,8 +106,8 @@ def item_token(item_id: str) -> str:
 
 
 def is_user_token(token: str) -> bool:
-    """False for `SYSTEM_TOKEN` (and anything else `user_token` cannot produce)."""
-    return token != SYSTEM_TOKEN
+    """False for `SYSTEM_TOKEN`, `SITE_TOKEN` (and anything else `user_token` cannot produce)."""
+    return token not in (SYSTEM_TOKEN, SITE_TOKEN)
 
 
 def activity_subject(token: str, event_type: str) -> str:
@@ -144,6 +150,17 @@ def signal_subject(topic: str, token: str) -> str:
     return f"signals.{topic}.{token}"
 
 
+def anomaly_subject(detector: str, token: str) -> str:
+    """`anomalies.<detector>.<user>`: where a detector's anomalies about one user (or, with
+    `SITE_TOKEN`, about the whole site) are kept."""
+    return f"anomalies.{detector}.{token}"
+
+
+def anomaly_filter(detector: str | None = None) -> str:
+    """The ANOMALIES subjects of `detector` (every detector when None)."""
+    return f"anomalies.{detector}.*" if detector else "anomalies.>"
+
+
 def catalog_subject(item_id: str) -> str:
     """`catalog.item.<item>`: the latest upsert of an item."""
     return f"catalog.item.{item_token(item_id)}"
@@ -156,6 +173,7 @@ def user_filters(token: str) -> dict[str, str]:
         CRM: f"crm.{token}.>",
         RECOMMENDATIONS: f"reco.{token}.*",
         SIGNALS: f"signals.*.{token}",
+        ANOMALIES: f"anomalies.*.{token}",
     }
 
 

@@ -30,6 +30,8 @@ class Properties(BaseModel):
     """About the system, not a user: no user id, stored under the system token."""
     output: ClassVar[bool] = False
     """Produced by Nerve itself (stored outside ACTIVITY); refused from producers."""
+    userless: ClassVar[bool] = False
+    """May name no user at all (a site-wide anomaly); otherwise user_id or anonymous_id."""
     summary: ClassVar[str] = ""
 
 
@@ -252,6 +254,51 @@ class InterestSignal(Properties):
     offer: str | None = Field(default=None, max_length=128, description="The item it is about")
 
 
+class AnomalyDetected(Properties):
+    type_name = "anomaly_detected"
+    output = True
+    userless = True
+    summary = (
+        "Something unusual about a user or the whole site (published by anomalies on"
+        " anomalies.<detector>.<user>, or .~site)."
+    )
+
+    class Evidence(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        event_id: str = Id
+        stream: Literal["ACTIVITY", "CRM", "DEADLETTER"]
+        seq: int = Field(ge=1)
+        type: str = Field(max_length=64, description="Event type (dead letters: their source)")
+        time: str = Field(max_length=40)
+        item_id: str | None = Field(default=None, max_length=128)
+
+    class Baseline(BaseModel):
+        """What the observed value was compared with."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        of: Literal["user", "segment", "site"]
+        method: Literal["median_mad", "seen_before"]
+        window: str = Field(max_length=200, description="Which observations, in words")
+        samples: int = Field(ge=0)
+        median: float | None = None
+        mad: float | None = Field(default=None, ge=0, description="Scaled: 1.4826 x MAD")
+        spread: float | None = Field(default=None, ge=0, description="max(mad, the floor)")
+        seen: list[str] = Field(default_factory=list, max_length=50)
+        segment: str | None = Field(default=None, max_length=200)
+
+    detector: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    kind: Literal["rate_burst", "unusual_value", "new_context", "site_rate_shift"]
+    subject: Literal["user", "site"]
+    score: float = Field(description="Robust z-score (new_context: value / min_value)")
+    value: float = Field(description="What was observed: a count, an amount")
+    threshold: float = Field(description="The score at which the detector fires")
+    baseline: list[Baseline] = Field(min_length=1, max_length=4)
+    evidence: list[Evidence] = Field(min_length=1, max_length=100)
+    decided_at: str = Field(max_length=40, description="Time of the deciding event")
+    description: str = Field(max_length=500, description="The finding in words")
+    event_type: str | None = Field(default=None, max_length=64, description="What was counted")
+
+
 CATALOG: tuple[type[Properties], ...] = (
     PageViewed,
     ItemViewed,
@@ -270,4 +317,5 @@ CATALOG: tuple[type[Properties], ...] = (
     ModelPublished,
     RecommendationsUpdated,
     InterestSignal,
+    AnomalyDetected,
 )

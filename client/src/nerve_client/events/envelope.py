@@ -42,7 +42,13 @@ from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 from nerve_client.errors import EventRejected, FieldError
 from nerve_client.events.catalog import CATALOG, CrmContactLogged, Properties
 from nerve_client.ids import canonical_id, unsafe_character
-from nerve_client.subjects import SYSTEM_TOKEN, activity_subject, crm_subject, user_token
+from nerve_client.subjects import (
+    SITE_TOKEN,
+    SYSTEM_TOKEN,
+    activity_subject,
+    crm_subject,
+    user_token,
+)
 
 ID_PATTERN = (
     r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -175,6 +181,8 @@ class Envelope(BaseModel):
         """The token-safe user key of this event's subject (see `nerve_client.subjects`)."""
         if self.properties_model.system:
             return SYSTEM_TOKEN
+        if self.properties_model.userless and not (self.user_id or self.anonymous_id):
+            return SITE_TOKEN
         return user_token(self.user_id, self.anonymous_id)
 
     @property
@@ -257,7 +265,12 @@ def parse_event(
     system = model.properties_model.system
     if system and (event.user_id is not None or event.anonymous_id is not None):
         errors.append(FieldError("user_id", f"{etype} carries no user id"))
-    elif not system and event.user_id is None and event.anonymous_id is None:
+    elif (
+        not system
+        and not model.properties_model.userless
+        and event.user_id is None
+        and event.anonymous_id is None
+    ):
         errors.append(FieldError("user_id", "user_id or anonymous_id is required"))
     for field in sorted(model.properties_model.requires):
         if getattr(event, field) is None:

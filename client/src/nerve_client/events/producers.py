@@ -10,6 +10,7 @@
 | `nerve`       | `nerve forget`                              | `user_forgotten`               |
 | `recommender` | the recommender service                     | `recommendations_updated`      |
 | `signals`     | the signals service                         | `interest_signal`              |
+| `anomalies`   | the anomalies service                       | `anomaly_detected`             |
 
 A public site key is in every visitor's browser, so anyone holds it. It may therefore send only
 what a visitor's own behaviour says (views, searches, simulator runs, cart, ratings, what was
@@ -81,6 +82,7 @@ PRODUCERS: dict[str, frozenset[str]] = {
     "nerve": frozenset({"user_forgotten"}),
     "recommender": frozenset({"recommendations_updated"}),
     "signals": frozenset({"interest_signal"}),
+    "anomalies": frozenset({"anomaly_detected"}),
 }
 
 _NAMES = {"site": "a site key", "crm": "a CRM client", "server": "a server-side producer"}

@@ -15,7 +15,7 @@ from typing import Any
 
 from nerve_client.events import json_schema
 
-TYPES = ("interest_signal", "recommendations_updated", "crm_contact_logged")
+TYPES = ("interest_signal", "anomaly_detected", "recommendations_updated", "crm_contact_logged")
 """What a client consumes (signals, lists) and what it publishes (CRM events)."""
 
 
