@@ -35,7 +35,7 @@ from engine.webhooks.signing import BadSignature
 from engine.webhooks.subscriptions import subscribe
 from nerve_client.errors import ConfigError
 from nerve_client.events import DeadLetter, parse_event
-from nerve_client.subjects import DEADLETTER, signal_subject, user_token
+from nerve_client.subjects import DEADLETTER, anomaly_subject, signal_subject, user_token
 from tests.conftest import event as make_event
 from tests.conftest import serving
 
@@ -156,6 +156,15 @@ async def publish_signal(bus: Bus, user: str, topic: str = "loan") -> tuple[str,
     payload = e.to_json()
     await bus.publish([Outgoing(signal_subject(topic, user_token(user)), payload, e.id)])
     return e.id, payload
+
+
+async def publish_anomaly(bus: Bus, user: str, detector: str = "bursts") -> str:
+    """Store an anomaly_detected on `anomalies.<detector>.<user>`: its id."""
+    base = make_event("anomaly_detected", user_id=user, source="anomalies")
+    base["properties"] = {**base["properties"], "detector": detector}
+    e = parse_event(base)
+    await bus.publish([Outgoing(anomaly_subject(detector, user_token(user)), e.to_json(), e.id)])
+    return e.id
 
 
 async def deadletters(nc: NATS) -> list[DeadLetter]:
@@ -405,6 +414,35 @@ min_count = 1
 """
 
 
+async def test_an_anomalies_subscription_gets_anomalies_of_its_detector_and_no_signal(
+    fresh: NATS, broker: EmbeddedBroker
+) -> None:
+    admin = Bus(fresh)
+    receiver = Receiver()
+    async with receiving(receiver) as url, running(broker) as service:
+        await subscribe(admin, url, topic="bursts", secret=SECRET, feed="anomalies")
+        await workers_for(service, 1)
+        await publish_signal(admin, "ada")
+        await publish_anomaly(admin, "ada", detector="amounts")
+        wanted = await publish_anomaly(admin, "ada")
+        hit = await receiver.next()
+        assert hit.verified and hit.signal_id == wanted
+        assert orjson.loads(hit.body)["type"] == "anomaly_detected"
+    assert [h.signal_id for h in receiver.hits] == [wanted]
+
+
+def test_the_cli_checks_an_anomalies_topic_against_the_detectors(
+    fresh: NATS, nats_url: str, tmp_path: Path
+) -> None:
+    feed = ("--feed", "anomalies")
+    ok = nerve(nats_url, tmp_path, "add", "https://crm.example/a", "--topic", "bursts", *feed)
+    assert ok.returncode == 0, ok.stderr
+    bad = nerve(nats_url, tmp_path, "add", "https://crm.example/b", "--topic", "loan", *feed)
+    assert bad.returncode == 2 and "no [anomalies.loan]" in bad.stderr and "bursts" in bad.stderr
+    odd = nerve(nats_url, tmp_path, "add", "https://crm.example/c", "--feed", "weather")
+    assert odd.returncode == 2 and "--feed: one of signals, anomalies" in odd.stderr
+
+
 def test_a_topic_the_signals_service_does_not_detect_is_refused_naming_those_it_does(
     fresh: NATS, nats_url: str, tmp_path: Path
 ) -> None:
@@ -412,13 +450,13 @@ def test_a_topic_the_signals_service_does_not_detect_is_refused_naming_those_it_
     refused = nerve(nats_url, tmp_path, "add", "https://crm.example/a", "--topic", "nosuchtopic")
     assert refused.returncode == 2 and refused.stdout == "", refused.stdout
     (line,) = refused.stderr.splitlines()  # one line, no traceback
-    assert "--topic" in line and "'nosuchtopic'" in line and "default_slots.toml" in line
+    assert "--topic" in line and "[signals.nosuchtopic]" in line and "default_slots.toml" in line
     assert "investment, loan, mortgage" in line  # the shipped file's topics
     slots = tmp_path / "cards.toml"
     slots.write_text(CARDS_SLOTS)
     config = ("--config", str(slots))
     wrong = nerve(nats_url, tmp_path, "add", "https://crm.example/b", "--topic", "loan", *config)
-    assert wrong.returncode == 2 and "(its topics: cards)" in wrong.stderr, wrong.stderr
+    assert wrong.returncode == 2 and "(there: cards)" in wrong.stderr, wrong.stderr
     assert nerve(nats_url, tmp_path, "list", "--json").stdout.strip() == "[]"  # none stored
     added = nerve(nats_url, tmp_path, "add", "https://crm.example/c", "--topic", "cards", *config)
     assert added.returncode == 0, added.stderr

@@ -98,6 +98,7 @@ def _warn_unserved(slot: str, data_dir: Path) -> None:
             f"nerve: warning: no slot of {path.name} is served by registry slot {slot!r} "
             f"(those are: {served}); a recommender with that file will not use this model",
             highlight=False,
+            markup=False,
         )
 
 

@@ -70,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         err.print("interrupted")
         sys.exit(130)
     except ConfigError as exc:
-        err.print(f"nerve: error: {exc}", highlight=False)
+        err.print(f"nerve: error: {exc}", highlight=False, markup=False)
         sys.exit(2)
     except NerveError as exc:
-        err.print(f"nerve: error: {exc}", highlight=False)
+        err.print(f"nerve: error: {exc}", highlight=False, markup=False)
         sys.exit(1)
     except Exception as exc:
         # click's usage errors (typer may vendor its own click): they know how to show themselves

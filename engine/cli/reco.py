@@ -50,7 +50,7 @@ def recommend(
         raise NerveError(f"{e['field'] or 'request'}: {e['reason']}")
     warning = answer.pop("warning", None)  # e.g. k above the slot's maximum: served the maximum
     if warning:
-        err.print(f"nerve: warning: {warning}", highlight=False)
+        err.print(f"nerve: warning: {warning}", highlight=False, markup=False)
     if as_json:
         out.print_json(orjson.dumps(answer).decode())
         return

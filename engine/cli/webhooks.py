@@ -21,7 +21,7 @@ from engine.bus import Bus
 from engine.cli.app import app
 from engine.cli.toolkit import SlotsFile, broker, out, with_bus
 from engine.recommender.slots import load_slots
-from engine.webhooks.feeds import DEFAULT_FEED
+from engine.webhooks.feeds import DEFAULT_FEED, FEEDS
 from engine.webhooks.subscriptions import Subscription, WebhookStore, check_topic, subscribe
 from nerve_client.errors import ConfigError
 
@@ -40,10 +40,16 @@ def add(
     topic: Annotated[
         str | None,
         typer.Option(
-            help="Only signals of this topic, one of the slots file's [signals.<topic>] "
-            "(default: every topic)."
+            help="Only this topic: a signal topic ([signals.<topic>] of the slots file) or, "
+            "with --feed anomalies, a detector ([anomalies.<name>]); default: every one."
         ),
     ] = None,
+    feed: Annotated[
+        str,
+        typer.Option(
+            help="What to deliver: signals (interest_signal) or anomalies (anomaly_detected)."
+        ),
+    ] = DEFAULT_FEED,
     secret: Annotated[
         str | None,
         typer.Option(
@@ -56,13 +62,15 @@ def add(
     config: SlotsFile = None,
     as_json: Json = False,
 ) -> None:
-    """Subscribe URL to the interest signals stored from now on."""
+    """Subscribe URL to the interest signals (or anomalies) stored from now on."""
+    if feed not in FEEDS:
+        raise ConfigError(f"--feed: one of {', '.join(FEEDS)}, not {feed!r}")
     if topic is not None:  # before connecting: a topic nothing detects is a usage error
         slots, path = load_slots(config, broker().data_dir)
-        check_topic(topic, slots.signals, path)
+        check_topic(topic, getattr(slots, feed), path, feed)
 
     async def work(bus: Bus) -> Subscription:
-        return await subscribe(bus, url, topic=topic, secret=secret, feed=DEFAULT_FEED)
+        return await subscribe(bus, url, topic=topic, secret=secret, feed=feed)
 
     sub = with_bus("nerve-webhooks", work)
     if as_json:

@@ -45,16 +45,17 @@ def check_url(url: str) -> str:
     return url
 
 
-def check_topic(topic: str, topics: Collection[str], where: Path) -> str:
-    """`topic` if the signals service detects it (`topics`: the `[signals.<topic>]` of the
-    slots file `where`); else `ConfigError` naming the topics it does detect. A subscription
-    to any other topic would be stored and never receive anything."""
+def check_topic(topic: str, topics: Collection[str], where: Path, section: str = "signals") -> str:
+    """`topic` if the service of the feed detects it (`topics`: the `[<section>.<topic>]` of
+    the slots file `where`: signal topics, or anomaly detector names); else `ConfigError`
+    naming those it does detect. A subscription to any other topic would never receive
+    anything."""
     if topic in topics:
         return topic
     known = ", ".join(sorted(topics)) or "none"
     raise ConfigError(
-        f"--topic: no signals topic {topic!r} in {where} (its topics: {known}); add "
-        f"[signals.{topic}] to the slots file the signals service reads and pass it with --config"
+        f"--topic: no [{section}.{topic}] in {where} (there: {known}); add it to the slots "
+        f"file the {section} service reads and pass that file with --config"
     )
 
 
