@@ -1,10 +1,21 @@
-"""Metrics on cases small enough to compute by hand."""
+"""Metrics on cases small enough to compute by hand: the offline evaluation's
+(`training.metrics`), then the gateway's Prometheus exposition (`engine.metrics`)."""
 
 import math
+from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from engine.gateway import SITE_KEY_HEADER
+from engine.metrics import Metrics
+from tests.conftest import event
+from tests.test_console import KEY as SITE_KEY
+from tests.test_console import client, gateway, until
 from training import metrics
+
+__all__ = ["client", "gateway"]  # fixtures, used by name
 
 RECS = {"a": ["x", "y", "z"], "b": ["y", "x", "w"], "c": ["q", "r", "s"]}
 TRUTH = {"a": {"y"}, "b": {"y", "w"}, "c": set()}  # c has nothing relevant: left out
@@ -40,3 +51,100 @@ def test_perfect_and_empty_lists() -> None:
     assert metrics.ndcg_at_k(perfect, TRUTH, 2) == pytest.approx(1.0)
     assert metrics.recall_at_k({}, TRUTH, 10) == 0.0
     assert metrics.ndcg_at_k(RECS, {}, 10) == 0.0
+
+
+# -- the gateway's Prometheus metrics (engine.metrics) -------------------------------------------
+
+
+def families(text: str) -> dict[str, Any]:
+    """The exposition parsed by prometheus_client's own parser, by family name."""
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_a_counter_over_a_million_is_exact_in_the_exposition() -> None:
+    """Before: `{value:g}` printed 1234567 as `1.23457e+06`."""
+    m = Metrics()
+    m.describe("events_total", "counter", "Events by outcome")
+    m.inc("events_total", 1_234_567, outcome="accepted")
+    (sample,) = [
+        s for s in families(m.render())["nerve_events"].samples if s.name.endswith("total")
+    ]
+    assert sample.value == 1_234_567
+    assert sample.labels == {"outcome": "accepted"}
+
+
+def test_a_label_with_a_quote_backslash_and_newline_parses_back_whole() -> None:
+    """Before: the label was written unescaped and the parser refused the whole exposition."""
+    m = Metrics()
+    odd = 'say "hi"\\ then\nleave'
+    m.inc("http_errors_total", status="503", cause=odd)
+    (sample,) = [
+        s for s in families(m.render())["nerve_http_errors"].samples if s.name.endswith("total")
+    ]
+    assert sample.labels == {"status": "503", "cause": odd}
+    assert m.get("http_errors_total", status="503", cause=odd) == 1
+
+
+def test_histograms_and_sampled_gauges_are_exposed() -> None:
+    m = Metrics()
+    m.describe("ingest_seconds", "histogram", "Handling time", buckets=(0.01, 0.1, 1.0))
+    for seconds in (0.005, 0.05, 0.5, 5.0):
+        m.observe("ingest_seconds", seconds, route="/v1/events")
+    m.replace("consumer_pending", {(("consumer", "a"), ("stream", "S")): 3.0})
+    m.replace("consumer_pending", {(("consumer", "b"), ("stream", "S")): 7.0})  # a is gone
+    found = families(m.render())
+    hist = found["nerve_ingest_seconds"]
+    assert hist.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in hist.samples if s.name.endswith("_bucket")}
+    assert buckets == {"0.01": 1, "0.1": 2, "1.0": 3, "+Inf": 4}
+    gauge = found["nerve_consumer_pending"]
+    assert [(s.labels["consumer"], s.value) for s in gauge.samples] == [("b", 7.0)]
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[str, Any]:
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return families(r.text)
+
+
+def series(family: Any, suffix: str, **labels: str) -> float | None:
+    """The value of the sample `<family><suffix>` whose labels include `labels`."""
+    for s in family.samples:
+        if s.name == family.name + suffix and labels.items() <= s.labels.items():
+            return float(s.value)
+    return None
+
+
+async def test_a_live_gateway_exposes_latency_freshness_lag_and_per_service_metrics(
+    client: httpx.AsyncClient,
+) -> None:
+    """Before: no histograms at all, no lag, no service figures (and the hand-written text
+    broke the parser on odd labels)."""
+    site = {SITE_KEY_HEADER: SITE_KEY}
+    visit = event("item_viewed", user_id=None, anonymous_id="fresh-1", item_id="loan-personal")
+    assert (await client.post("/v1/events", json=[visit], headers=site)).status_code == 202
+    url = "/v1/recommendations/fresh-1?anonymous=true"
+    assert (await client.get(url, headers=site)).status_code == 200
+
+    async def freshness_seen() -> dict[str, Any] | None:
+        found = await scrape(client)
+        fresh = found.get("nerve_recommendation_freshness_seconds")
+        return found if fresh and (series(fresh, "_count") or 0) > 0 else None
+
+    found = await until(freshness_seen, "a list reflecting the posted event observed")
+    duration = found["nerve_http_request_duration_seconds"]
+    assert duration.type == "histogram"
+    ingest = series(duration, "_count", method="POST", route="/v1/events")
+    serve = series(duration, "_count", method="GET", route="/v1/recommendations/{user_id}")
+    assert ingest == 1 and serve == 1
+    assert series(duration, "_bucket", route="/v1/events", le="+Inf") == 1
+    fresh = found["nerve_recommendation_freshness_seconds"]
+    assert fresh.type == "histogram"
+    assert 0 <= (series(fresh, "_sum") or 0) < 60
+    assert series(found["nerve_consumer_pending"], "", stream="ACTIVITY", consumer="profiles") == 0
+    assert series(found["nerve_consumer_ack_pending"], "", stream="ACTIVITY") is not None
+    assert (series(found["nerve_stream_last_seq"], "", stream="ACTIVITY") or 0) >= 1
+    handled = found["nerve_service_handled"]
+    assert {s.labels["service"].split(".")[0] for s in handled.samples} >= {"profiles"}
+    assert series(found["nerve_events"], "_total", outcome="accepted") == 1  # name kept
+    assert series(found["nerve_broker_sample_ok"], "") == 1

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from engine.bus import reader
+from engine.bus import info, reader
 from engine.bus.connection import ConnectionState, connect
 from engine.bus.consumer import (
     GIVE_UP_AFTER,
@@ -213,6 +213,23 @@ class Bus:
             return int((await self._js.stream_info(stream)).state.messages)
         except NotFoundError:
             return 0
+
+    # -- read-only looks for operators (`engine.bus.info`) ------------------------------------
+    async def stream_states(self) -> list[info.StreamState]:
+        """Every event stream's size and newest sequence (KV and object stores left out)."""
+        return await info.stream_states(self._js)
+
+    async def stream_state(self, stream: str) -> info.StreamState | None:
+        """One stream's size and newest sequence; None when it does not exist."""
+        return await info.stream_state(self._js, stream)
+
+    async def consumer_lags(self, stream: str) -> list[info.ConsumerLag]:
+        """Lag (`num_pending`) and ack-pending of each durable consumer of `stream`."""
+        return await info.consumer_lags(self._js, stream)
+
+    async def message_at(self, stream: str, seq: int) -> bytes | None:
+        """The payload at `seq` of `stream`, or None."""
+        return await info.message_at(self._js, stream, seq)
 
     async def erase_subject(self, stream: str, subject: str) -> int:
         """Securely erase every message of `stream` on `subject` (wildcards allowed)."""

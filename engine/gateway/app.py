@@ -45,7 +45,7 @@ from fastapi.responses import JSONResponse
 from engine import __version__
 from engine.bus import Bus
 from engine.bus.pipeline import NATS_ERROR, broker_unavailable
-from engine.gateway import assets, crm, demo, docs, events, ops, profiles, recommendations
+from engine.gateway import assets, console, crm, demo, docs, events, ops, profiles, recommendations
 from engine.gateway.auth import SECURITY_SCHEMES, Refused
 from engine.gateway.edge import Edge
 from engine.gateway.ops import ERROR_CAUSE
@@ -201,4 +201,5 @@ def create_app(
     app.add_middleware(Edge)  # CORS and the 5xx count, pure ASGI (see engine.gateway.edge)
     for module in (events, crm, profiles, recommendations, ops, docs, demo, assets):
         app.include_router(module.router)
+    console.mount(app)  # /ops, /ops/state and the request timing of /metrics
     return app

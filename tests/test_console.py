@@ -1,0 +1,191 @@
+"""The operator console (`/ops`, `/ops/state`) against a real gateway under uvicorn, with the
+profiles and recommender services on a real nats-server, and the page in headless Chromium:
+it renders, updates without a reload when an event is dead-lettered, and refuses a site key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from engine.bus import Bus
+from engine.gateway import SITE_KEY_HEADER, create_app
+from engine.gateway.console import ANOMALIES, EXPERIMENTS, NO_DETECTOR, OpsState
+from engine.settings import GatewaySettings, SiteKey
+from nerve_client.ids import uuid7
+from tests.conftest import event, serving
+from tests.reco_world import publish_world
+from tests.test_openapi import services
+
+KEY = "console-site-key"
+TOKEN = "console-internal-token"
+INTERNAL = {"Authorization": f"Bearer {TOKEN}"}
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu"]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "widgets" / "screenshots" / "ops.png"
+
+
+@pytest.fixture
+async def gateway(fresh: NATS, nats_url: str) -> AsyncIterator[str]:
+    """The bank's catalogue and models, the profiles and recommender services, and a gateway
+    with a site key and an internal token; yields the gateway's URL."""
+    await publish_world(fresh)
+    settings = GatewaySettings(
+        site_keys=(SiteKey(key=KEY, origins=("*",)),), internal_tokens=(TOKEN,)
+    )
+    async with services(fresh), serving(create_app(settings, nats_url, 5)) as url:
+        yield url
+
+
+@pytest.fixture
+async def client(gateway: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as c:
+        yield c
+
+
+async def until(check: Any, what: str, timeout: float = 20.0) -> Any:
+    """Poll `check()` (sync or async) until it is truthy; AssertionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if asyncio.iscoroutine(found):
+            found = await found
+        if found:
+            return found
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+async def state(client: httpx.AsyncClient) -> OpsState:
+    r = await client.get("/ops/state", headers=INTERNAL)
+    assert r.status_code == 200, r.text
+    return OpsState.model_validate(r.json())
+
+
+async def test_the_state_refuses_a_site_key_and_shows_the_engine_to_an_internal_token(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/ops/state", headers={SITE_KEY_HEADER: KEY})).status_code == 401
+    as_bearer = await client.get("/ops/state", headers={"Authorization": f"Bearer {KEY}"})
+    assert as_bearer.status_code == 403
+    assert (await client.get(f"/ops/state?site_key={KEY}")).status_code == 401
+    s = await state(client)
+    assert s.nats_connected and not s.problems, s.problems
+    assert {"ACTIVITY", "DEADLETTER", "RECOMMENDATIONS"} <= {r.name for r in s.streams}
+    assert not [r for r in s.streams if r.name.startswith(("KV_", "OBJ_"))]
+    assert {c.stream for c in s.consumers} >= {"ACTIVITY"}
+    assert {m.slot for m in s.models} >= {"home", "similar", "trending"}
+    assert all(m.card.get("version") == m.version for m in s.models)
+    assert s.anomalies.note == NO_DETECTOR  # no anomalies service beats
+    assert s.experiments.note == EXPERIMENTS
+    assert s.deadletters is not None and s.deadletters.total == 0
+
+
+async def test_events_per_second_and_dead_letters_by_source_and_reason(
+    client: httpx.AsyncClient,
+) -> None:
+    await state(client)  # the first sample
+    good = [event(user_id=None, anonymous_id=f"v-{i}") for i in range(5)]
+    assert (
+        await client.post("/v1/events", json=good, headers={SITE_KEY_HEADER: KEY})
+    ).status_code == 202
+    bad = [event(id="not-an-id"), event("no_such_type"), event("other_type")]
+    r = await client.post("/v1/events", json=bad, headers={SITE_KEY_HEADER: KEY})
+    assert r.status_code == 422, r.text
+
+    async def counted() -> OpsState | None:
+        s = await state(client)
+        dl = s.deadletters
+        return s if dl and dl.total == 3 and len(dl.latest) == 3 else None
+
+    await asyncio.sleep(1.05)  # a second sample at least a second after the first
+    s = await until(counted, "three dead letters tallied")
+    activity = next(r for r in s.streams if r.name == "ACTIVITY")
+    assert activity.history and max(activity.history) > 0
+    assert s.deadletters is not None
+    by = {(c.source, c.reason): c.count for c in s.deadletters.by_reason}
+    assert sum(by.values()) == 3 and {src for src, _ in by} == {"gateway"}
+    unknown = [n for (_, reason), n in by.items() if "unknown event type" in reason]
+    assert unknown == [2], by  # 'no_such_type' and 'other_type' are one reason
+
+
+async def test_anomalies_are_shown_and_a_missing_detector_is_said(
+    client: httpx.AsyncClient, fresh: NATS
+) -> None:
+    js = fresh.jetstream()
+    with contextlib.suppress(NotFoundError):
+        await js.delete_stream(ANOMALIES)
+    s = await state(client)
+    assert not s.anomalies.available and s.anomalies.note == NO_DETECTOR  # no stream
+    await js.add_stream(name=ANOMALIES, subjects=["anomalies.>"], allow_direct=True)
+    anomaly = {
+        "id": uuid7(),
+        "type": "anomaly_detected",
+        "time": "2026-01-01T00:00:00+00:00",
+        "user_id": "ana",
+        "properties": {"detector": "rate", "score": 9.5, "baseline": 1.0},
+    }
+    await js.publish("anomalies.rate.ana", orjson.dumps(anomaly))
+    s = await state(client)
+    assert s.anomalies.available and s.anomalies.note == NO_DETECTOR  # stored, nobody beating
+    (entry,) = s.anomalies.entries
+    assert entry.type == "anomaly_detected" and entry.properties["score"] == 9.5
+    beat = {"at": time.time(), "done": 1, "behind": 0, "moved_at": time.time()}
+    await (await Bus(fresh).kv("health")).put("anomalies.test-1", orjson.dumps(beat))
+    s = await state(client)
+    assert s.anomalies.available and s.anomalies.note is None
+    assert s.services["anomalies.test-1"]["done"] == 1
+
+
+async def test_the_page_renders_updates_live_on_a_dead_letter_and_refuses_a_site_key(
+    gateway: str, client: httpx.AsyncClient
+) -> None:
+    from playwright.async_api import async_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url))
+        await page.goto(gateway + "/ops")
+        await page.fill("#token", KEY)  # a site key is no operator credential
+        await page.click("#login button[type=submit]")
+        await page.wait_for_selector("#login-error:has-text('refused (403)')")
+        assert await page.is_hidden("#console")
+        assert await page.evaluate("sessionStorage.getItem('nerve.ops.token')") is None
+
+        await page.fill("#token", TOKEN)
+        await page.click("#login button[type=submit]")
+        await page.wait_for_selector("#streams tr[data-stream=ACTIVITY]")
+        await page.wait_for_selector("#models [data-slot=home]")
+        assert await page.text_content("#anomalies-note") == NO_DETECTOR
+        assert "no dead letters" in (await page.text_content("#dl-latest") or "")
+        navigations = len([u for u in asked if u.endswith("/ops")])
+
+        bad = [event("no_such_type", properties={})]
+        r = await client.post("/v1/events", json=bad, headers={SITE_KEY_HEADER: KEY})
+        assert r.status_code == 422
+        await page.wait_for_selector("#dl-reasons tr[data-source=gateway]", timeout=20_000)
+        await page.wait_for_selector("#dl-latest li[data-seq]")
+        assert "unknown event type" in (await page.text_content("#dl-latest") or "")
+        assert len([u for u in asked if u.endswith("/ops")]) == navigations  # no reload
+        assert not [u for u in asked if not u.startswith(gateway)]  # no CDN
+        for _ in range(3):  # a few polls, so the sparklines have a line to draw
+            await client.post("/v1/events", json=[event(user_id=None, anonymous_id="x")],
+                              headers={SITE_KEY_HEADER: KEY})  # fmt: skip
+            before = await page.get_attribute("body", "data-updated")
+            await page.wait_for_function(f"document.body.dataset.updated !== '{before}'")
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        await browser.close()
