@@ -29,6 +29,7 @@ from engine.credstore import for_component
 from engine.importer import import_file
 from engine.services.anomalies import AnomalyService
 from engine.services.gateway import GatewayService
+from engine.services.ops import OpsService
 from engine.services.profiles import ProfileService
 from engine.services.recommender import RecommenderService
 from engine.services.signals import SignalsService
@@ -61,6 +62,7 @@ SERVICES: dict[str, Callable[[Bus, Settings], Awaitable[Service]]] = {
     "recommender": RecommenderService.build,
     "signals": SignalsService.build,
     "anomalies": AnomalyService.build,
+    "ops": OpsService.build,
     "webhooks": WebhookService.build,
 }
 """Every service by name, in start order, with how it is built."""
@@ -158,7 +160,9 @@ async def run(
             from engine.synth import visitors as trickle
 
             buses.append(await connect_as(settings, "visitors"))
-            tasks.append(asyncio.create_task(trickle(buses[-1], visitors, stop), name="visitors"))
+            # the demo's visitors plant an anomaly (a burst, an unusual amount) about every 30 s
+            work = trickle(buses[-1], visitors, stop, anomaly_every=30.0)
+            tasks.append(asyncio.create_task(work, name="visitors"))
             console.print(f"visitors: a trickle of synthetic visitors among {visitors:,} users")
         console.print(f"NATS {redact(settings.broker.nats_url or '')}. Ctrl-C stops.")
         _quiet_gc(settings.services)

@@ -433,3 +433,39 @@ async def test_the_service_runs_with_its_own_least_privilege_credential(
         await asyncio.wait_for(task, 10)
         await own.close()
     assert service.stats.published == 2
+
+
+def day_cycle(days: int, flood_at_hour: int | None = None) -> list[dict[str, Any]]:
+    """`days` days of 5-minute windows whose page-view count follows the hour of day (10 at
+    night, 30 in office hours, 20 in the evening: hourly steps of 2-3x), with one window of 150
+    at `flood_at_hour` of the last day."""
+    rng = random.Random(5)
+    out = []
+    midnight = -(BASE.hour * 60 + BASE.minute)  # minutes from BASE: the cycle's hours are UTC's
+    for w in range(days * 24 * 12):
+        hour = (w // 12) % 24
+        n = (10 if hour < 8 else 30 if hour < 18 else 20) + rng.randrange(-2, 3)
+        if flood_at_hour is not None and w == (days - 1) * 288 + flood_at_hour * 12 + 6:
+            n = 150
+        out += [act(f"v{w}-{i}", "page_viewed", midnight + 5 * w + 5 * i / n) for i in range(n)]
+    return out
+
+
+def test_site_rate_shift_bands_by_hour_of_day_so_daily_steps_are_not_shifts() -> None:
+    """Before (one band over the last hour): every morning's step from 10 to 30 page views per
+    window fired. With the band of the same hour on earlier days, only the first day (no such
+    day yet) may, and a real flood still does."""
+    flat = {"kind": "site_rate_shift", "direction": "both", "seasonal_days": 0}
+    steps = feed(Detectors(defs(traffic=flat)), day_cycle(3))
+    assert len(steps) >= 3  # the old behaviour: a finding at least at each morning step
+    seasonal = {"kind": "site_rate_shift", "direction": "both", "seasonal_days": 7}
+    found = feed(Detectors(defs(traffic=seasonal)), day_cycle(3))
+    day_one = BASE.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    first_day = int(day_one.timestamp() * 1000)  # ms: the end of the cycle's first day
+    assert all(f.decided_at < first_day for f in found), [f.description for f in found]
+    [flood] = [
+        f
+        for f in feed(Detectors(defs(traffic=seasonal)), day_cycle(3, flood_at_hour=11))
+        if f.decided_at >= first_day
+    ]
+    assert flood.score >= 6 and "at 11h on earlier days" in flood.baselines[0].window

@@ -106,7 +106,10 @@ class SiteRateShift(_Detector):
     max(1.4826 MAD, `min_spread`). Up: fires at the event that takes the current window to
     z >= `threshold` and at least `min_count`. Down (`direction` both or down): at the first
     event after a window whose z <= -`threshold` while the median is at least `min_count`.
-    No time-of-day seasonality: the band follows the last `history` windows."""
+    Time of day: with `seasonal_days` > 0 the band is the windows of the same hour of day over
+    the previous `seasonal_days` days (a site is busier at noon than at 3 am, and its hourly
+    steps are not shifts); until a full hour of that hour of day is in the history (the first
+    day after a start with less history), the band is the last `history` windows."""
 
     kind: Literal["site_rate_shift"]
     stream: Literal["ACTIVITY", "DEADLETTER"] = "ACTIVITY"
@@ -117,10 +120,11 @@ class SiteRateShift(_Detector):
     min_spread: float = Field(default=2.0, gt=0)
     threshold: float = Field(default=6.0, gt=0)
     direction: Literal["up", "down", "both"] = "up"
+    seasonal_days: int = Field(default=7, ge=0, le=28)
 
     @property
     def horizon_minutes(self) -> float:
-        return self.window_minutes * (self.history + 1)
+        return max(self.window_minutes * (self.history + 1), self.seasonal_days * 24 * 60.0)
 
 
 AnomalyDef = Annotated[

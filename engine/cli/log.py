@@ -174,6 +174,22 @@ def generate(
     end: Annotated[
         str | None, typer.Option(help="Last day (ISO date, UTC midnight); default today.")
     ] = None,
+    anomalies: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1 / 3,
+            help="Plant anomalies: this fraction of users gets each per-user kind (rate burst, "
+            "unusual value, new context), and a truth file <stem>.anomalies.jsonl is written "
+            "(see engine/synth/anomalies.py). 0: the clean history.",
+        ),
+    ] = 0.0,
+    site_shifts: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Site-wide rate shifts to plant with --anomalies; default one a week."
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic bank-site history with planted preferences (see engine/synth/)."""
     from engine.synth import generate as run
@@ -186,14 +202,19 @@ def generate(
             raise ConfigError(f"--end: not an ISO date: {end!r}") from None
     with progress("users") as bar:
         task = bar.add_task("generate", total=users)
-        summary = run(
-            output,
-            users=users,
-            days=days,
-            seed=seed,
-            end=end_dt,
-            progress=lambda n: bar.advance(task, n),
-        )
+        try:
+            summary = run(
+                output,
+                users=users,
+                days=days,
+                seed=seed,
+                end=end_dt,
+                progress=lambda n: bar.advance(task, n),
+                anomalies=anomalies,
+                site_shifts=site_shifts,
+            )
+        except ValueError as exc:  # e.g. more anomalous users asked for than can have one
+            raise ConfigError(f"--anomalies: {exc}") from None
     out.print(
         f"{summary.events:,} events of {summary.users:,} users, "
         f"{summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d} -> {summary.path}",
@@ -203,6 +224,9 @@ def generate(
         f"catalogue -> {summary.catalog_path}; planted truth -> {summary.truth_path}",
         highlight=False,
     )
+    if summary.anomalies_path:
+        kinds = ", ".join(f"{n} {k}" for k, n in summary.planted.items())
+        out.print(f"planted anomalies: {kinds} -> {summary.anomalies_path}", highlight=False)
     table = Table("type", "events")
     for t, n in summary.by_type.items():
         table.add_row(t, f"{n:,}")

@@ -30,13 +30,28 @@ The generative model (all randomness from one seed):
    probability 0.35 per session for intent users, 0.02 otherwise. Other products are bought
    with a per-view probability by category (`BUY_RATE`), once per user. Purchase values are
    the base value × LogNormal(0, 0.3).
+7. **Planted anomalies** (only with `anomalies` > 0, `nerve generate --anomalies RATE`; see
+   `engine.synth.anomalies` for each kind's parameters): every user's events carry one home
+   `context` (locale, user agent); then, on disjoint sets of RATE × users users each, a
+   **rate burst** (40-80 events of one type in 60-90 s), an **unusual value** (a simulation or
+   purchase 6-8 robust standard deviations of log amount above its segment's median) and a
+   **new context** (a login from a locale and browser/OS never used, then a simulation of
+   10,000 EUR or more and a purchase); and on distinct days a **site-wide rate shift** (20-30
+   minutes of anonymous bot traffic of one type at 10 × its usual rate and at least
+   2 × the site's total rate). These draw from
+   generators of their own: the clean events (ids included) are the same whatever the rate,
+   and at rate 0 the file is the clean history byte for byte.
 
 `generate` (`history`) writes the events in time order as JSON Lines, and beside them
-`<stem>.catalog.jsonl` (one item per line) and `<stem>.truth.csv` (user, segment, credit
-intent, top three categories by planted weight). `visitors` publishes a live trickle drawn
-from the same catalogue (what `nerve demo` runs). The parameters live in `model`.
+`<stem>.catalog.jsonl` (one item per line), `<stem>.truth.csv` (user, segment, credit
+intent, top three categories by planted weight) and, with anomalies, `<stem>.anomalies.jsonl`
+(one planted case per line: kind, user or `"site"`, start and end, the planted event ids, the
+deciding event). `visitors` publishes a live trickle drawn from the same catalogue (what
+`nerve demo` runs), planting a rate burst or an unusual amount now and then if asked
+(`anomaly_every`). The parameters live in `model` and `anomalies`.
 """
 
+from engine.synth.anomalies import KINDS as ANOMALY_KINDS
 from engine.synth.history import GenerateSummary, generate
 from engine.synth.model import (
     BUY_RATE,
@@ -51,6 +66,7 @@ from engine.synth.model import (
 from engine.synth.visitors import visitors
 
 __all__ = [
+    "ANOMALY_KINDS",
     "BUY_RATE",
     "CATALOGUE",
     "CATEGORIES",

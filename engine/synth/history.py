@@ -1,8 +1,10 @@
 """`generate`: a synthetic history written as JSON Lines, with its catalogue and planted truth.
 
 Steps 4 to 6 of the generative model in `engine.synth` are simulated here, one user at a
-time (`_Site`). Every draw comes from one seed, in a fixed order, so the same arguments always
-write the same bytes.
+time (`_Site`); step 7, the planted anomalies, in `engine.synth.anomalies`. Every draw comes
+from one seed, in a fixed order, so the same arguments always write the same bytes. The
+anomalies and the home contexts draw from generators of their own (seeded from the same seed),
+so a history with anomalies holds the same clean events, ids included, as the one without.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine.synth.anomalies import Case, Planter, home_contexts, write_truth
 from engine.synth.model import (
     BUY_RATE,
     CATALOGUE,
@@ -31,6 +34,7 @@ from engine.synth.model import (
     item_weights,
     simulation,
 )
+from engine.synth.model import iso as _iso
 from nerve_client.ids import uuid7_from_bits
 
 DAY_MS = 86_400_000
@@ -47,6 +51,9 @@ class GenerateSummary:
     truth_path: Path
     start: datetime
     end: datetime
+    anomalies_path: Path | None = None
+    planted: dict[str, int] = field(default_factory=dict)
+    """Planted cases by kind (`engine.synth.anomalies`)."""
 
 
 @dataclass
@@ -111,6 +118,10 @@ class _Site:
         self.session = 0  # session counter across users: indexes pop.hours and pop.views
         self.lines: list[tuple[int, bytes]] = []
         self.by_type: dict[str, int] = {}
+        self.contexts: list[dict[str, str]] | None = None  # home contexts, with anomalies
+        self.context: dict[str, str] | None = None  # the current user's
+        self.first_login: list[int] = []  # per user, when the first session logged in
+        self.amounts: dict[str, list[float]] = {}  # clean amounts by segment (`_note`)
 
     def emit(
         self,
@@ -120,9 +131,14 @@ class _Site:
         item: str | None,
         props: dict[str, Any],
         sid: str,
-    ) -> None:
+        *,
+        rnd: random.Random | None = None,
+        context: dict[str, str] | None = None,
+    ) -> str:
+        """Add one event; `rnd` draws its id (default the site's), `context` overrides the
+        user's home context. Returns the event's id."""
         event: dict[str, Any] = {
-            "id": uuid7_from_bits(ms, self.rnd.getrandbits(80)),
+            "id": uuid7_from_bits(ms, (rnd or self.rnd).getrandbits(80)),
             "type": etype,
             "time": _iso(ms),
             **who,
@@ -132,15 +148,19 @@ class _Site:
         if item is not None:
             event["item_id"] = item
         event["properties"] = props
+        if context or self.context:
+            event["context"] = context or self.context
         # `+ b"\n"` also copies: orjson hands back a 4 KiB buffer per call, which a list of
         # two million of them would keep (8 GB instead of 0.5).
         self.lines.append((ms, orjson.dumps(event) + b"\n"))
         self.by_type[etype] = self.by_type.get(etype, 0) + 1
+        return str(event["id"])
 
     def user(self, u: int) -> None:
         """Every session of user `u`."""
         pop, rnd = self.pop, self.rnd
         v = _Visitor(u, SEGMENTS[pop.seg_idx[u]], bool(pop.intent[u]), pop.cum[u].tolist())
+        self.context = self.contexts[u] if self.contexts else None
         day_offsets = sorted(rnd.random() for _ in range(int(pop.n_sessions[u])))
         for s_i, frac in enumerate(day_offsets):
             day_ms = int(frac * self.days) * DAY_MS
@@ -170,6 +190,7 @@ class _Site:
         t += self.rnd.randrange(5_000, 60_000)
         both = {"user_id": v.user_id, "anonymous_id": anon}
         self.emit(t, "user_identified", both, None, {"method": "login"}, sid)
+        self.first_login.append(t)
         consent = {
             "analytics": True,
             "personalization": self.rnd.random() < 0.9,
@@ -193,6 +214,7 @@ class _Site:
             if rnd.random() < p_sim:
                 t += rnd.randrange(20_000, 180_000)
                 props = simulation(prod, v.segment, rnd)
+                self._note(f"simulator:{props['simulator']}", props["amount"])
                 self.emit(t, "simulator_used", who, prod.item_id, props, sid)
                 v.simulated.add(prod.item_id)
         elif prod.item_id not in v.owned and rnd.random() < BUY_RATE[prod.category]:
@@ -216,7 +238,13 @@ class _Site:
         return t
 
     def _purchase(self, prod: Product) -> dict[str, Any]:
-        return {"value": round(prod.value * self.rnd.lognormvariate(0, 0.3), 2)}
+        value = round(prod.value * self.rnd.lognormvariate(0, 0.3), 2)
+        self._note(f"category:{prod.category}", value)
+        return {"value": value}
+
+    def _note(self, segment: str, amount: float) -> None:
+        """Keep a clean amount: the distribution an unusual value is planted against."""
+        self.amounts.setdefault(segment, []).append(amount)
 
 
 def generate(
@@ -227,14 +255,24 @@ def generate(
     seed: int,
     end: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    anomalies: float = 0.0,
+    site_shifts: int | None = None,
 ) -> GenerateSummary:
-    """Write the history (see `engine.synth`); `progress` gets users done per call."""
+    """Write the history (see `engine.synth`); `progress` gets users done per call.
+
+    `anomalies` > 0 plants that fraction of users with each per-user kind and `site_shifts`
+    site-wide shifts (default one per week) and writes `<stem>.anomalies.jsonl` beside the
+    history (`engine.synth.anomalies`); at 0 the history is the clean one, byte for byte."""
     if users < 1 or days < 1:
         raise ValueError("users and days must be at least 1")
+    if site_shifts is not None and site_shifts < 0:
+        raise ValueError("site_shifts must be at least 0")
     end = end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = end - timedelta(days=days)
     pop = _Population.draw(np.random.default_rng(seed), users, days)
     site = _Site(random.Random(seed), pop, start, days)
+    if anomalies:
+        site.contexts = home_contexts(seed, users)
     step = max(1, users // 100)
     for u in range(users):
         site.user(u)
@@ -242,16 +280,45 @@ def generate(
             progress(step)
     if progress and users % step:
         progress(users % step)
+    cases = _plant(site, seed, anomalies, site_shifts) if anomalies else []
     site.lines.sort(key=lambda x: x[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         f.writelines(line for _, line in site.lines)
     catalog_path = _write_catalog(path.with_name(path.stem + ".catalog.jsonl"))
     truth_path = _write_truth(path.with_name(path.stem + ".truth.csv"), pop)
+    anomalies_path = path.with_name(path.stem + ".anomalies.jsonl")
+    if cases:
+        write_truth(anomalies_path, cases)
+    else:  # a truth file left by an earlier run would describe another history
+        anomalies_path.unlink(missing_ok=True)
+    planted: dict[str, int] = {}
+    for c in cases:
+        planted[c.kind] = planted.get(c.kind, 0) + 1
     by_type = dict(sorted(site.by_type.items()))
     return GenerateSummary(
-        users, len(site.lines), by_type, path, catalog_path, truth_path, start, end
+        users,
+        len(site.lines),
+        by_type,
+        path,
+        catalog_path,
+        truth_path,
+        start,
+        end,
+        anomalies_path if cases else None,
+        planted,
     )
+
+
+def _plant(site: _Site, seed: int, rate: float, site_shifts: int | None) -> list[Case]:
+    """Step 7: the planted anomalies, after the clean simulation (its draws are untouched)."""
+    assert site.contexts is not None
+    minutes = site.days * 1440
+    rates = {t: n / minutes for t, n in site.by_type.items()}
+    segments = [SEGMENTS[i] for i in site.pop.seg_idx]
+    shifts = max(1, site.days // 7) if site_shifts is None else site_shifts
+    planter = Planter(site.emit, seed, site.start_ms, site.end_ms, site.amounts)
+    return planter.plant(rate, segments, site.first_login, site.contexts, rates, shifts)
 
 
 def _write_catalog(path: Path) -> Path:
@@ -292,11 +359,3 @@ def _write_truth(path: Path, pop: _Population) -> Path:
 
 def _pick(cum_weights: list[float], rnd: random.Random) -> int:
     return min(bisect_right(cum_weights, rnd.random()), len(cum_weights) - 1)
-
-
-def _iso(ms: int) -> str:
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -152,3 +153,12 @@ def simulation(prod: Product, seg: Segment, rnd: random.Random) -> dict[str, Any
         "annual_rate": rate,
         "monthly_payment": round(monthly, 2),
     }
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 in UTC, to the millisecond (`2026-05-01T09:30:00.000Z`)."""
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
