@@ -469,3 +469,16 @@ def test_site_rate_shift_bands_by_hour_of_day_so_daily_steps_are_not_shifts() ->
         if f.decided_at >= first_day
     ]
     assert flood.score >= 6 and "at 11h on earlier days" in flood.baselines[0].window
+
+
+def test_one_users_burst_is_not_a_site_shift_but_as_many_users_are() -> None:
+    """Before: 200 events of one user in a window made the site's rate 'shift' (a per-user
+    burst, which rate_burst reports); each user now counts at most `max_per_user`."""
+    config = {"kind": "site_rate_shift", "direction": "up"}
+    steady, _ = site_script("clean")
+    one_user = [act("bot", "page_viewed", 60 + 4 * i / 200) for i in range(200)]
+    assert feed(Detectors(defs(traffic=config)), steady + one_user) == []
+    uncapped = {**config, "max_per_user": 0}
+    assert len(feed(Detectors(defs(traffic=uncapped)), steady + one_user)) == 1
+    steady, flood = site_script("up")  # 200 events of 200 visitors
+    assert len(feed(Detectors(defs(traffic=config)), steady + flood)) == 1

@@ -80,7 +80,7 @@ class Detectors:
         if mine:
             found += [d.observe(token, event, ev) for d in self.users]
         if stream == "ACTIVITY":
-            found += [d.observe(ev) for d in self.sites if d.stream == "ACTIVITY"]
+            found += [d.observe(ev, token) for d in self.sites if d.stream == "ACTIVITY"]
         return self._cool(found)
 
     def observe_deadletter(self, record: dict[str, Any], seq: int) -> list[Finding]:

@@ -32,6 +32,8 @@ class SiteRateShiftDetector:
         self.current: int | None = None
         """Index of the window being counted."""
         self.count = 0
+        self.by_user: dict[str, int] = {}
+        """Events counted per subject token in the current window (`max_per_user`)."""
         self.evidence: deque[Evidence] = deque(maxlen=MAX_EVIDENCE)
         self.fired_in: int | None = None
         self._band: tuple[int, tuple[float, float] | None] | None = None
@@ -44,8 +46,9 @@ class SiteRateShiftDetector:
     def matches(self, ev: Evidence) -> bool:
         return not self.types or ev.type in self.types
 
-    def observe(self, ev: Evidence) -> Finding | None:
-        """Advance to `ev`'s window (deciding a drop), then count it (deciding a rise)."""
+    def observe(self, ev: Evidence, token: str | None = None) -> Finding | None:
+        """Advance to `ev`'s window (deciding a drop), then count it (deciding a rise); an
+        event beyond `max_per_user` of its `token` in this window is not counted."""
         cfg = self.cfg
         k = ev.time // self.window
         found = None
@@ -55,6 +58,11 @@ class SiteRateShiftDetector:
             found = self._close(k, ev)
         if not self.matches(ev):
             return found
+        if token is not None and cfg.max_per_user:
+            seen = self.by_user.get(token, 0)
+            if seen >= cfg.max_per_user:
+                return found
+            self.by_user[token] = seen + 1
         self.count += 1
         self.evidence.append(ev)
         if found is not None or cfg.direction == "down" or self.fired_in == self.current:
@@ -89,6 +97,7 @@ class SiteRateShiftDetector:
             self._seasonal(window).append(float(n))
             self._band = None
         self.current, self.count = k, 0
+        self.by_user.clear()
         self.evidence.clear()
         return found
 
