@@ -20,7 +20,7 @@ Who holds which credential:
 | --- | --- |
 | `admin` | operator commands on the data dir's machine; provisioning and import in `nerve up` |
 | `gateway` | the HTTP gateway (the internet-facing process) |
-| `profiles`, `recommender`, `signals`, `anomalies`, `warehouse`, `webhooks` | that service |
+| `profiles`, `recommender`, `signals`, `anomalies`, `ops`, `warehouse`, `webhooks` | that service |
 | `visitors` | the demo's synthetic visitors (`nerve demo`) |
 | role `crm` | an outside CRM service (`nerve credentials add NAME --role crm`) |
 | role `reader` | an outside read-only consumer (`--role reader`) |
@@ -29,41 +29,45 @@ Who holds which credential:
 What each may do (✓ allowed; everything else is denied; admin may do everything; every
 role may also look up account limits and stream names):
 
-|may|gateway|profiles|recommender|signals|anomalies|warehouse|webhooks|visitors|crm|reader|
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| publish `activity.>` | ✓ | | | | | | | ✓ | | |
-| publish `crm.>` | | | | | | | | | ✓ | |
-| publish `crm.*.<CRM type>` (`POST /v1/crm/events`) | ✓ | | | | | | | | | |
-| publish `reco.>` (lists) | | | ✓ | | | | | | | |
-| publish `signals.>` | | | | ✓ | | | | | | |
-| publish `anomalies.>` | | | | | ✓ | | | | | |
-| publish `dlq.>` | ✓ | ✓ | ✓ | ✓ | | ✓ | | | | |
-| publish its own `dlq.webhooks` / `dlq.anomalies` | | | | | ✓ | | ✓ | | | |
-| request `reco.request` | ✓ | | | | | | | | | |
-| answer `reco.request` | | | ✓ | | | | | | | |
-| request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | | | |
-| answer `nerve.profiles.get` | | ✓ | | | | | | | | |
-| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | ✓ | | | | ✓ |
-| read CRM | | ✓ | ✓ | ✓ | ✓ | | | | | |
-| read DEADLETTER (it counts dead letters) | | | | | ✓ | | | | | |
-| read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | | | |
-| read CATALOG | ✓ | | ✓ | | | | | ✓ | | |
-| read RECOMMENDATIONS | ✓ | | ✓ | | | | | | | ✓ |
-| read SIGNALS | | | | ✓ | | | ✓ | | ✓ | ✓ |
-| read ANOMALIES | | | | | ✓ | | ✓ | | ✓ | ✓ |
-| read KV `profiles` | | ✓ | ✓ | ✓ | | | | | | |
-| read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | | | |
-| write KV `profiles`, `userkeys` | | ✓ | | | | | | | | |
-| read KV `registry`, objects `models` | | | ✓ | ✓ | | | | | | |
-| read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | |
-| read KV `webhooks` (subscriptions, signing secrets) | | | | | | | ✓ | | | |
-| write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
-| read KV `health` (for `/healthz`) | ✓ | | | | | | | | | |
-| core `reco.>` (live lists) | ✓ | | | | | | | | | |
-| core `model_published` | ✓ | | ✓ | | | | | | | |
-| core `nerve.control.forget` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | |
-| create/update/delete/purge streams | | | | | | | | | | |
-| delete messages (secure erasure) | | | | | | | | | | |
+|may|gateway|profiles|recommender|signals|anomalies|ops|warehouse|webhooks|visitors|crm|reader|
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| publish `activity.>` | ✓ | | | | | | | | ✓ | | |
+| publish `crm.>` | | | | | | | | | | ✓ | |
+| publish `crm.*.<CRM type>` (`POST /v1/crm/events`) | ✓ | | | | | | | | | | |
+| publish `reco.>` (lists) | | | ✓ | | | | | | | | |
+| publish `signals.>` | | | | ✓ | | | | | | | |
+| publish `anomalies.>` | | | | | ✓ | | | | | | |
+| publish `dlq.>` | ✓ | ✓ | ✓ | ✓ | | | ✓ | | | | |
+| publish its own `dlq.webhooks` / `dlq.anomalies` | | | | | ✓ | | | ✓ | | | |
+| request `reco.request` | ✓ | | | | | | | | | | |
+| answer `reco.request` | | | ✓ | | | | | | | | |
+| request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | | | | |
+| answer `nerve.profiles.get` | | ✓ | | | | | | | | | |
+| request `nerve.ops.state` (operator console, `/metrics` gauges) | ✓ | | | | | | | | | | |
+| answer `nerve.ops.state` | | | | | | ✓ | | | | | |
+| list streams and consumers (sizes, sequences, lag; no message) | | | | | | ✓ | | | | | |
+| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | | ✓ | | | | ✓ |
+| read CRM | | ✓ | ✓ | ✓ | ✓ | | | | | | |
+| read DEADLETTER (it counts dead letters) | | | | | ✓ | ✓ | | | | | |
+| read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | | | | |
+| read CATALOG | ✓ | | ✓ | | | | | | ✓ | | |
+| read RECOMMENDATIONS | ✓ | | ✓ | | | | | | | | ✓ |
+| read SIGNALS | | | | ✓ | | ✓ | | ✓ | | ✓ | ✓ |
+| read ANOMALIES | | | | | ✓ | ✓ | | ✓ | | ✓ | ✓ |
+| read KV `profiles` | | ✓ | ✓ | ✓ | | | | | | | |
+| read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | | | | |
+| write KV `profiles`, `userkeys` | | ✓ | | | | | | | | | |
+| read KV `registry`, objects `models` | | | ✓ | ✓ | | | | | | | |
+| read KV `registry` (model cards, for the console) | | | | | | ✓ | | | | | |
+| read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | | |
+| read KV `webhooks` (subscriptions, signing secrets) | | | | | | | | ✓ | | | |
+| write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
+| read KV `health` (for `/healthz`; ops: the console) | ✓ | | | | | ✓ | | | | | |
+| core `reco.>` (live lists) | ✓ | | | | | | | | | | |
+| core `model_published` | ✓ | | ✓ | | | | | | | | |
+| core `nerve.control.forget` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | | |
+| create/update/delete/purge streams | | | | | | | | | | | |
+| delete messages (secure erasure) | | | | | | | | | | | |
 
 Every credential except admin may also subscribe only to its own reply inbox,
 `_INBOX_<user>.>` (the client sets that prefix, `Credential.inbox_prefix`), so one credential
@@ -73,7 +77,11 @@ stream (KV bucket `b` is stream `KV_b`, object store `o` is `OBJ_o`). Only admin
 update, delete or purge streams, or delete single messages (`nerve forget`'s secure erasure).
 The gateway cannot read the `profiles` or `userkeys` buckets at all: the internet-facing
 process holds no profile decryption key, and the internal profiles API asks the profiles
-service (`nerve.profiles.get`), which decrypts and answers.
+service (`nerve.profiles.get`), which decrypts and answers. Likewise it reads no stream or
+consumer info, dead letters (rejected bodies), signals, anomalies or registry: the operator
+console and `/metrics` ask the ops service (`nerve.ops.state`), which may read those and
+nothing of ACTIVITY, CRM or the profiles (its stream listing carries sizes and sequences,
+never a message or a subject).
 Limits of the allow-lists: a credential that may read a stream may also create, update or
 delete any consumer on it (consumer names are not scoped per credential); a service may write
 any `health` key (a key is `<service>[-replica].<host>-<pid>`, not a token of its own).
@@ -86,7 +94,7 @@ from dataclasses import dataclass
 from engine.settings import BrokerSettings
 from nerve_client.credentials import Credential, Tls
 from nerve_client.events.envelope import CRM_TYPES
-from nerve_client.subjects import crm_type_filter, deadletter_subject
+from nerve_client.subjects import OPS_REQUEST_SUBJECT, crm_type_filter, deadletter_subject
 
 COMPONENTS = (
     "admin",
@@ -96,6 +104,7 @@ COMPONENTS = (
     "recommender",
     "signals",
     "anomalies",
+    "ops",
     "webhooks",
     "visitors",
 )
@@ -156,6 +165,9 @@ def objects(*stores: str) -> tuple[str, ...]:
 
 _HEARTBEAT = ("$JS.API.STREAM.INFO.KV_health", KV_PUT_TEMPLATE.format(bucket="health"))
 """Write heartbeats to KV `health` (`engine.health`), read none."""
+_STREAM_INFO = ("$JS.API.STREAM.LIST", "$JS.API.CONSUMER.LIST.*")
+"""Every stream's and consumer's info (sizes, sequences, lag): metadata, no message. Not
+`STREAM.INFO.*`, which can list a stream's subjects (and so its user tokens)."""
 
 
 _ALL = Grant((">",), (">",), allow_responses=True)
@@ -175,6 +187,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
             "dlq.>",
             "reco.request",
             _PROFILE_REQUEST,
+            OPS_REQUEST_SUBJECT,
             *reads("CATALOG", "RECOMMENDATIONS"),
             *kv("tombstones", "health"),
         ),
@@ -230,6 +243,19 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
         ),
         (_FORGET,),
         False,
+    ),
+    # ops: the operator console's state for the gateway (engine.services.ops): stream and
+    # consumer info, the dead letters, signals and anomalies it lists, the registry's cards,
+    # the heartbeats; it publishes nothing but its own heartbeat
+    "ops": (
+        (
+            *_STREAM_INFO,
+            *reads("DEADLETTER", "SIGNALS", "ANOMALIES"),
+            *kv("registry", "health"),
+            KV_PUT_TEMPLATE.format(bucket="health"),
+        ),
+        (OPS_REQUEST_SUBJECT,),
+        True,
     ),
     "warehouse": (("dlq.>", *reads("ACTIVITY"), *_HEARTBEAT), (), False),
     # webhooks: its consumers on SIGNALS and ANOMALIES (one per subscription), the

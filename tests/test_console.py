@@ -1,13 +1,15 @@
-"""The operator console (`/ops`, `/ops/state`) against a real gateway under uvicorn, with the
-profiles and recommender services on a real nats-server, and the page in headless Chromium:
-it renders, updates without a reload when an event is dead-lettered, and refuses a site key."""
+"""The operator console (`/ops`, `/ops/state`) as `nerve up` runs it: the ops service on its
+own `ops` credential and the gateway on the `gateway` credential (which may read no stream
+info, dead letters, signals, anomalies or registry), with the profiles and recommender services
+on a real nats-server, and the page in headless Chromium: it renders, updates without a reload
+when an event is dead-lettered, and refuses a site key."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,19 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from engine import credstore
+from engine.broker import EmbeddedBroker
 from engine.bus import Bus
 from engine.gateway import SITE_KEY_HEADER, create_app
-from engine.gateway.console import ANOMALIES, EXPERIMENTS, NO_DETECTOR, OpsState
+from engine.gateway.console import NO_OPS
+from engine.ops import EXPERIMENTS, NO_DETECTOR, OpsState
+from engine.services.ops import OpsService
 from engine.settings import GatewaySettings, SiteKey
 from nerve_client.ids import uuid7
+from nerve_client.subjects import ANOMALIES, DEADLETTER
 from tests.conftest import event, serving
 from tests.reco_world import publish_world
+from tests.test_credentials import as_user, refused
 from tests.test_openapi import services
 
 KEY = "console-site-key"
@@ -32,17 +40,54 @@ INTERNAL = {"Authorization": f"Bearer {TOKEN}"}
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu"]
 SCREENSHOT = Path(__file__).resolve().parent.parent / "widgets" / "screenshots" / "ops.png"
+SETTINGS = GatewaySettings(site_keys=(SiteKey(key=KEY, origins=("*",)),), internal_tokens=(TOKEN,))
+
+
+def as_gateway(broker: EmbeddedBroker) -> Any:
+    """The gateway app connecting as the `gateway` credential, as under `nerve up`."""
+    assert broker.url is not None
+    cred = credstore.component(broker.data_dir, "gateway")
+    return create_app(SETTINGS, broker.url, 5, credential=cred)
+
+
+@contextlib.asynccontextmanager
+async def ops_service(broker: EmbeddedBroker) -> AsyncIterator[OpsService]:
+    """The ops service on its own `ops` credential, running until the block ends."""
+    assert broker.url is not None
+    cred = credstore.component(broker.data_dir, "ops")
+    bus = await Bus.connect(broker.url, "nerve-ops", timeout=5, credential=cred)
+    service = OpsService(bus)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait_for(service.ready.wait(), 10)
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await bus.close()
 
 
 @pytest.fixture
-async def gateway(fresh: NATS, nats_url: str) -> AsyncIterator[str]:
-    """The bank's catalogue and models, the profiles and recommender services, and a gateway
-    with a site key and an internal token; yields the gateway's URL."""
+def violations(broker: EmbeddedBroker) -> Callable[[], list[str]]:
+    """The permission violations the server logged since the test started."""
+    log = broker.data_dir / "nats-server.log"
+    start = log.stat().st_size
+
+    def found() -> list[str]:
+        text = log.read_bytes()[start:].decode(errors="replace")
+        return [line for line in text.splitlines() if "Violation" in line]
+
+    return found
+
+
+@pytest.fixture
+async def gateway(fresh: NATS, broker: EmbeddedBroker) -> AsyncIterator[str]:
+    """The bank's catalogue and models, the profiles and recommender services, the ops
+    service and a gateway (a site key, an internal token), each of the last two on its own
+    credential; yields the gateway's URL."""
     await publish_world(fresh)
-    settings = GatewaySettings(
-        site_keys=(SiteKey(key=KEY, origins=("*",)),), internal_tokens=(TOKEN,)
-    )
-    async with services(fresh), serving(create_app(settings, nats_url, 5)) as url:
+    async with services(fresh), ops_service(broker), serving(as_gateway(broker)) as url:
         yield url
 
 
@@ -72,8 +117,9 @@ async def state(client: httpx.AsyncClient) -> OpsState:
 
 
 async def test_the_state_refuses_a_site_key_and_shows_the_engine_to_an_internal_token(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, violations: Callable[[], list[str]]
 ) -> None:
+    """Before: under the gateway's own credential every part was a problem ("Cannot read")."""
     assert (await client.get("/ops/state", headers={SITE_KEY_HEADER: KEY})).status_code == 401
     as_bearer = await client.get("/ops/state", headers={"Authorization": f"Bearer {KEY}"})
     assert as_bearer.status_code == 403
@@ -88,6 +134,46 @@ async def test_the_state_refuses_a_site_key_and_shows_the_engine_to_an_internal_
     assert s.anomalies.note == NO_DETECTOR  # no anomalies service beats
     assert s.experiments.note == EXPERIMENTS
     assert s.deadletters is not None and s.deadletters.total == 0
+
+    async def beating() -> bool:
+        names = {name.split(".")[0] for name in (await state(client)).services}
+        return names >= {"ops", "profiles"}
+
+    await until(beating, "the ops and profiles services' heartbeats shown")
+    assert not violations()  # neither credential asked for more than it may
+
+
+async def test_the_gateway_credential_may_not_read_dead_letters_or_stream_info(
+    fresh: NATS, broker: EmbeddedBroker
+) -> None:
+    """Least privilege: the internet-facing gateway reads no rejected bodies or stream info;
+    its one new permission is the request to the ops service."""
+    async with as_user(broker, credstore.component(broker.data_dir, "gateway")) as (nc, errors):
+        js = nc.jetstream(timeout=1.0)
+        with pytest.raises(Exception):  # noqa: B017 - nats-py answers a refusal with a timeout
+            await js.get_msg(DEADLETTER, seq=1, direct=True)
+        await refused(errors, f"$JS.API.DIRECT.GET.{DEADLETTER}")
+        with pytest.raises(Exception):  # noqa: B017
+            await js.stream_info(DEADLETTER)
+        await refused(errors, f"$JS.API.STREAM.INFO.{DEADLETTER}")
+        with pytest.raises(Exception):  # noqa: B017
+            await js.streams_info()
+        await refused(errors, "$JS.API.STREAM.LIST")
+        with pytest.raises(Exception):  # noqa: B017
+            await js.stream_info("KV_registry")
+        await refused(errors, "$JS.API.STREAM.INFO.KV_registry")
+
+
+async def test_the_state_is_503_with_one_reason_when_no_ops_service_runs(
+    fresh: NATS, broker: EmbeddedBroker
+) -> None:
+    async with serving(as_gateway(broker)) as url, httpx.AsyncClient(base_url=url) as http:
+        r = await http.get("/ops/state", headers=INTERNAL)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json() == {"detail": NO_OPS}
+        assert (await http.get("/ops/state", headers={SITE_KEY_HEADER: KEY})).status_code == 401
+        metrics = (await http.get("/metrics")).text
+        assert "nerve_broker_sample_ok 0.0" in metrics
 
 
 async def test_events_per_second_and_dead_letters_by_source_and_reason(

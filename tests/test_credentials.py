@@ -225,6 +225,9 @@ async def test_a_revoked_credential_is_refused_without_a_restart(broker: Embedde
     assert broker.pid == pid and broker._proc is not None and broker._proc.poll() is None
 
 
+SLICE_TOKEN = "slice-internal-token"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,9 +256,11 @@ async def test_the_slice_runs_with_one_credential_per_service(
     log = broker.data_dir / "nats-server.log"
     start = log.stat().st_size
     port = free_port()
-    gateway = GatewaySettings(port=port, site_keys=(SiteKey(key="slice-site-key"),))
+    gateway = GatewaySettings(
+        port=port, site_keys=(SiteKey(key="slice-site-key"),), internal_tokens=(SLICE_TOKEN,)
+    )
     settings = BrokerSettings(data_dir=broker.data_dir)  # no URL: the embedded broker's
-    names = ("profiles", "recommender", "gateway", "signals", "warehouse")
+    names = ("profiles", "recommender", "gateway", "signals", "warehouse", "ops")
     services = asyncio.create_task(run_services(broker.admin_url, names, settings, gateway=gateway))
     token = user_token(None, "slice-visitor")
     body: dict[str, Any] = make_event(
@@ -273,6 +278,15 @@ async def test_the_slice_runs_with_one_credential_per_service(
                 "/v1/events", json=body, headers={SITE_KEY_HEADER: "slice-site-key"}
             )
             assert r.status_code == 202, r.text
+            for _ in range(200):  # the ops service starts after the gateway: 503 until then
+                ops = await http.get(
+                    "/ops/state", headers={"Authorization": f"Bearer {SLICE_TOKEN}"}
+                )
+                if ops.status_code != 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert ops.status_code == 200, ops.text
+            assert not ops.json()["problems"]  # the ops service reads what the gateway may not
         admin = Bus(fresh)
         store = await ProfileStore.open(admin)
         for _ in range(200):
@@ -289,6 +303,34 @@ async def test_the_slice_runs_with_one_credential_per_service(
     assert await asyncio.wait_for(services, 20) == signal.SIGINT
     text = log.read_bytes()[start:].decode(errors="replace")
     assert "Violation" not in text, [line for line in text.splitlines() if "Violation" in line]
+
+
+async def test_ops_may_read_stream_info_and_dead_letters_and_no_event_or_profile(
+    fresh: NATS, broker: EmbeddedBroker
+) -> None:
+    """The ops service's credential: what the console shows, no payload of the log, no
+    profile, no publishing (it answers `nerve.ops.state` on its own inbox)."""
+    admin = Bus(fresh)
+    await (await admin.kv("userkeys")).put("some-user", b"a profile key")
+    async with as_user(broker, credstore.component(broker.data_dir, "ops")) as (nc, errors):
+        js = nc.jetstream(timeout=1.0)
+        assert {s.config.name for s in await js.streams_info()} >= {"ACTIVITY", "DEADLETTER"}
+        assert await js.consumers_info("ACTIVITY") is not None
+        assert (await js.stream_info("DEADLETTER")).config.name == "DEADLETTER"
+        with pytest.raises(Exception):  # noqa: B017 - nats-py answers a refusal with a timeout
+            await js.get_msg("ACTIVITY", seq=1, direct=True)
+        await refused(errors, "$JS.API.DIRECT.GET.ACTIVITY")
+        with pytest.raises(Exception):  # noqa: B017
+            await js.stream_info("ACTIVITY")
+        await refused(errors, "$JS.API.STREAM.INFO.ACTIVITY")
+        with pytest.raises(Exception):  # noqa: B017
+            await js.get_msg("KV_userkeys", subject="$KV.userkeys.some-user", direct=True)
+        await refused(errors, "$JS.API.DIRECT.GET.KV_userkeys")
+        await nc.publish(f"activity.{user_token(None, 'v1')}.page_viewed", b"{}")
+        await refused(errors, "activity.")
+        await nc.publish("dlq.ops", b"{}")
+        await refused(errors, "dlq.ops")
+    assert await count(fresh, "ACTIVITY") == 0
 
 
 def test_nats_url_with_nats_creds_connects_and_without_is_refused(broker: EmbeddedBroker) -> None:

@@ -443,7 +443,7 @@ async def test_without_a_demo_site_the_backend_is_not_served(fresh: NATS, nats_u
 
 
 def test_the_demo_site_key_is_generated_once_private(tmp_path: Path) -> None:
-    from engine.cli.services import demo_site_key
+    from engine.cli.gatewayopts import demo_site_key
 
     first = demo_site_key(tmp_path)
     path = tmp_path / "demo" / "site.json"

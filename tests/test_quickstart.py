@@ -89,13 +89,28 @@ def test_make_demo_takes_a_port_and_ends_on_ctrl_c_without_a_make_error(tmp_path
             time.sleep(0.5)
         else:
             pytest.fail("the demo's gateway never answered on the chosen port")
+        # the operator console's state, signed in with the demo's token, shows the engine, and
+        # an anomaly within the minute (the demo's visitors plant one about every 30 s)
+        token = (tmp_path / "demo" / "ops-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        state: dict[str, object] = {}
+        while time.monotonic() < deadline and not state.get("anomalies_seen"):
+            r = httpx.get(f"http://127.0.0.1:{port}/ops/state", headers=auth, timeout=5)
+            if r.status_code == 200:
+                body = r.json()
+                state = {"body": body, "anomalies_seen": body["anomalies"]["entries"]}
+            time.sleep(1)
+        body = state.get("body")
+        assert isinstance(body, dict), "no /ops/state answer"
+        assert body["problems"] == [] and body["streams"], body["problems"]
+        assert body["anomalies"]["entries"], "no anomaly from the demo's trickle"
         time.sleep(1)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert f"http://127.0.0.1:{port}/demo/" in output
+    assert f"http://127.0.0.1:{port}/demo/" in output and f"http://127.0.0.1:{port}/ops" in output
     assert "Error 130" not in output and "make: ***" not in output, output[-2000:]
     assert "Traceback" not in output, output[-2000:]
     # make itself got the SIGINT too and, its recipe done cleanly, ends by it as any interrupted

@@ -80,6 +80,11 @@ class Bus:
         nc = await connect(url, name, timeout=timeout, state=state, credential=credential, tls=tls)
         return cls(nc, state=state, ack_timeout=ack_timeout)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (tests build a `Bus` without a `ConnectionState`)."""
+        return bool(self._nc.is_connected)
+
     async def close(self) -> None:
         """Send what is buffered, then close."""
         with contextlib.suppress(Exception):

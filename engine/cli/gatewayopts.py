@@ -1,4 +1,5 @@
-"""Gateway options as the command line gives them: site keys, their secrets, the port.
+"""Gateway options as the command line gives them: site keys, their secrets, the port; and
+the demo's own site key and operator token (generated once into the data dir).
 
 `nerve up`, `nerve run gateway` and `nerve demo` share these, so each refusal reads the same:
 one line naming the option (`--site-keys`, `--site-secrets`, `--port`), exit code 2.
@@ -7,11 +8,15 @@ one line naming the option (`--site-keys`, `--site-secrets`, `--port`), exit cod
 from __future__ import annotations
 
 import errno
+import json
+import os
+import secrets
 import socket
+from pathlib import Path
 
 from pydantic import SecretStr
 
-from engine.cli.toolkit import config_error
+from engine.cli.toolkit import config_error, first_error
 from engine.settings import GatewaySettings, SiteKey
 from nerve_client.errors import ConfigError
 
@@ -107,3 +112,34 @@ def gateway_settings(
         )
     except ValueError as exc:  # e.g. a CRM key that is also a site key or internal token
         raise config_error(exc) from None
+
+
+def demo_site_key(data_dir: Path) -> SiteKey:
+    """The demo site's key and identity secret, generated on first use into
+    `<data_dir>/demo/site.json` (mode 0600: the secret is the demo backend's alone)."""
+    path = data_dir / "demo" / "site.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        site = {
+            "key": "demo-" + secrets.token_urlsafe(12),
+            "identity_secret": secrets.token_urlsafe(32),
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(site, f)
+    try:
+        return SiteKey.model_validate(json.loads(path.read_text()))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {first_error(exc)}; delete it to generate a new one") from None
+
+
+def demo_ops_token(data_dir: Path) -> str:
+    """The demo's internal token (the operator console's sign-in), generated on first use into
+    `<data_dir>/demo/ops-token` (mode 0600)."""
+    path = data_dir / "demo" / "ops-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("ops-" + secrets.token_urlsafe(24))
+    return path.read_text().strip()

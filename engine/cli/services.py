@@ -9,9 +9,6 @@ on first start into `<data dir>/demo/site.json` (mode 0600) and plays that site'
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +17,7 @@ import typer
 
 from engine.bus import Bus
 from engine.cli.app import app
-from engine.cli.gatewayopts import check_port, gateway_settings
+from engine.cli.gatewayopts import check_port, demo_ops_token, demo_site_key, gateway_settings
 from engine.cli.toolkit import (
     SlotsFile,
     broker,
@@ -181,7 +178,7 @@ def up(
             "recommender, run with `nerve run recommender` in another process for a core of "
             "its own)."
         ),
-    ] = "gateway,profiles,warehouse,recommender,signals,anomalies,webhooks",
+    ] = "gateway,profiles,warehouse,recommender,signals,anomalies,ops,webhooks",
     gc_tuning: GcTuning = GC_TUNING,
 ) -> None:
     """Run the engine: provision, then every service (gateway, profiles, warehouse,
@@ -243,25 +240,6 @@ def _serve(
     exit_on_signal(with_broker(work))
 
 
-def demo_site_key(data_dir: Path) -> SiteKey:
-    """The demo site's key and identity secret, generated on first use into
-    `<data_dir>/demo/site.json` (mode 0600: the secret is the demo backend's alone)."""
-    path = data_dir / "demo" / "site.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        site = {
-            "key": "demo-" + secrets.token_urlsafe(12),
-            "identity_secret": secrets.token_urlsafe(32),
-        }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(site, f)
-    try:
-        return SiteKey.model_validate(json.loads(path.read_text()))
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {first_error(exc)}; delete it to generate a new one") from None
-
-
 @app.command()
 def demo(
     users: Annotated[int, typer.Option(min=1, help="Users in the generated history.")] = 3000,
@@ -288,7 +266,10 @@ def demo(
             )
         out.print(f"generated {summary.events:,} events of {users:,} users -> {history}")
     site = demo_site_key(settings.data_dir)
-    gateway = GatewaySettings(host=host, port=port, site_keys=(site,), demo_site=site.key)
+    token = demo_ops_token(settings.data_dir)
+    gateway = GatewaySettings(
+        host=host, port=port, site_keys=(site,), demo_site=site.key, internal_tokens=(token,)
+    )
 
     async def prepare(bus: Bus) -> None:
         from engine.importer import import_file
@@ -322,6 +303,11 @@ def demo(
         highlight=False,
     )
     out.print(
+        f"Operator console: http://{host}:{port}/ops (token {token}, also in "
+        f"{settings.data_dir / 'demo' / 'ops-token'}); metrics: http://{host}:{port}/metrics",
+        highlight=False,
+    )
+    out.print(
         "Or:  curl -s -X POST http://{h}:{p}/v1/events -H 'X-Nerve-Site-Key: {k}' "
         '-H \'Content-Type: application/json\' -d \'{{"type":"page_viewed","time":'
         '"{t}","anonymous_id":"visitor-1"}}\''.format(
@@ -336,7 +322,10 @@ def demo(
 def run(
     service: Annotated[
         str,
-        typer.Argument(help="profiles | warehouse | gateway | recommender | signals | anomalies | webhooks"),
+        typer.Argument(
+            help="profiles | warehouse | gateway | recommender | signals | anomalies | ops | "
+            "webhooks"
+        ),
     ],
     host: Host = HOST,
     port: Port = PORT,

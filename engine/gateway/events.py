@@ -384,6 +384,7 @@ async def store(state: GatewayState, result: Triage) -> dict[str, Any]:
         acks = await state.bus.publish(out)
     except PublishError as exc:
         raise Reply(503, {"detail": str(exc)}, RETRY) from None
+    state.received.note(result.events, acks)  # ACTIVITY seq -> received_at, for freshness
     duplicates = sum(1 for a in acks[: len(result.events)] if a.duplicate)
     state.metrics.inc("events_total", len(result.events) - duplicates, outcome="accepted")
     state.metrics.inc("events_total", duplicates, outcome="duplicate")

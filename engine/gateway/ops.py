@@ -9,15 +9,19 @@ beyond the routes' own counters (the operator console is `engine.gateway.console
   is `route="/v1/events"`, serving `route="/v1/recommendations/{user_id}"` (for the live stream
   `.../stream` it is the time to open it).
 * `recommendation_freshness_seconds{slot}`, a histogram kept by `Freshness`: from an event's
-  `received_at` (stamped by a gateway) to the moment this gateway sees the list that reflects
-  it. The gateway already subscribes to the lists (`reco.>`, for browsers' live streams); a
-  list carries `activity_seq`, the newest ACTIVITY sequence it reflects, and the event stored
-  there (one direct get) carries `received_at`. Both times are read on the gateways' clocks,
-  never a service's, and the second is when the list is visible to a browser: what freshness
-  means to a visitor. Sampled: at most `Freshness.QUEUE` lookups wait at a time, the rest are
-  skipped; lists reflecting an event received over `Freshness.WINDOW_S` earlier (recomputed
-  after a model switch, not in answer to the event) are not counted.
-* Sampled from the broker on each scrape (`sample_broker`, bounded by `SAMPLE_TIMEOUT_S`):
+  `received_at` (stamped by this gateway) to the moment this gateway sees the list that
+  reflects it. The gateway already subscribes to the lists (`reco.>`, for browsers' live
+  streams); a list carries `activity_seq`, the newest ACTIVITY sequence it reflects. For the
+  events it stored itself the gateway notes ACTIVITY sequence → `received_at` from the publish
+  acknowledgements (`Received`, the newest 10,000), and looks the list's `activity_seq` up
+  there: it reads nothing of ACTIVITY (its credential may not). So only events posted to this
+  gateway are measured; those of other producers (`nerve import`, the demo's synthetic
+  visitors, another gateway replica) are not. Both times are read on this gateway's clock, and
+  the second is when the list is visible to a browser: what freshness means to a visitor. Lists
+  reflecting an event received over `Freshness.WINDOW_S` earlier (recomputed after a model
+  switch, not in answer to the event) are not counted.
+* Gauges from the ops service's answer (`engine.services.ops`, asked on `nerve.ops.state` at
+  most every `SAMPLE_EVERY_S` seconds; between two answers a scrape sees the last figures):
   `consumer_pending{stream, consumer}` (lag: messages not yet delivered),
   `consumer_ack_pending{stream, consumer}`, `stream_messages{stream}`, `stream_last_seq{stream}`;
   and **per service process**, from the heartbeat each one writes to the `health` bucket
@@ -25,7 +29,9 @@ beyond the routes' own counters (the operator console is `engine.gateway.console
   `service_behind{service}`, `service_stuck{service}`. Services export through the gateway
   rather than each on a port of its own: the heartbeats already cross processes and machines
   through the broker, one scrape target sees every replica, and no port needs opening per
-  service. `broker_sample_ok` is 0 when a scrape could not read the broker.
+  service. `broker_sample_ok` is 0 when the ops service did not answer (none runs) or could
+  not read the streams, consumers or heartbeats. The gateway's own credential reads none of
+  these: the ops service's does (`engine.credentials`, least privilege).
 """
 
 from __future__ import annotations
@@ -35,23 +41,23 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import AwareDatetime, BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import health
-from engine.bus import Bus
 from engine.gateway.assets import WIDGETS
 from engine.gateway.auth import INTERNAL_ONLY, require_internal
 from engine.gateway.responses import COMMON, UNAVAILABLE
 from engine.gateway.state import GatewayState, gateway_state
 from engine.metrics import CONTENT_TYPE, FRESHNESS_BUCKETS, LATENCY_BUCKETS, Labels, Metrics
+from engine.ops import OpsState
+from engine.ops.received import Received
 from engine.recommender.stats import click_through
-from nerve_client.subjects import ACTIVITY, last_token
+from nerve_client.subjects import OPS_REQUEST_SUBJECT, last_token
 
 router = APIRouter()
 
@@ -151,10 +157,13 @@ async def healthz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def prometheus(request: Request) -> Response:
-    """The exposition (module doc); the broker is sampled first, for at most 2 s."""
+    """The exposition (module doc); the ops service is asked first (at most every 2 s)."""
     state = gateway_state(request)
     state.metrics.set("nats_connected", 1.0 if state.connection.connected else 0.0)
-    await sample_broker(state)
+    sample = getattr(request.app.state, "ops_sample", None)
+    if not isinstance(sample, Sample):
+        sample = request.app.state.ops_sample = Sample()
+    await sample_broker(state, sample)
     return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -176,7 +185,7 @@ async def get_stats(request: Request, hours: float = 24.0) -> JSONResponse:
 
 # -- what /metrics measures beyond the routes' counters (module doc) ------------------------
 log = logging.getLogger("nerve.gateway.ops")
-SAMPLE_TIMEOUT_S = 2.0
+SAMPLE_EVERY_S = 2.0
 DURATION = "http_request_duration_seconds"
 FRESHNESS = "recommendation_freshness_seconds"
 
@@ -194,11 +203,14 @@ def describe(metrics: Metrics) -> None:
     metrics.describe(
         FRESHNESS,
         "histogram",
-        "Seconds from an event's received_at to this gateway seeing the list reflecting it",
+        "Seconds from received_at of an event this gateway stored to it seeing the list "
+        "reflecting it",
         labels=("slot",),
         buckets=FRESHNESS_BUCKETS,
     )
-    metrics.describe("broker_sample_ok", "gauge", "1 when the last scrape could read the broker")
+    metrics.describe(
+        "broker_sample_ok", "gauge", "1 when the last sample (the ops service's answer) was whole"
+    )
     for name, what in (
         ("consumer_pending", "Messages a durable consumer has not been delivered yet (lag)"),
         ("consumer_ack_pending", "Messages delivered to a durable consumer, not yet acked"),
@@ -235,44 +247,30 @@ class Timing:
 
 
 class Freshness:
-    """`recommendation_freshness_seconds{slot}` from the lists this gateway sees (module doc).
-    `on_list` is the subscription's callback and only queues; `run` looks the events up."""
+    """`recommendation_freshness_seconds{slot}` from the lists this gateway sees (module doc):
+    `on_list` is the callback of its subscription to `reco.>`."""
 
-    QUEUE = 256
     WINDOW_S = 600.0
     SEEN = 4096
     """(sequence, slot) pairs remembered, so a list published again is not counted twice."""
 
-    def __init__(self, bus: Bus, metrics: Metrics) -> None:
-        self.bus, self.metrics = bus, metrics
-        self.queue: asyncio.Queue[tuple[int, str, float]] = asyncio.Queue(self.QUEUE)
+    def __init__(self, metrics: Metrics, received: Received) -> None:
+        self.metrics, self.received = metrics, received
         self.seen: dict[tuple[int, str], None] = {}
         self.failure: str | None = None
 
     async def on_list(self, subject: str, data: bytes) -> None:
         seq = activity_seq(data)
         key = (seq, last_token(subject))
-        if not seq or key in self.seen or self.failure is not None:
-            return
+        at = self.received.at.get(seq)
+        if at is None or key in self.seen:
+            return  # no event of this gateway's, or counted already
         self.seen[key] = None
         if len(self.seen) > self.SEEN:
             del self.seen[next(iter(self.seen))]
-        with contextlib.suppress(asyncio.QueueFull):  # sampled: skip while lookups wait
-            self.queue.put_nowait((seq, key[1], time.time()))
-
-    async def run(self) -> None:
-        """Look up each queued list's event and observe its age, until cancelled."""
-        while True:
-            seq, slot, seen_at = await self.queue.get()
-            try:
-                raw = await asyncio.wait_for(self.bus.message_at(ACTIVITY, seq), 2.0)
-            except Exception as exc:  # e.g. a credential without reads of ACTIVITY
-                self.failure = f"freshness not measured: ACTIVITY not readable ({exc!r})"
-                log.warning(self.failure)
-                return
-            received = received_at(raw)
-            if received is not None and 0 <= seen_at - received <= self.WINDOW_S:
-                self.metrics.observe(FRESHNESS, seen_at - received, slot=slot)
+        age = time.time() - at
+        if 0 <= age <= self.WINDOW_S:
+            self.metrics.observe(FRESHNESS, age, slot=key[1])
 
 
 def activity_seq(data: bytes) -> int:
@@ -284,45 +282,46 @@ def activity_seq(data: bytes) -> int:
     return int(digits) if digits.strip().isdigit() else 0
 
 
-def received_at(raw: bytes | None) -> float | None:
-    """The Unix time an event's `received_at` says, or None (imported history has none)."""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        stamp = orjson.loads(raw or b"{}").get("received_at")
-        return datetime.fromisoformat(stamp).timestamp() if stamp else None
-    return None
+async def ask_ops(state: GatewayState) -> OpsState:
+    """The ops service's answer on `nerve.ops.state`; `NoAnswer` when none runs."""
+    reply = await state.bus.request(OPS_REQUEST_SUBJECT, b"{}", state.settings.request_timeout_s)
+    return OpsState.model_validate_json(reply)
 
 
-async def sample_broker(state: GatewayState) -> None:
-    """Refresh the gauges read from the broker (module doc); never raises."""
+class Sample:
+    """When `/metrics` last asked the ops service (at most every `SAMPLE_EVERY_S`)."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+
+async def sample_broker(state: GatewayState, sample: Sample) -> None:
+    """Refresh the gauges from the ops service's answer (module doc); never raises."""
     metrics = state.metrics
+    if time.monotonic() - sample.at < SAMPLE_EVERY_S:
+        return
+    sample.at = time.monotonic()
     try:
-        async with asyncio.timeout(SAMPLE_TIMEOUT_S):
-            await sample_streams(state.bus, metrics)
-            found = await health.report(state.bus)
-    except Exception as exc:  # not connected, a credential without these reads, a slow broker
+        found = await ask_ops(state)
+    except Exception as exc:  # no ops service, not connected, a slow broker
         log.debug("broker not sampled for /metrics: %r", exc)
         metrics.set("broker_sample_ok", 0.0)
         return
-    beats: dict[str, Any] = found["services"]  # type: ignore[assignment]
+    gauges(metrics, found)
+    failed = [p for p in found.problems if p.startswith(("streams", "consumers", "services"))]
+    metrics.set("broker_sample_ok", 0.0 if failed else 1.0)
+
+
+def gauges(metrics: Metrics, found: OpsState) -> None:
+    """Streams' sizes and newest sequences, consumers' lag and ack-pending, services' beats."""
+    streams = {(("stream", s.name),): s for s in found.streams}
+    metrics.replace("stream_messages", {k: float(s.messages) for k, s in streams.items()})
+    metrics.replace("stream_last_seq", {k: float(s.last_seq) for k, s in streams.items()})
+    consumers = {(("consumer", c.name), ("stream", c.stream)): c for c in found.consumers}
+    metrics.replace("consumer_pending", {k: float(c.pending) for k, c in consumers.items()})
+    metrics.replace("consumer_ack_pending", {k: float(c.ack_pending) for k, c in consumers.items()})
     for name, field in (("handled", "done"), ("behind", "behind"), ("stuck", "stuck")):
-        values: dict[Labels, float] = {(("service", s),): float(b[field]) for s, b in beats.items()}
+        values: dict[Labels, float] = {
+            (("service", s),): float(b[field]) for s, b in found.services.items() if field in b
+        }
         metrics.replace(f"service_{name}", values)
-    metrics.set("broker_sample_ok", 1.0)
-
-
-async def sample_streams(bus: Bus, metrics: Metrics) -> None:
-    """Each stream's size and newest sequence, each durable consumer's lag and ack-pending."""
-    pending: dict[Labels, float] = {}
-    acking: dict[Labels, float] = {}
-    messages: dict[Labels, float] = {}
-    last: dict[Labels, float] = {}
-    for s in await bus.stream_states():
-        messages[(("stream", s.name),)] = float(s.messages)
-        last[(("stream", s.name),)] = float(s.last_seq)
-        for c in await bus.consumer_lags(s.name):
-            key = (("consumer", c.name), ("stream", c.stream))
-            pending[key], acking[key] = float(c.pending), float(c.ack_pending)
-    metrics.replace("consumer_pending", pending)
-    metrics.replace("consumer_ack_pending", acking)
-    metrics.replace("stream_messages", messages)
-    metrics.replace("stream_last_seq", last)

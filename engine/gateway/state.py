@@ -11,6 +11,7 @@ from fastapi import Request
 from engine.bus import Bus, ConnectionState
 from engine.gateway.live import StreamLimits
 from engine.metrics import Metrics
+from engine.ops.received import Received
 from engine.profiles.tombstones import Tombstones
 from engine.recommender.catalog import ItemCatalog
 from engine.settings import GatewaySettings, SiteKey
@@ -38,6 +39,8 @@ class GatewayState:
     keys: dict[str, SiteKey] = field(init=False)
     streams: StreamLimits = field(init=False)
     """Open live streams per site key and client address, against their caps."""
+    received: Received = field(default_factory=Received)
+    """ACTIVITY sequence -> received_at of the events this gateway stored (freshness)."""
     forgotten: Tombstones | frozenset[str] = frozenset()
     """Users erased by `nerve forget`: their events and lists are refused (410)."""
     _bus: Bus | None = None

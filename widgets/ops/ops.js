@@ -162,6 +162,12 @@
         const body = await r.json().catch(() => ({}));
         return signedOut(`refused (${r.status}): ${body.detail || "not an internal token"}`);
       }
+      if (r.status === 503) {  // the gateway answers, the ops service behind it does not
+        const body = await r.json().catch(() => ({}));
+        status(body.detail || "the ops service did not answer", "stale");
+        timer = setTimeout(poll, POLL_MS);
+        return;
+      }
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       const s = await r.json();
       $("#login").hidden = true;

@@ -53,6 +53,9 @@ TOMBSTONE_SALT_SUBJECT = "$KV.tombstones.salt"
 PROFILE_REQUEST_SUBJECT = "nerve.profiles.get"
 """Core request/reply: the profiles service answers with a user's decrypted profile, so the
 internet-facing gateway needs no profile key (`GET /v1/profiles/{user}`)."""
+OPS_REQUEST_SUBJECT = "nerve.ops.state"
+"""Core request/reply: the ops service answers with the operator console's state (`OpsState`,
+`engine.ops`), so the internet-facing gateway reads no stream info, dead letters or registry."""
 FORGET_SUBJECT = "nerve.control.forget"
 ANON_PREFIX = "~~"
 SYSTEM_TOKEN = "~system"
