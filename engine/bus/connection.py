@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -135,9 +136,16 @@ async def connect(
 
 
 async def _abandon(nc: NATS) -> None:
-    """Close a client whose first connection did not succeed (no reconnect loop left behind)."""
+    """Close a client whose first connection did not succeed, or that the server dropped (no
+    reconnect loop left behind). nats-py may raise CancelledError from its own closing when
+    the server closed the connection first; that is swallowed unless this task is cancelled."""
     try:
         await asyncio.wait_for(nc.close(), 2.0)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("closing an abandoned connection: cancelled inside nats-py")
     except Exception as exc:  # a half-open client may fail to close in several ways
         log.debug("closing an abandoned connection: %s", exc)
 
@@ -151,5 +159,10 @@ async def accepts(
         nc = await connect(url, "nerve-probe", timeout=timeout, credential=credential, tls=tls)
     except AuthRefused:
         return False
-    await nc.close()
-    return True
+    try:  # a round trip: a server reloading its authorization may drop the client just after
+        await nc.flush(max(1, math.ceil(timeout)))  # nats-py takes whole seconds
+        return True
+    except Exception:  # dropped (e.g. the credential was revoked by the reload): not accepted
+        return False
+    finally:
+        await _abandon(nc)
