@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -160,8 +161,11 @@ async def run(
             from engine.synth import visitors as trickle
 
             buses.append(await connect_as(settings, "visitors"))
-            # the demo's visitors plant an anomaly (a burst, an unusual amount) about every 30 s
-            work = trickle(buses[-1], visitors, stop, anomaly_every=30.0)
+            # the demo's visitors plant an anomaly (a burst, an unusual amount) about every 30 s,
+            # on other users each run (a fixed seed replanted the same cases, which the
+            # detectors' cooldowns, rebuilt from the log, rightly held back after a restart)
+            seed = secrets.randbits(32)
+            work = trickle(buses[-1], visitors, stop, seed=seed, anomaly_every=30.0)
             tasks.append(asyncio.create_task(work, name="visitors"))
             console.print(f"visitors: a trickle of synthetic visitors among {visitors:,} users")
         console.print(f"NATS {redact(settings.broker.nats_url or '')}. Ctrl-C stops.")

@@ -116,3 +116,21 @@ def test_make_demo_takes_a_port_and_ends_on_ctrl_c_without_a_make_error(tmp_path
     # make itself got the SIGINT too and, its recipe done cleanly, ends by it as any interrupted
     # program does (the shell prints nothing); what is gone is make's "Error 130" line
     assert proc.returncode in (0, -signal.SIGINT), output[-2000:]
+
+
+def test_the_readme_holds_no_editing_instructions() -> None:
+    """A review found notes meant for whoever pasted a section ("Replace the whole block with
+    the text below", "~line 1052") published in the Security section."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    leftovers = [
+        r"~line \d+",
+        r"Replace the whole block",
+        r"Insert this paragraph",
+        r"Append a sentence",
+        r"^Where: ",
+        r"^## \d+\. ",
+    ]
+    found = [p for p in leftovers if re.search(p, text, re.M)]
+    assert found == [], found

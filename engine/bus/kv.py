@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
@@ -117,16 +118,54 @@ class JetStreamKV:
         acks = await publish_conditional(self._pipeline, writes, timeout)
         return [None if ack is None else ack.seq for ack in acks]
 
-    async def keys(self) -> list[str]:
-        """Every key that currently holds a value."""
+    async def keys(self, timeout: float = 5.0) -> list[str]:
+        """Every key that currently holds a value.
+
+        Not nats-py's `KeyValue.keys()`: it ends the listing when the consumer has nothing
+        pending and its callback has handled nothing yet, so when the server has already sent
+        every message but the callback has not run (a loaded machine), it returns no keys for
+        a full bucket (a flaky empty model list in the console test; the same call lists the
+        erased users' tombstones). Here the end is the count the server says it delivered
+        plus what is pending, and the listing waits until that many have been handled."""
+        prefix = f"$KV.{self.bucket}."
+        live: dict[str, bool] = {}
+        handled = 0
+        expected: list[int] = []
+        complete = asyncio.Event()
+
+        async def on(msg: Msg) -> None:
+            nonlocal handled
+            handled += 1
+            headers = msg.headers or {}
+            gone = headers.get("KV-Operation") in ("DEL", "PURGE") or headers.get(
+                "Nats-Marker-Reason"
+            ) in ("MaxAge", "Purge", "Remove")
+            live[msg.subject[len(prefix) :]] = not gone
+            if expected and handled >= expected[0]:
+                complete.set()
+
         try:
-            return list(await self._kv.keys())
+            sub = await self._js.subscribe(
+                prefix + ">",
+                stream=self.stream,
+                cb=on,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                headers_only=True,
+            )
         except NotFoundError:
             return []
-        except Exception as exc:  # nats-py raises NoKeysError when the bucket is empty
-            if type(exc).__name__ == "NoKeysError":
-                return []
-            raise
+        try:
+            info = await sub.consumer_info()
+            sent = info.delivered.consumer_seq if info.delivered is not None else 0
+            expected.append((sent or 0) + (info.num_pending or 0))
+            if handled >= expected[0]:
+                complete.set()
+            await asyncio.wait_for(complete.wait(), timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return [key for key, holds in live.items() if holds]
 
     async def erase(self, key: str) -> int:
         """Delete every revision of `key` by sequence with the server's secure erase (bytes
