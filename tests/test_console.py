@@ -275,3 +275,14 @@ async def test_the_page_renders_updates_live_on_a_dead_letter_and_refuses_a_site
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SCREENSHOT), full_page=True)
         await browser.close()
+
+
+def test_dead_letter_reasons_group_by_shape_but_keep_names_whole() -> None:
+    """Before: every digit became N, so a reason read "must be an RFC N date-time"."""
+    from engine.ops.deadletters import reason_key
+
+    assert reason_key("time: must be an RFC 3339 date-time") == (
+        "time: must be an RFC 3339 date-time"
+    )
+    assert reason_key("body over 1048576 bytes") == reason_key("body over 2000000 bytes")
+    assert reason_key("unknown event type 'x'") == reason_key("unknown event type 'y'")

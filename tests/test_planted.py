@@ -200,6 +200,10 @@ def test_cli_plants_and_refuses_a_rate_it_cannot_honour(tmp_path: Path) -> None:
     assert len(_truth(tmp_path / "h.anomalies.jsonl")) == 13
     bad = nerve("--users", "5", "--anomalies", "0.3", "-o", str(tmp_path / "b.jsonl"))
     assert bad.returncode == 2 and "anomalous users asked for" in bad.stderr
+    # before: --site-shifts without --anomalies exited 0 and planted nothing
+    alone = nerve("--users", "50", "--site-shifts", "2", "-o", str(tmp_path / "s.jsonl"))
+    assert alone.returncode == 2 and "--site-shifts plants with --anomalies" in alone.stderr
+    assert not (tmp_path / "s.jsonl").exists()
 
 
 class _Sink:

@@ -194,6 +194,8 @@ def generate(
     """Write a synthetic bank-site history with planted preferences (see engine/synth/)."""
     from engine.synth import generate as run
 
+    if site_shifts is not None and not anomalies:  # it would be silently ignored
+        raise ConfigError("--site-shifts plants with --anomalies RATE; give both")
     end_dt = None
     if end:
         try:

@@ -20,7 +20,9 @@ def reason_key(text: str) -> str:
     together ("unknown event type 'x'" and "... 'y'" are one row)."""
     text = re.sub(r"\([^)]*\)?", "(…)", text.split("; ", 1)[0])
     text = re.sub(r"'[^']*'|\"[^\"]*\"", "…", text)
-    return re.sub(r"\d+(\.\d+)?", "N", text)[:160]
+    # a number standing alone: not inside a word ("v2", "utf-8") nor a standard's ("RFC 3339")
+    alone = r"(?<![\w.-])(?<!RFC )(?<!ISO )\d+(\.\d+)?(?![\w.-])"
+    return re.sub(alone, "N", text)[:160]
 
 
 class Tally:
