@@ -11,40 +11,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from statistics import median
 from typing import Any
 
+from engine.evidence import Evidence
+
 MAD_SCALE = 1.4826
 MAX_EVIDENCE = 100
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """One stored message behind a finding."""
-
-    event_id: str
-    stream: str
-    seq: int
-    type: str
-    time: int
-    item_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "event_id": self.event_id,
-            "stream": self.stream,
-            "seq": self.seq,
-            "type": self.type,
-            "time": iso(self.time),
-        }
-        if self.item_id is not None:
-            out["item_id"] = self.item_id
-        return out
 
 
 @dataclass(frozen=True)

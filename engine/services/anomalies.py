@@ -32,16 +32,16 @@ from typing import Any
 import orjson
 
 from engine.anomalies import AnomalyDef, Detectors, Finding
-from engine.anomalies.base import iso
 from engine.anomalies.user import MINUTE_MS
 from engine.bus import Bus, Conflict, Refusal, decode
-from engine.bus.consumer import Batch, refusals
-from engine.health import beating
+from engine.bus.consumer import Batch
+from engine.evidence import iso
 from engine.profiles.profile import CannotApply, time_ms
 from engine.profiles.tombstones import Tombstones
 from engine.recommender.slots import load_slots
 from engine.replicas import owner
 from engine.settings import Settings
+from engine.windowed import deadletter_live, follow
 from nerve_client.events import parse_event
 from nerve_client.events.producers import check_producer
 from nerve_client.ids import derived_uuid7
@@ -105,34 +105,23 @@ class AnomalyService:
         since = datetime.now(UTC) - timedelta(minutes=longest)
         streams = sorted(self.detectors.streams)
 
-        def feeder(stream: str) -> Any:
-            def handle(batch: Batch) -> None:
-                self.queue.put_nowait((stream, batch))
-
-            return handle
-
         def forget(token: str) -> None:
             forgotten.note(token)
             self.detectors.forget(token)
 
-        for stream in streams:
-            _, newest = await self.bus.last_messages(stream, 1)
-            self.live_from[stream] = newest[0][0] + 1 if newest else 1
-        async with contextlib.AsyncExitStack() as stack:
-            sub = await self.bus.on_forget(forget)
-            stack.push_async_callback(sub.unsubscribe)
-            for stream in streams:
-                await stack.enter_async_context(
-                    self.bus.tail(stream, 0, feeder(stream), since=since)
-                )
-            await stack.enter_async_context(beating(self.bus, self.name, self._progress))
-            self.ready.set()
-            while not stop.is_set():
-                try:
-                    stream, batch = await asyncio.wait_for(self.queue.get(), 0.5)
-                except TimeoutError:
-                    continue
-                await self.process(stream, batch)
+        await follow(
+            self.bus,
+            self.name,
+            streams,
+            since,
+            forget=forget,
+            progress=self._progress,
+            process=self.process,
+            queue=self.queue,
+            live_from=self.live_from,
+            ready=self.ready,
+            stop=stop,
+        )
 
     async def _progress(self) -> tuple[int, int]:
         """(messages read, batches waiting) for the heartbeat."""
@@ -185,17 +174,7 @@ class AnomalyService:
                 log.exception("could not publish the %s anomaly of %s", f.detector, f.token)
 
     async def _deadletter(self, stream: str, refused: list[tuple[Refusal, str]]) -> None:
-        """Dead-letter what this service could not read, only what was stored after it
-        started (the window it re-reads on start was dead-lettered when it arrived)."""
-        live = [(r, reason) for r, reason in refused if r.seq >= self.live_from.get(stream, 1)]
-        self.stats.refused += len(refused)
-        if not live:
-            return
-        try:
-            await self.bus.deadletter(refusals(SOURCE, live))
-            self.stats.deadlettered += len(live)
-        except Exception:
-            log.exception("could not dead-letter %d message(s) of %s", len(live), stream)
+        await deadletter_live(self.bus, SOURCE, stream, refused, self.live_from, self.stats)
 
     async def emit(self, f: Finding) -> bool:
         """Publish a finding as an anomaly_detected unless the subject's last one holds it

@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 
 from engine.bus import Bus, Conflict, Refusal, decode
-from engine.bus.consumer import Batch, refusals
+from engine.bus.consumer import Batch
 from engine.bus.registry import Registry
-from engine.health import beating
+from engine.evidence import iso
 from engine.profiles.profile import CannotApply, time_ms
 from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
@@ -41,7 +41,8 @@ from engine.recommender.loading import load_active
 from engine.recommender.slots import SignalDef, load_slots
 from engine.replicas import owner
 from engine.settings import Settings
-from engine.signals.detector import DAY_MS, Detector, Firing, describe, iso, offer_of
+from engine.signals.detector import DAY_MS, Detector, Firing, describe, offer_of
+from engine.windowed import deadletter_live, follow
 from models.nbo import features
 from models.scorer import Propensities
 from nerve_client.events import parse_event
@@ -111,30 +112,19 @@ class SignalsService:
         longest = max(d.window_days for d in self.definitions.values())
         since = datetime.now(UTC) - timedelta(days=longest)
 
-        def feeder(stream: str) -> Any:
-            def handle(batch: Batch) -> None:
-                self.queue.put_nowait((stream, batch))
-
-            return handle
-
-        for stream in SHORT:
-            _, newest = await self.bus.last_messages(stream, 1)
-            self.live_from[stream] = newest[0][0] + 1 if newest else 1
-        async with contextlib.AsyncExitStack() as stack:
-            sub = await self.bus.on_forget(forgotten.note)
-            stack.push_async_callback(sub.unsubscribe)
-            for stream in SHORT:
-                await stack.enter_async_context(
-                    self.bus.tail(stream, 0, feeder(stream), since=since)
-                )
-            await stack.enter_async_context(beating(self.bus, self.name, self._progress))
-            self.ready.set()
-            while not stop.is_set():
-                try:
-                    stream, batch = await asyncio.wait_for(self.queue.get(), 0.5)
-                except TimeoutError:
-                    continue
-                await self.process(stream, batch)
+        await follow(
+            self.bus,
+            self.name,
+            list(SHORT),
+            since,
+            forget=forgotten.note,
+            progress=self._progress,
+            process=self.process,
+            queue=self.queue,
+            live_from=self.live_from,
+            ready=self.ready,
+            stop=stop,
+        )
 
     async def _progress(self) -> tuple[int, int]:
         """(events read, batches waiting) for the heartbeat."""
@@ -166,18 +156,7 @@ class SignalsService:
         await self._deadletter(stream, refused)
 
     async def _deadletter(self, stream: str, refused: list[tuple[Refusal, str]]) -> None:
-        """Dead-letter what this service could not read or apply. Only messages stored after
-        it started: the window it re-reads on every start was dead-lettered when it arrived
-        (the records' ids hash their bytes, so a re-send is stored once anyway)."""
-        live = [(r, reason) for r, reason in refused if r.seq >= self.live_from.get(stream, 1)]
-        self.stats.refused += len(refused)
-        if not live:
-            return
-        try:
-            await self.bus.deadletter(refusals("signals", live))
-            self.stats.deadlettered += len(live)
-        except Exception:
-            log.exception("could not dead-letter %d message(s) of %s", len(live), stream)
+        await deadletter_live(self.bus, "signals", stream, refused, self.live_from, self.stats)
 
     async def emit(self, f: Firing) -> bool:
         """Publish a firing as an interest_signal unless a rule holds it back; True if stored."""

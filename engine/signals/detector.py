@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from engine.evidence import Evidence
 from engine.profiles.profile import time_ms
 from engine.recommender.slots import Condition, SignalDef
 
@@ -28,28 +28,6 @@ log = logging.getLogger("nerve.signals")
 DAY_MS = 86_400_000
 KEEP_EXTRA = 20
 """Evidence kept per condition beyond what it needs (the newest)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    event_id: str
-    stream: str
-    seq: int
-    type: str
-    time: int
-    item_id: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "event_id": self.event_id,
-            "stream": self.stream,
-            "seq": self.seq,
-            "type": self.type,
-            "time": iso(self.time),
-        }
-        if self.item_id is not None:
-            out["item_id"] = self.item_id
-        return out
 
 
 @dataclass
@@ -168,10 +146,6 @@ class Detector:
         if found and t >= state.consent_at:
             state.consent.update(found)
             state.consent_at = t
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def offer_of(f: Firing) -> str | None:
