@@ -26,7 +26,7 @@ from nerve_client.errors import ConfigError, EventRejected
 from nerve_client.events import DeadLetter, json_schema, parse_event
 from nerve_client.events.producers import admit
 from nerve_client.subjects import SITE_TOKEN, user_token
-from tests.conftest import event
+from tests.conftest import EXAMPLE_PROPERTIES, event
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 BASE = NOW.replace(minute=NOW.minute - NOW.minute % 5) - timedelta(hours=3)
@@ -384,26 +384,7 @@ def test_anomaly_detected_is_produced_by_nerve_only_and_has_a_schema() -> None:
     assert admit("anomalies", example).type == "anomaly_detected"
 
 
-EXAMPLE = {
-    "detector": "bursts",
-    "kind": "rate_burst",
-    "subject": "user",
-    "score": 7.5,
-    "value": 12,
-    "threshold": 6,
-    "baseline": [{"of": "user", "method": "median_mad", "window": "last 30", "samples": 30}],
-    "evidence": [
-        {
-            "event_id": "e-1",
-            "stream": "ACTIVITY",
-            "seq": 3,
-            "type": "item_viewed",
-            "time": "2026-11-01T00:00:00Z",
-        }
-    ],
-    "decided_at": "2026-11-01T00:00:00Z",
-    "description": "12 item_viewed in 60 s",
-}
+EXAMPLE = EXAMPLE_PROPERTIES["anomaly_detected"]
 
 
 async def test_the_service_runs_with_its_own_least_privilege_credential(

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -57,6 +57,7 @@ from nerve_client.identity import mint_identity_token, verify_identity_token
 from nerve_client.ids import uuid7
 from nerve_client.subjects import ANOMALIES, SIGNALS, anomaly_filter, signal_filter
 
+T = TypeVar("T")
 log = logging.getLogger("nerve.client")
 
 __all__ = [
@@ -214,35 +215,40 @@ class NerveClient:
         self._in_hand.clear()
         await self.nc.drain()
 
-    async def interest_signals(
+    def interest_signals(
         self, topic: str | None = None, *, durable: str, new_only: bool = False
     ) -> AsyncGenerator[InterestSignal, None]:
         """Signals (of `topic`, or all), from where `durable` stopped; see the module doc."""
-        messages = self._consume(SIGNALS, signal_filter(topic), durable, new_only)
-        async with contextlib.aclosing(messages):  # unsubscribes when the caller's loop ends
-            async for raw in messages:
-                try:
-                    signal = InterestSignal.from_event(raw.data)
-                except (ValueError, KeyError, TypeError, ValidationError, EventRejected) as exc:
-                    await self._drop(raw, "signal", exc)
-                    continue
-                yield signal
-                await self._done(raw)
+        subject = signal_filter(topic)
+        return self._typed(SIGNALS, subject, durable, new_only, InterestSignal.from_event)
 
-    async def anomalies(
+    def anomalies(
         self, detector: str | None = None, *, durable: str, new_only: bool = False
     ) -> AsyncGenerator[Anomaly, None]:
         """Anomalies (of `detector`, or all) from the ANOMALIES stream, from where `durable`
         stopped; acknowledged, handed back and resumed exactly like `interest_signals`."""
-        messages = self._consume(ANOMALIES, anomaly_filter(detector), durable, new_only)
+        subject = anomaly_filter(detector)
+        return self._typed(ANOMALIES, subject, durable, new_only, Anomaly.from_event)
+
+    async def _typed(
+        self,
+        stream: str,
+        subject: str,
+        durable: str,
+        new_only: bool,
+        parse: Callable[[bytes], T],
+    ) -> AsyncGenerator[T, None]:
+        """`_consume`'s messages as `parse` makes them: one that does not parse is dropped
+        (`_drop`), one is acknowledged once the caller asks for the next."""
+        messages = self._consume(stream, subject, durable, new_only)
         async with contextlib.aclosing(messages):  # unsubscribes when the caller's loop ends
             async for raw in messages:
                 try:
-                    anomaly = Anomaly.from_event(raw.data)
+                    item = parse(raw.data)
                 except (ValueError, KeyError, TypeError, ValidationError, EventRejected) as exc:
-                    await self._drop(raw, "anomaly", exc)
+                    await self._drop(raw, stream.lower(), exc)
                     continue
-                yield anomaly
+                yield item
                 await self._done(raw)
 
     async def _consume(
