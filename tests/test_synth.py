@@ -1,6 +1,6 @@
 import csv
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -34,6 +34,20 @@ def test_every_line_is_a_valid_event_in_time_order_inside_the_window(history: Pa
     assert times[0] >= datetime(2026, 4, 2, tzinfo=UTC) and times[-1] < END
     assert len({e.id for e in events}) == len(events)
     assert {e.type for e in events} >= {"item_viewed", "simulator_used", "item_purchased"}
+
+
+def test_the_last_hours_are_a_snapshot_not_a_pile_up(history: Path) -> None:
+    """Before: a session that would start in the last two hours started at exactly `end` - 2 h
+    instead, so every such session piled up in one minute and the site then fell silent (the
+    anomaly detectors rightly saw a flood and a drop). Now the log is cut at `end`."""
+    times = [parse_event_json(line).time for line in history.read_bytes().splitlines()]
+    clamp = END - timedelta(hours=2)
+    assert sum(1 for t in times if t == clamp) <= 1
+    last_hour = sum(1 for t in times if t >= END - timedelta(hours=1))
+    day_before = END - timedelta(days=1)
+    hour_before = sum(1 for t in times if day_before - timedelta(hours=1) <= t < day_before)
+    assert last_hour > 0.5 * hour_before > 0
+    assert max(times) < END
 
 
 def test_credit_is_only_bought_after_simulating_it(history: Path) -> None:

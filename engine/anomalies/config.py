@@ -109,7 +109,9 @@ class SiteRateShift(_Detector):
     Time of day: with `seasonal_days` > 0 the band is the windows of the same hour of day over
     the previous `seasonal_days` days (a site is busier at noon than at 3 am, and its hourly
     steps are not shifts); until a full hour of that hour of day is in the history (the first
-    day after a start with less history), the band is the last `history` windows. Breadth:
+    day after a start with less history) the detector does not judge that hour: the last
+    `history` windows of a rising morning are no band for it (`seasonal_fallback = true`
+    judges it against them instead: sooner alarms, daily ramps among them). Breadth:
     each user (subject token) counts at most `max_per_user` events in a window (0: no cap), so
     one user's burst, which `rate_burst` is for, is not a shift of the site."""
 
@@ -123,6 +125,7 @@ class SiteRateShift(_Detector):
     threshold: float = Field(default=6.0, gt=0)
     direction: Literal["up", "down", "both"] = "up"
     seasonal_days: int = Field(default=7, ge=0, le=28)
+    seasonal_fallback: bool = False
     max_per_user: int = Field(default=5, ge=0)
 
     @property

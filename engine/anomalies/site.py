@@ -110,11 +110,14 @@ class SiteRateShiftDetector:
 
     def _samples(self, window: int) -> tuple[float, ...]:
         """The band's samples for `window`: its hour of day on earlier days when there are
-        enough of them (`seasonal_days`), else the last `history` windows."""
+        enough of them (`seasonal_days`); until then none (no band: the hour is not judged),
+        or with `seasonal_fallback` the last `history` windows, as without `seasonal_days`."""
         if self.cfg.seasonal_days:
             same = self._seasonal(window)
             if len(same) >= self.per_hour:
                 return tuple(same)
+            if not self.cfg.seasonal_fallback:
+                return ()
         return tuple(self.history)
 
     def _baseline(self, window: int) -> tuple[float, float] | None:

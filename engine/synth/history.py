@@ -150,6 +150,8 @@ class _Site:
         event["properties"] = props
         if context or self.context:
             event["context"] = context or self.context
+        if ms >= self.end_ms:  # the log is a snapshot at `end`: a session still under way
+            return str(event["id"])  # then is cut there (no session is moved or clamped)
         # `+ b"\n"` also copies: orjson hands back a 4 KiB buffer per call, which a list of
         # two million of them would keep (8 GB instead of 0.5).
         self.lines.append((ms, orjson.dumps(event) + b"\n"))
@@ -165,7 +167,6 @@ class _Site:
         for s_i, frac in enumerate(day_offsets):
             day_ms = int(frac * self.days) * DAY_MS
             t = self.start_ms + day_ms + pop.hours[self.session] * HOUR_MS + rnd.randrange(HOUR_MS)
-            t = min(t, self.end_ms - 2 * HOUR_MS)  # a session ends before `end`
             sid = f"s{u:07d}-{s_i}"
             who = {"user_id": v.user_id}
             t = self._arrive(t, v, s_i, sid)
