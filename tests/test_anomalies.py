@@ -468,3 +468,11 @@ def test_one_users_burst_is_not_a_site_shift_but_as_many_users_are() -> None:
     assert len(feed(Detectors(defs(traffic=uncapped)), steady + one_user)) == 1
     steady, flood = site_script("up")  # 200 events of 200 visitors
     assert len(feed(Detectors(defs(traffic=config)), steady + flood)) == 1
+
+
+def test_a_new_users_burst_names_its_prior_not_zero_windows() -> None:
+    """Before: a user with no earlier window read "the user's last 0 active 60 s windows"."""
+    burst = [act("neo", "item_viewed", 10 + i / 60, item_id="fund-esg") for i in range(15)]
+    [found] = feed(Detectors(defs(bursts={"kind": "rate_burst"})), burst)
+    window = found.baselines[0].window
+    assert "last 0" not in window and window.startswith("no earlier active 60 s window"), window

@@ -244,6 +244,8 @@ async def test_the_page_renders_updates_live_on_a_dead_letter_and_refuses_a_site
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         asked: list[str] = []
         page.on("request", lambda r: asked.append(r.url))
+        missing: list[str] = []  # before: /favicon.ico, 404 on every visit
+        page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
         await page.goto(gateway + "/ops")
         await page.fill("#token", KEY)  # a site key is no operator credential
         await page.click("#login button[type=submit]")
@@ -267,6 +269,7 @@ async def test_the_page_renders_updates_live_on_a_dead_letter_and_refuses_a_site
         assert "unknown event type" in (await page.text_content("#dl-latest") or "")
         assert len([u for u in asked if u.endswith("/ops")]) == navigations  # no reload
         assert not [u for u in asked if not u.startswith(gateway)]  # no CDN
+        assert missing == []
         for _ in range(3):  # a few polls, so the sparklines have a line to draw
             await client.post("/v1/events", json=[event(user_id=None, anonymous_id="x")],
                               headers={SITE_KEY_HEADER: KEY})  # fmt: skip
@@ -286,3 +289,11 @@ def test_dead_letter_reasons_group_by_shape_but_keep_names_whole() -> None:
     )
     assert reason_key("body over 1048576 bytes") == reason_key("body over 2000000 bytes")
     assert reason_key("unknown event type 'x'") == reason_key("unknown event type 'y'")
+
+
+async def test_the_page_names_its_icon_so_browsers_ask_for_no_favicon(
+    client: httpx.AsyncClient,
+) -> None:
+    """Before: no icon link, so every visit cost a `GET /favicon.ico` answered 404."""
+    page = await client.get("/ops")
+    assert page.status_code == 200 and '<link rel="icon" href="data:,">' in page.text

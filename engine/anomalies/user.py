@@ -72,12 +72,7 @@ class RateBurstDetector:
         baseline = Baseline(
             "user",
             "median_mad",
-            f"the user's last {len(past)} active {seconds} windows of {cfg.history_minutes:g} min"
-            + (
-                f", padded with {cfg.prior:g} to {cfg.min_history}"
-                if len(past) < cfg.min_history
-                else ""
-            ),
+            _rate_window(len(past), seconds, cfg.history_minutes, cfg.prior, cfg.min_history),
             len(padded),
             base.median,
             base.mad,
@@ -262,3 +257,11 @@ class NewContextDetector:
 
     def forget(self, token: str) -> None:
         self.users.pop(token, None)
+
+
+def _rate_window(n: int, seconds: str, minutes: float, prior: float, least: int) -> str:
+    """The words of a burst's baseline: its active windows, and the prior that pads them."""
+    if n == 0:
+        return f"no earlier active {seconds} window in {minutes:g} min: prior {prior:g} x {least}"
+    text = f"the user's last {n} active {seconds} windows of {minutes:g} min"
+    return text + (f", padded with {prior:g} to {least}" if n < least else "")
