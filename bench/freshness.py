@@ -35,13 +35,22 @@ environment, NERVE_SITE_SECRETS, not on its command line).
 Goals (2 cores): freshness p99 < 50 ms at 1,000 events/s; reco.request p99 < 5 ms; HTTP p99 <
 20 ms at 500 requests/s. The load generator shares the two cores with the server and `nerve up`.
 
+Every step starts once the recommender's consumers have nothing pending (the warm-up and the
+previous step processed), and beside each figure is the rate of a raw consume-compute-publish
+skeleton (ordered consumer, orjson decode, one publish per event, ack) measured in the same run,
+so runs on different machines compare by ratio. A `reco.request` that times out is an error in
+the table, not the end of the run.
+
   python bench/freshness.py               # ~4 minutes
+  python bench/freshness.py --quick       # < 2 minutes
+  python bench/freshness.py --profile 5000   # cProfile of RecommenderService.process, in-process
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -223,16 +232,86 @@ async def paced(
     return n, n / elapsed
 
 
+async def drained(nc: Any, timeout: float = 120.0) -> float:
+    """Wait until every recommender consumer of ACTIVITY has nothing pending (not delivered,
+    or delivered and not acknowledged); returns the seconds waited. Each step must start from
+    the steady state, not behind the previous step's backlog."""
+    js = nc.jetstream()
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        infos = [c for c in await js.consumers_info("ACTIVITY") if "recommender" in c.name]
+        pending = sum(int(c.num_pending or 0) + int(c.num_ack_pending or 0) for c in infos)
+        if infos and not pending:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.1)
+    print(f"  (the recommender still had work pending after {timeout:.0f}s)")
+    return time.perf_counter() - started
+
+
+async def skeleton(nc: Any, first_seq: int, n: int) -> float:
+    """The raw consume-compute-publish skeleton on the same `n` events from `first_seq`: a push
+    consumer delivering in order (durable, with cumulative acks like the service's: nats-py's
+    ordered consumer cannot acknowledge), orjson decode, one publish per event (a core subject
+    nobody reads, flushed per batch of 100, as the service publishes a batch), and an ack per
+    batch. Returns events/s."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    js = nc.jetstream()
+    seen = 0
+    done = asyncio.Event()
+    queue: list[Any] = []
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal seen
+        event = orjson.loads(msg.data)
+        await nc.publish(f"bench.skeleton.{event['user_id']}", msg.data)
+        queue.append(msg)
+        seen += 1
+        if len(queue) >= 100 or seen >= n:
+            await nc.flush()
+            await queue[-1].ack()
+            queue.clear()
+        if seen >= n:
+            done.set()
+
+    t0 = time.perf_counter()
+    sub = await js.subscribe(
+        "activity.>",
+        stream="ACTIVITY",
+        cb=on_msg,
+        durable=f"skeleton-{first_seq}",
+        manual_ack=True,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=first_seq,
+            ack_policy=AckPolicy.ALL,
+            max_ack_pending=20_000,
+        ),
+        pending_msgs_limit=200_000,
+    )
+    try:
+        await asyncio.wait_for(done.wait(), 120)
+    finally:
+        rate = seen / (time.perf_counter() - t0)
+        await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer("ACTIVITY", f"skeleton-{first_seq}")
+    return rate
+
+
 async def settle(watcher: Watcher, timeout: float) -> None:
     deadline = time.perf_counter() + timeout
     while watcher.outstanding() and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
 
 
-async def freshness(nc: Any, args: argparse.Namespace, counter: list[int]) -> list[dict[str, Any]]:
+async def freshness(
+    nc: Any, args: argparse.Namespace, counter: list[int], skeleton_rate: int
+) -> list[dict[str, Any]]:
     rows = []
     rates = [r for r in (200, 500, 750, 1000, 1500, 2000, 3000) if r <= args.max_rate]
     for rate in rates:
+        waited = await drained(nc)
         watcher = Watcher()
         sub = await nc.subscribe("reco.*.similar", cb=watcher.on_msg)
         sent, achieved = await paced(
@@ -249,11 +328,14 @@ async def freshness(nc: Any, args: argparse.Namespace, counter: list[int]) -> li
             "p50_ms": round(pct(lat, 50), 2),
             "p99_ms": round(pct(lat, 99), 2),
             "max_ms": round(max(lat), 1) if lat else None,
+            "drained_after_s": round(waited, 1),
+            "skeleton_per_s": skeleton_rate,
         }
         rows.append(row)
         print(
             f"  {rate:>6,}/s  sent {sent:,} (at {achieved:,.0f}/s)  updated {len(lat):,}"
-            f"  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  max {row['max_ms']} ms",
+            f"  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  max {row['max_ms']} ms"
+            f"  (skeleton {skeleton_rate:,}/s; started {waited:.1f}s after the last step)",
             flush=True,
         )
         if len(lat) < sent * 0.99 or row["p99_ms"] > 1000:
@@ -266,6 +348,7 @@ async def throughput(nc: Any, args: argparse.Namespace, counter: list[int]) -> d
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     js = nc.jetstream()
+    await drained(nc)
     first_seq = (await js.stream_info("ACTIVITY")).state.last_seq + 1
     watcher = Watcher()
     sub = await nc.subscribe("reco.*.similar", cb=watcher.on_msg)
@@ -299,22 +382,26 @@ async def throughput(nc: Any, args: argparse.Namespace, counter: list[int]) -> d
     await asyncio.wait_for(done.wait(), 60)
     raw_rate = args.burst / (time.perf_counter() - t0)
     await raw_sub.unsubscribe()
+    skel = await skeleton(nc, first_seq, args.burst)
     out = {
         "events": args.burst,
         "service_per_s": round(service_rate),
         "raw_per_s": round(raw_rate),
+        "skeleton_per_s": round(skel),
         "ratio": round(service_rate / raw_rate, 3),
+        "ratio_to_skeleton": round(service_rate / skel, 3),
         "missing": watcher.outstanding(),
     }
     print(
         f"  burst of {args.burst:,}: service {service_rate:,.0f}/s,"
-        f" raw consume {raw_rate:,.0f}/s, ratio {out['ratio']}"
+        f" raw consume {raw_rate:,.0f}/s (ratio {out['ratio']}),"
+        f" skeleton {skel:,.0f}/s (ratio {out['ratio_to_skeleton']})"
     )
     return out
 
 
 async def requests(
-    nc: Any, args: argparse.Namespace, port: int, tokens: list[str]
+    nc: Any, args: argparse.Namespace, port: int, tokens: list[str], skeleton_rate: int
 ) -> dict[str, Any]:
 
     rng = np.random.default_rng(1)
@@ -322,15 +409,19 @@ async def requests(
     for inflight in (1, 4, 32):
         lat: list[float] = []
         stop = time.perf_counter() + args.seconds / 2
-        errors = 0
+        errors = timeouts = 0
 
         async def loop(lat: list[float] = lat, stop: float = stop) -> None:
-            nonlocal errors
+            nonlocal errors, timeouts
             while time.perf_counter() < stop:
                 user = f"user-{int(rng.integers(0, args.users))}"
                 body = orjson.dumps({"user_id": user, "slot": "home"})
                 t0 = time.perf_counter()
-                reply = await nc.request(REQUEST_SUBJECT, body, timeout=5)
+                try:
+                    reply = await nc.request(REQUEST_SUBJECT, body, timeout=5)
+                except Exception:  # a timeout (or no responder) is an error of the table
+                    timeouts += 1
+                    continue
                 lat.append((time.perf_counter() - t0) * 1000)
                 if b'"error"' in reply.data[:20]:
                     errors += 1
@@ -340,12 +431,14 @@ async def requests(
             "per_s": round(len(lat) / (args.seconds / 2)),
             "p50_ms": round(pct(lat, 50), 2),
             "p99_ms": round(pct(lat, 99), 2),
-            "errors": errors,
+            "errors": errors + timeouts,
+            "timeouts": timeouts,
         }
         rr[str(inflight)] = row
         print(
             f"  reco.request, {inflight} in flight: {row['per_s']:,}/s  p50 {row['p50_ms']} ms"
-            f"  p99 {row['p99_ms']} ms  errors {errors}"
+            f"  p99 {row['p99_ms']} ms  errors {errors + timeouts} ({timeouts} timed out)"
+            f"  (skeleton {skeleton_rate:,}/s)"
         )
 
     http_lat: list[float] = []
@@ -397,9 +490,77 @@ async def requests(
     }
     print(
         f"  HTTP at {rate}/s (achieved {achieved:,.0f}/s): p50 {hr['p50_ms']} ms"
-        f"  p99 {hr['p99_ms']} ms  {statuses} {sources}"
+        f"  p99 {hr['p99_ms']} ms  {statuses} {sources}  (skeleton {skeleton_rate:,}/s)"
     )
     return {"reco_request": rr, "http": hr}
+
+
+async def profile(args: argparse.Namespace) -> None:
+    """cProfile of `RecommenderService.process` on real deliveries from a real broker: the
+    service is built in this process (no `nerve up`), its durable push consumer fills a list,
+    and the batches are processed one after the other as the service's worker would."""
+    import cProfile
+    import pstats
+    import tomllib
+
+    from engine.profiles.store import ProfileStore
+    from engine.recommender.core import Serving
+    from engine.recommender.slots import SlotsConfig
+    from engine.services.recommender import RecommenderService
+    from nerve_client.subjects import CATALOG
+
+    tmp = Path(tempfile.mkdtemp(prefix="nerve-prof-"))
+    broker = EmbeddedBroker(BrokerSettings(data_dir=tmp / "data"))
+    broker.start()
+    try:
+        nc = await connect(broker.admin_url, "bench", timeout=10)
+        await setup(nc, args.items, tmp)
+        bus = Bus(nc)
+        config = SlotsConfig.model_validate(tomllib.loads(SLOTS))
+        service = RecommenderService(bus, Serving(config), await ProfileStore.open(bus))
+        await service.reload(await bus.registry())
+        await bus.scan(CATALOG, service.serving.catalog.update)
+        got: list[Any] = []
+        consumer = bus.push("ACTIVITY", "profile", got.append)
+        await consumer.start()
+        counter = [0]
+
+        async def run(n: int, prof: cProfile.Profile | None) -> float:
+            got.clear()
+            await paced(nc, None, 1e9, n / 1e9, args.users, args.items, counter)
+            while len(got) < n:
+                await asyncio.sleep(0.05)
+            started = time.perf_counter()
+            for i in range(0, n, 100):
+                batch = got[i : i + 100]
+                if prof is not None:
+                    prof.enable()
+                await service.process(batch)
+                if prof is not None:
+                    prof.disable()
+                await consumer.ack(batch[-1])
+            return n / (time.perf_counter() - started)
+
+        warm = await run(args.users, None)
+        print(f"warm-up: {args.users:,} users at {warm:,.0f} events/s (not profiled)")
+        first = (await nc.jetstream().stream_info("ACTIVITY")).state.last_seq + 1
+        plain = await run(args.profile, None)
+        skel = await skeleton(nc, first, args.profile)
+        print(
+            f"steady: {args.profile:,} events at {plain:,.0f} events/s through process();"
+            f" raw skeleton {skel:,.0f}/s on the same events (ratio {plain / skel:.3f})"
+        )
+        prof = cProfile.Profile()
+        rate = await run(args.profile, prof)
+        print(f"profiled: {args.profile:,} events at {rate:,.0f} events/s (under cProfile)")
+        stats = pstats.Stats(prof)
+        stats.sort_stats("cumulative").print_stats(args.top)
+        stats.sort_stats("tottime").print_stats(args.top)
+        await consumer.stop()
+        await nc.close()
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -465,19 +626,25 @@ async def main(args: argparse.Namespace) -> None:
             raise SystemExit("the recommender never answered")
         counter = [0]
         print(f"warm-up: {args.users:,} users, each seen once")
+        js = nc.jetstream()
+        warm_first = (await js.stream_info("ACTIVITY")).state.last_seq + 1
         await paced(nc, None, 1000, args.users / 1000, args.users, args.items, counter)
-        await asyncio.sleep(3)
+        waited = await drained(nc)
+        print(f"  processed {waited:.1f}s after the last warm-up publish")
+        skel = round(await skeleton(nc, warm_first, args.users))
+        print(f"  raw skeleton (consume, decode, publish, ack) on those events: {skel:,}/s")
         print("(a) freshness")
-        fresh = await freshness(nc, args, counter)
+        fresh = await freshness(nc, args, counter, skel)
         print("(b) throughput")
         tput = await throughput(nc, args, counter)
+        skel = tput["skeleton_per_s"]
         print("(c) request latency")
         tokens = [
             mint_identity_token(SITE_SECRET, f"user-{u}", site_key=SITE_KEY)
             for u in range(args.users)
         ]
-        req = await requests(nc, args, port, tokens)
-        print(json.dumps({"freshness": fresh, "throughput": tput, **req}))
+        req = await requests(nc, args, port, tokens, skel)
+        print(json.dumps({"freshness": fresh, "throughput": tput, **req, "quick": args.quick}))
         await nc.close()
     finally:
         for proc in procs:
@@ -514,4 +681,21 @@ if __name__ == "__main__":
         action="store_true",
         help="Run the recommender in its own process (nerve run recommender) beside nerve up",
     )
-    asyncio.run(main(p.parse_args()))
+    p.add_argument(
+        "--profile",
+        type=int,
+        metavar="N",
+        help="Instead: cProfile RecommenderService.process on N real deliveries, in-process",
+    )
+    p.add_argument("--top", type=int, default=30, help="Functions shown by --profile")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="A short run (< 2 minutes): 1,000 users, 3 s steps up to 3,000/s, a 5,000 burst",
+    )
+    parsed = p.parse_args()
+    if parsed.quick:
+        parsed.users, parsed.seconds = min(parsed.users, 1000), min(parsed.seconds, 3.0)
+        parsed.max_rate, parsed.burst = min(parsed.max_rate, 3000), min(parsed.burst, 5000)
+        parsed.profile = parsed.profile and min(parsed.profile, 2000)
+    asyncio.run(profile(parsed) if parsed.profile else main(parsed))

@@ -11,11 +11,16 @@ tracemalloc (numpy included; implicit allocates in C++, so its figure is not com
 ALS and implicit's ALS use the same factors and iterations; implicit fits with BLAS limited to
 one thread, as it asks (it runs its own threads).
 
-A second table measures recommend latency with --latency-items items (default 10,000), on
-random interactions, for the models whose serving cost grows with the catalogue.
+A second table serves generated catalogues of --items sizes (default 10,000 and 50,000 items):
+for every model, in its own process, fit wall and CPU time, peak RSS, one-user p50/p99 through
+the calls the recommender makes (`score`, `score_like`, `recommend`; with the default BLAS
+threads and with one), and batch users/s through `training.batch`, implicit's ALS beside it.
+EASE is not run above 20,000 items (its dense items x items matrix: 10 GB at 50,000).
 
   pip install implicit          # bench-only dependency
-  python bench/models.py                       # ~5-10 minutes on 2 cores
+  python bench/models.py                       # ~15-25 minutes on 2 cores
+  python bench/models.py --quick               # < 2 minutes: 5,000 users, 10,000 items
+  python bench/models.py --scale-only --items 10000,50000
   python bench/models.py --users 20000 --csv ratings.csv
 """
 
@@ -69,29 +74,10 @@ def generated_frame(users: int, days: int) -> pd.DataFrame:
 
 
 def csv_frame(path: Path) -> pd.DataFrame:
-    from engine.importer import InteractionReader
+    """An interactions CSV as the history frame (pyarrow's reader, the CLI's own path)."""
+    from training.history import read_interactions
 
-    with path.open(encoding="utf-8", errors="replace") as f:
-        first = f.readline().rstrip("\r\n")
-        reader = InteractionReader(first, None, None)
-        lines = ([] if reader.has_header else [first]) + [x.rstrip("\r\n") for x in f]
-    out = []
-    for seq, line in enumerate(lines, 1):
-        try:
-            e = reader.event(line)
-        except Exception:
-            continue
-        out.append(
-            {
-                "seq": seq,
-                "time": pd.Timestamp(e["time"]),
-                "type": e["type"],
-                "user": e["user_id"],
-                "item_id": e["item_id"],
-                "value": e["properties"].get("rating"),
-            }
-        )
-    return pd.DataFrame(out)
+    return read_interactions(path).frame
 
 
 def evaluate_ours(
@@ -169,27 +155,179 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))] if s else float("nan")
 
 
-def latency_at_scale(n_items: int, k: int, samples: int) -> list[tuple[str, float, float]]:
-    rng = np.random.default_rng(5)
-    n_users, per_user = 20_000, 20
-    users = np.repeat(np.arange(n_users), per_user).astype(str)
-    pop = rng.zipf(1.3, size=n_users * per_user) % n_items
-    data = Interactions.from_triples(users, pop.astype(str))
-    out = []
-    for name, params in (
-        ("popular", {}),
-        ("itemknn", {"neighbors": 100}),
-        ("als", {"factors": 64, "iterations": 3}),
-    ):
-        model = make(name, **params).fit(data)
-        lat = []
-        for u in range(samples):
-            h = data.history(u)
-            t = time.perf_counter()
-            model.recommend(h, k)
-            lat.append(time.perf_counter() - t)
-        out.append((name, pct(lat, 50) * 1000, pct(lat, 99) * 1000))
-    return out
+SCALE_MODELS = ("popular", "popular-segment", "itemknn", "ease", "als", "implicit-als", "nbo")
+EASE_LIMIT = 20_000  # items: beyond, EASE's dense items x items matrix is >= 1.6 GB (10 GB at 50k)
+
+
+def catalogue(n_items: int, n_users: int, per_user: int = 15, seed: int = 5) -> Interactions:
+    """A generated catalogue: a power-law popularity over every item, and users whose histories
+    mix that with one cluster of 100 related items (so neighbours exist)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    n = n_users * per_user
+    user = np.repeat(np.arange(n_users), per_user)
+    popular = rng.permutation(n_items)[rng.choice(n_items, size=n, p=p / p.sum())]
+    taste = rng.integers(0, max(1, n_items // 100), size=n_users)[user]
+    local = (taste * 100 + rng.zipf(1.5, size=n) % 100) % n_items
+    item = np.where(rng.random(n) < 0.6, local, popular)
+    w = rng.choice(np.asarray([1.0, 1.0, 1.0, 2.0, 4.0, 8.0], dtype=np.float32), size=n)
+    m = sp.csr_matrix((w, (user, item)), shape=(n_users, n_items), dtype=np.float32)
+    m.sum_duplicates()
+    ids = np.asarray([f"i{i}" for i in range(n_items)], dtype=object)
+    return Interactions(m, np.asarray([f"u{u}" for u in range(n_users)], dtype=object), ids)
+
+
+def _timed(call: Any, samples: int) -> tuple[float, float]:
+    lat = []
+    for i in range(samples):
+        t = time.perf_counter()
+        call(i)
+        lat.append(time.perf_counter() - t)
+    return pct(lat, 50) * 1000, pct(lat, 99) * 1000
+
+
+def _rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scale_worker(name: str, n_items: int, n_users: int, iterations: int, samples: int) -> None:
+    """One model in its own process (so its peak RSS is its own): fit, then one-user latency
+    through the serving calls (`score`, `score_like`, `recommend`), with the default BLAS threads
+    and with one, then a batch of users through `training.batch`. Prints one JSON line."""
+    from threadpoolctl import threadpool_limits
+
+    data = catalogue(n_items, n_users)
+    base = _rss_mib()
+    hist = [data.history(u) for u in range(samples)]
+    out: dict[str, Any] = {"model": name, "items": n_items, "users": n_users, "base_mib": base}
+    cpu, started = time.process_time(), time.perf_counter()
+    if name == "implicit-als":
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model: Any = AlternatingLeastSquares(
+            factors=64, iterations=iterations, regularization=0.05, random_state=0
+        )
+        matrix = sp.csr_matrix(data.matrix * np.float32(10.0))
+        with threadpool_limits(1, "blas"):  # what implicit asks for; it runs its own threads
+            model.fit(matrix, show_progress=False)
+        out.update(fit_s=time.perf_counter() - started, fit_cpu_s=time.process_time() - cpu)
+        out["fit_peak_mib"] = _rss_mib()
+
+        def rec(i: int) -> Any:
+            return model.recommend(i, matrix[i], N=10, filter_already_liked_items=True)
+
+        out["recommend"] = _timed(rec, samples)
+        print(json.dumps(out))
+        return
+    if name == "nbo":
+        scale_nbo(out, samples)
+        print(json.dumps(out))
+        return
+    params = {"als": {"factors": 64, "iterations": iterations}}.get(name, {})
+    fitted = make(name, **params).fit(data)
+    out.update(fit_s=time.perf_counter() - started, fit_cpu_s=time.process_time() - cpu)
+    out["fit_peak_mib"] = _rss_mib()
+    out["own_mib"] = sum(a.nbytes for a in fitted._arrays().values()) / 2**20
+    anchors = [str(data.items[i]) for i in range(samples)]
+    for threads in (None, 1):
+        with threadpool_limits(threads, "blas"):
+            tag = "" if threads is None else "_1t"
+            out["score" + tag] = _timed(lambda i: fitted.score({}, hist[i], 0), samples)
+            out["like" + tag] = _timed(lambda i: fitted.score_like(anchors[i]), samples)
+            out["recommend" + tag] = _timed(lambda i: fitted.recommend(hist[i], 10), samples)
+    from training.batch import recommend_many
+
+    users = [str(u) for u in data.users[: min(n_users, 20_000)]]
+    t = time.perf_counter()
+    for _ in recommend_many(fitted, data, users, 10):
+        pass
+    out["batch_users_per_s"] = len(users) / (time.perf_counter() - t)
+    out["peak_mib"] = _rss_mib()
+    print(json.dumps(out))
+
+
+def scale_nbo(out: dict[str, Any], samples: int) -> None:
+    """The next-best-offer model's serving call: its candidates are offers (tens), not the
+    catalogue, so it is timed with 40 offers on profiles shaped like the projection's."""
+    from models import NextBestOffer
+    from models.nbo import feature_names, features
+
+    rng = np.random.default_rng(1)
+    offers = [f"offer{j}" for j in range(40)]
+    profiles = [
+        {
+            "counts": {"item_viewed": int(rng.integers(1, 50)), "item_purchased": 1},
+            "categories": {f"c{int(c)}": 2 for c in rng.integers(0, 30, 5)},
+            "held": {offers[int(rng.integers(0, 40))]: {}},
+            "recent_items": [{"item_id": offers[int(j)]} for j in rng.integers(0, 40, 10)],
+            "last_seen": 0,
+        }
+        for _ in range(2_000)
+    ]
+    names = feature_names(profiles, offers)
+    x = np.vstack([features(p, names, 86_400_000) for p in profiles])
+    y = (rng.random((len(profiles), len(offers))) < 0.05).astype(float)
+    cpu, started = time.process_time(), time.perf_counter()
+    model = NextBestOffer().fit(x, y, names, offers, {o: 1.0 for o in offers})
+    out.update(fit_s=time.perf_counter() - started, fit_cpu_s=time.process_time() - cpu)
+    out.update(items=len(offers), fit_peak_mib=_rss_mib(), features=len(names))
+    out["score"] = _timed(lambda i: model.score(profiles[i], {}, 86_400_000), samples)
+    out["peak_mib"] = _rss_mib()
+
+
+def run_scale(sizes: list[int], iterations: int, samples: int) -> list[dict[str, Any]]:
+    """Every model at every size, each in a fresh process, implicit's ALS in the same run."""
+    import subprocess
+
+    rows = []
+    for n in sizes:
+        users = max(20_000, 2 * n)
+        for name in SCALE_MODELS:
+            if name == "ease" and n > EASE_LIMIT:
+                rows.append({"model": name, "items": n, "skipped": "dense items x items"})
+                continue
+            if name == "nbo" and n != sizes[0]:
+                continue
+            print(f"  {name} at {n:,} items ...", file=sys.stderr, flush=True)
+            cmd = [sys.executable, __file__, "--worker", name, "--items", str(n)]
+            cmd += ["--users", str(users), "--iterations", str(iterations)]
+            cmd += ["--latency-users", str(samples)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                rows.append({"model": name, "items": n, "skipped": done.stderr[-300:]})
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def print_scale(rows: list[dict[str, Any]]) -> None:
+    def ms(r: dict[str, Any], key: str) -> str:
+        v = r.get(key)
+        return f"{v[0]:6.2f}/{v[1]:6.2f}" if v else f"{'-':>13}"
+
+    print(
+        f"\n{'model':16} {'items':>6} {'fit s':>6} {'cpu s':>6} {'peak MiB':>8} {'own MiB':>7} "
+        f"{'score p50/p99':>13} {'1 thread':>13} {'like p50/p99':>13} {'recommend':>13} "
+        f"{'batch u/s':>9}"
+    )
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['model']:16} {r['items']:6} not run: {r['skipped'][:90]}")
+            continue
+        peak = r.get("peak_mib", r.get("fit_peak_mib", 0)) - r["base_mib"]
+        print(
+            f"{r['model']:16} {r['items']:6} {r['fit_s']:6.1f} {r['fit_cpu_s']:6.1f} "
+            f"{peak:8.0f} {r.get('own_mib', 0):7.1f} {ms(r, 'score')} {ms(r, 'score_1t')} "
+            f"{ms(r, 'like')} {ms(r, 'recommend')} {r.get('batch_users_per_s', 0):9.0f}"
+        )
+    by = {(r["model"], r["items"]): r for r in rows if "skipped" not in r}
+    for (name, n), r in by.items():
+        ref = by.get(("implicit-als", n))
+        if name == "als" and ref:
+            cpu_x, wall_x = r["fit_cpu_s"] / ref["fit_cpu_s"], r["fit_s"] / ref["fit_s"]
+            print(f"our ALS / implicit ALS at {n:,} items: CPU {cpu_x:.2f}x, wall {wall_x:.2f}x")
 
 
 def run_models(
@@ -240,9 +378,30 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=15)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--latency-users", type=int, default=1000)
-    ap.add_argument("--latency-items", type=int, default=10_000)
+    ap.add_argument("--items", default="10000,50000", help="catalogue sizes of the scale table")
+    ap.add_argument("--quick", action="store_true", help="small run (< 2 minutes)")
+    ap.add_argument("--scale-only", action="store_true", help="only the scale table")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        scale_worker(args.worker, int(args.items), args.users, args.iterations, args.latency_users)
+        return
+    if args.quick:
+        args.users, args.iterations, args.latency_users, args.items = 5_000, 5, 200, "10000"
+    summary = {} if args.scale_only else quality(args)
+    sizes = [int(x) for x in args.items.split(",")]
+    print(
+        f"\nserving-scale catalogues ({args.iterations} ALS iterations; latencies in ms; "
+        "peak MiB above the process with the data loaded)",
+        file=sys.stderr,
+    )
+    scale = run_scale(sizes, args.iterations, min(args.latency_users, 500))
+    print_scale(scale)
+    print(json.dumps({"models": summary, "scale": scale}, default=float))
 
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    """The quality table on a time split, beside implicit's ALS and BPR."""
     print("preparing data ...", file=sys.stderr, flush=True)
     frame = csv_frame(args.csv) if args.csv else generated_frame(args.users, args.days)
     train_frame, test_frame = global_cut(frame, 0.8)
@@ -286,11 +445,7 @@ def main() -> None:
             f"{summary['als']['fit_s'] / summary['implicit als']['fit_s']:.2f}x "
             f"({f} factors, {it} iterations)"
         )
-    lat = latency_at_scale(args.latency_items, k, 300)
-    print(f"\nrecommend latency with {args.latency_items:,} items (20,000 random users)")
-    for name, p50, p99 in lat:
-        print(f"{name:18} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms")
-    print(json.dumps({"models": summary, "latency_at_scale": lat}, default=float))
+    return summary
 
 
 if __name__ == "__main__":

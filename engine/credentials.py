@@ -61,6 +61,9 @@ role may also look up account limits and stream names):
 | read KV `registry` (model cards, for the console) | | | | | | ✓ | | | | | |
 | read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | | |
 | read KV `webhooks` (subscriptions, signing secrets) | | | | | | | | ✓ | | | |
+| publish `shadow.>` (experiments' shadow lists, SHADOW) | | | ✓ | | | | | | | | |
+| core `$KV.registry.experiment.>` (experiments started, stopped) | | | ✓ | | | | | | | | |
+| read/write KV `partitions` (partition leases) | | | ✓ | ✓ | | | | | | | |
 | write KV `health` (heartbeats, any key) | | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ | | | |
 | read KV `health` (for `/healthz`; ops: the console) | ✓ | | | | | ✓ | | | | | |
 | core `reco.>` (live lists) | ✓ | | | | | | | | | | |
@@ -178,6 +181,9 @@ _MODELS = kv("registry") + objects("models")
 _CRM_PUBLISH = tuple(crm_type_filter(t) for t in sorted(CRM_TYPES))
 """The gateway stores CRM events posted to `POST /v1/crm/events`: those types, nothing else
 on `crm.>` (a CRM credential publishes there directly)."""
+_LEASES = (*kv("partitions", write=True), "$JS.API.STREAM.MSG.DELETE.KV_partitions")
+"""The partition leases (`engine.bus.leases`): claim, renew and release (a release deletes the
+holder's own revision)."""
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     # role: (publish, core subscribe, allow_responses); the inbox is added per user
     "gateway": (
@@ -208,14 +214,16 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "recommender": (
         (
             "reco.>",
+            "shadow.>",
             "dlq.>",
             *reads("ACTIVITY", "CRM", "CATALOG", "RECOMMENDATIONS", "GAVEUP"),
             *_PROFILE_READ,
             *_MODELS,
             *_TOMBSTONES,
             *_HEARTBEAT,
+            *_LEASES,
         ),
-        ("reco.request", _MODEL_PUBLISHED, _FORGET),
+        ("reco.request", _MODEL_PUBLISHED, _FORGET, "$KV.registry.experiment.>"),
         True,
     ),
     "signals": (
@@ -227,6 +235,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
             *_MODELS,
             *_TOMBSTONES,
             *_HEARTBEAT,
+            *_LEASES,
         ),
         (_FORGET,),
         False,

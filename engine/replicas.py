@@ -1,8 +1,9 @@
-"""Which replica owns a user: the split shared by the recommender and the signals service.
+"""Which replica owns a user under a fixed split: `--replicas N --replica i` (anomalies).
 
-Replica `i` of `N` owns the users whose subject token hashes to `i` (CRC-32 mod N), so a
-user's events are handled by one worker, in log order, and two replicas never publish for the
-same user.
+Replica `i` of `N` owns the users whose subject token hashes to `i` (CRC-32 mod N). Every
+replica still reads every event. The recommender and the signals service no longer use it:
+they share the broker's partitions through leases (`engine.partitions`), which needs no fixed
+N and moves a dead replica's users to the others.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ ACK_WAIT_S = 30.0
 """Seconds before an unacknowledged message is delivered again (the one place it is written)."""
 MAX_DELIVER = 5
 """Deliveries before a failing message is dead-lettered."""
+DEFAULT_PARTITIONS = 16
+"""Partitions of ACTIVITY and CRM in a new deployment (`nerve init --partitions`)."""
+LEASE_S = 10.0
+"""Seconds a partition lease lives unless renewed (the longest a dead replica's users wait)."""
 
 
 class BrokerSettings(BaseModel):
@@ -89,6 +93,23 @@ class StreamSettings(BaseModel):
     reco_max_age_days: float = Field(default=30, ge=0)
     signals_max_age_days: float = Field(default=365, ge=0)
     deadletter_max_age_days: float = Field(default=90, ge=0)
+    partitions: int | None = Field(
+        default=None,
+        ge=0,
+        le=1024,
+        description=(
+            "Partitions of ACTIVITY and CRM by user (the broker splits them among the "
+            f"replicas); fixed per deployment. Unset: {DEFAULT_PARTITIONS} for new streams, "
+            "what exists otherwise; 0: unpartitioned. A different count for an existing stream "
+            "is refused"
+        ),
+    )
+    lease_s: float = Field(
+        default=LEASE_S,
+        ge=1.0,
+        le=300.0,
+        description="Seconds a replica's partition lease lives unless renewed (bucket max age)",
+    )
 
 
 class SiteKey(BaseModel):

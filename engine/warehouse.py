@@ -1,18 +1,28 @@
 """The warehouse: ACTIVITY appended to Parquet files partitioned by day, exactly once.
 
-Layout under `<data dir>/warehouse/activity/`:
+Layout under `<data dir>/warehouse/activity/` (a Hive-partitioned Parquet dataset: DuckDB,
+Spark, pyarrow and Polars read the directory as it is, with `date` as a partition column):
 
     date=2026-11-27/part-00000000000000012001-00000000000000014000.parquet
     _state.json      {"last_seq": 14000, "files": 12, ...}
+
+`date` is the UTC day of the event's `time`; the files themselves hold the `SCHEMA` columns
+only (no `date` column, as Hive partitioning expects), every file with exactly that schema
+whatever its rows hold. Anything that is not a finished part is hidden from readers of the
+directory: the state file starts with `_`, and a file being written is `.<name>.tmp` (dot
+files and `_` files are skipped by Spark, pyarrow and Hive; a visible half-written file would
+make `spark.read.parquet(dir)` fail). Versions before this one named it `<name>.tmp`; start-up
+removes those too, and the rest of their layout is this one, so an older warehouse needs no
+migration.
 
 The state file is the only record of progress, kept beside the files it describes (no
 server-side consumer: a warehouse restored from backup resumes from its own state, not from
 what a consumer acknowledged). The service reads ACTIVITY through an ordered consumer from
 `last_seq + 1`, gathers a chunk (`flush_events` events or `flush_seconds`), writes one file per
-day the chunk touches (each file named by the chunk's sequence range, written to a temporary
-name, fsynced, renamed), and only then advances `last_seq` in the state file (again write, fsync,
-rename). After a crash, files whose range starts beyond `last_seq` are deleted at start-up and
-their events read again: no row is ever written twice and none is lost.
+day the chunk touches (each file named by the chunk's sequence range, written to a hidden
+temporary name, fsynced, renamed), and only then advances `last_seq` in the state file (again
+write, fsync, rename). After a crash, files whose range starts beyond `last_seq` are deleted at
+start-up and their events read again: no row is ever written twice and none is lost.
 
 Each row is one event: its stream sequence, the envelope fields, the user token, `category`
 and `value` lifted out of the properties (value = purchase value, rating, or simulated amount),
@@ -25,13 +35,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from engine.bus.decode import Record, Refusal, decode
@@ -59,6 +71,8 @@ SCHEMA = pa.schema(
     ]
 )
 VALUE_FIELDS = ("value", "rating", "amount")
+# The Hive partition column, in the directory names only (`date=2026-11-27`): UTC day of `time`.
+PARTITION = pa.schema([("date", pa.date32())])
 
 
 def _ms(value: Any) -> int | None:
@@ -108,8 +122,10 @@ def table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SCHEMA)
 
 
-def _fsync_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` then fsync and rename to `path`: a reader sees the whole file or none. The
+    temporary name starts with a dot, so readers of the directory never pick it up."""
+    tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -133,7 +149,10 @@ class Warehouse:
         """Delete files written after the last recorded sequence; returns how many."""
         last = self.state()["last_seq"]
         removed = 0
-        for path in self.root.glob("date=*/part-*.parquet*"):
+        for path in self.root.glob("date=*/.part-*.tmp"):  # a write a crash cut short
+            path.unlink()
+            removed += 1
+        for path in self.root.glob("date=*/part-*.parquet*"):  # `.tmp`: an older version's
             first = int(path.name.split("-")[1].split(".")[0])
             if first > last or path.name.endswith(".tmp"):
                 path.unlink()
@@ -150,7 +169,7 @@ class Warehouse:
             folder = self.root / f"date={day}"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"part-{first:020d}-{last:020d}.parquet"
-            _fsync_write(path, lambda p, part=part: pq.write_table(table(part), p))
+            write_atomically(path, partial(pq.write_table, table(part)))
         state = self.state()
         state.update(
             last_seq=last,
@@ -159,10 +178,22 @@ class Warehouse:
             updated_at=time.time(),
         )
         self.root.mkdir(parents=True, exist_ok=True)
-        _fsync_write(self.state_path, lambda p: p.write_text(json.dumps(state)))
+        write_atomically(self.state_path, lambda p: p.write_text(json.dumps(state)))
 
     def files(self) -> list[Path]:
+        """The finished parts, oldest day first."""
         return sorted(self.root.glob("date=*/part-*.parquet"))
+
+    def dataset(self) -> ds.Dataset:
+        """The finished parts as one pyarrow dataset: the `SCHEMA` columns plus `date` from the
+        directory names, so a filter on `date` skips whole days unread."""
+        return ds.dataset(
+            [str(f) for f in self.files()],
+            schema=pa.unify_schemas([SCHEMA, PARTITION]),
+            format="parquet",
+            partitioning=ds.partitioning(PARTITION, flavor="hive"),
+            partition_base_dir=str(self.root),
+        )
 
     def erase(self, tokens: set[str]) -> int:
         """Rewrite every file holding rows of these users without them (`nerve forget`);
@@ -178,5 +209,5 @@ class Warehouse:
             if kept.num_rows == tbl.num_rows:
                 continue
             removed += tbl.num_rows - kept.num_rows
-            _fsync_write(path, lambda p, kept=kept: pq.write_table(kept, p))
+            write_atomically(path, partial(pq.write_table, kept))
         return removed

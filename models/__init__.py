@@ -10,7 +10,10 @@ from models.data import DEFAULT_WEIGHTS, EventWeights, Interactions
 from models.ease import EASE
 from models.itemknn import ItemKNN
 from models.nbo import NextBestOffer
+from models.plugins import PluginError, PluginModel
 from models.popularity import MostPopular, SegmentPopular
+from models.recency import RecencyKNN
+from models.repeat import RepeatBlend
 from models.scorer import Scored, Scorer
 
 __all__ = [
@@ -25,7 +28,11 @@ __all__ = [
     "MostPopular",
     "NextBestOffer",
     "NotFitted",
+    "PluginError",
+    "PluginModel",
+    "RecencyKNN",
     "Recommender",
+    "RepeatBlend",
     "Scored",
     "Scorer",
     "SegmentPopular",

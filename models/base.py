@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
-from models.artifact import FORMAT_VERSION, register
+from models.artifact import FORMAT_VERSION, find, register
 from models.artifact import load_model as load_model  # these four: re-exported for callers
 from models.artifact import load_packed as load_packed  # that import them from models.base
 from models.artifact import pack as pack
@@ -55,6 +55,9 @@ class Recommender(ABC):
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if "name" in cls.__dict__:
+            taken = REGISTRY.get(cls.name)
+            if taken is not None and _where(taken) != _where(cls):
+                raise TypeError(f"model name {cls.name!r} is taken by {_where(taken)}")
             REGISTRY[cls.name] = cls
             register(cls.name, Recommender.load)
 
@@ -196,12 +199,17 @@ class Recommender(ABC):
 
     @staticmethod
     def load(path: Path) -> Recommender:
+        """The model saved in `path`, of the kind its `model.json` names (a plugin's class is
+        imported first; a class that loads itself, as the plugin adapter does, is asked to)."""
         meta = json.loads((path / "model.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: unknown model format {meta.get('format')!r}")
-        cls = REGISTRY.get(meta["name"])
-        if cls is None:
-            raise ValueError(f"{path}: unknown model {meta['name']!r} (known: {sorted(REGISTRY)})")
+        name = str(meta["name"])
+        if name not in REGISTRY and not find(name):
+            raise ValueError(f"{path}: unknown model {name!r} (known: {sorted(REGISTRY)})")
+        cls = REGISTRY[name]
+        if cls.load is not Recommender.load:
+            return cls.load(path)
         model = cls(cls.Config(**meta["config"]))
         model.items = np.asarray(meta["items"], dtype=object)
         with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
@@ -230,7 +238,14 @@ def top_k(scores: np.ndarray, items: np.ndarray, k: int, banned: set[str]) -> li
 
 
 def make(name: str, **params: Any) -> Recommender:
-    """A model by its registered name, with parameters (refused if unknown)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    """A model by its registered name, or a plugin's (`pkg.module:Class`, or the name of a
+    `nerve.models` entry point; see `models.plugins`), with parameters (refused if unknown)."""
+    if name not in REGISTRY and not find(name):
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"unknown model {name!r} (known: {known}; or a plugin's module:Class)")
     return REGISTRY[name](**params)
+
+
+def _where(cls: type) -> str:
+    """`module:QualifiedName`, what tells two classes of the same name apart."""
+    return f"{cls.__module__}:{cls.__qualname__}"

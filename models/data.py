@@ -66,7 +66,9 @@ class Interactions:
         `half_life_days`, a weight halves for every half-life between its event and the newest
         event (trending)."""
         weights = weights or EventWeights()
-        df = frame[frame["item_id"].notna() & frame["type"].isin(list(weights.weights))]
+        wanted = [c for c in (user, "item_id", "type", "value", "time") if c in frame.columns]
+        view = frame[wanted]  # only the columns used: a warehouse frame also holds properties
+        df = view[view["item_id"].notna() & view["type"].isin(list(weights.weights))]
         w = df["type"].map(weights.weights).astype("float64").to_numpy()
         rated = (df["type"] == "item_rated").to_numpy()
         if rated.any():
@@ -75,7 +77,7 @@ class Interactions:
         if half_life_days is not None and len(df):
             age = (df["time"].max() - df["time"]).dt.total_seconds().to_numpy() / 86_400.0
             w = w * np.power(0.5, age / half_life_days)
-        return cls.from_triples(df[user].astype(str), df["item_id"].astype(str), w, columns=items)
+        return cls.from_triples(df[user], df["item_id"], w, columns=items)
 
     @classmethod
     def from_triples(
@@ -86,35 +88,62 @@ class Interactions:
         *,
         columns: Sequence[str] | None = None,
     ) -> Interactions:
-        """From parallel (user, item, weight) sequences; `columns` fixes the items."""
-        user_arr = np.asarray([str(u) for u in users], dtype=object)
-        item_arr = np.asarray([str(i) for i in items], dtype=object)
+        """From parallel (user, item, weight) sequences; `columns` fixes the items. Ids are
+        compared as strings; rows and (without `columns`) columns come sorted by id.
+
+        Built from codes, never row by row: a pandas categorical (`training.read_interactions`)
+        is used as it is, anything else is factorised once; with 1 M rows this takes a fraction
+        of a second and little more memory than the codes themselves."""
+        user_ids, row = _codes(users)
         w = (
-            np.ones(len(user_arr))
+            np.ones(len(row))
             if weights is None
-            else np.asarray(list(weights), dtype="float64")
+            else np.asarray(weights if hasattr(weights, "__len__") else list(weights), "float64")
         )
         if columns is not None:
             cols = np.asarray([str(c) for c in columns], dtype=object)
-            index = {c: i for i, c in enumerate(cols)}
-            col = np.fromiter(
-                (index.get(i, -1) for i in item_arr), dtype=np.int64, count=len(item_arr)
-            )
+            item_ids, col = _codes(items)
+            col = pd.Index(cols).get_indexer(item_ids)[col]
             keep = col >= 0
-            user_arr, col, w = user_arr[keep], col[keep], w[keep]
+            row, col, w = row[keep], col[keep], w[keep]
+            present = np.zeros(len(user_ids), dtype=bool)
+            present[row] = True  # users whose every item is unknown get no row, as before
+            user_ids, row = user_ids[present], (np.cumsum(present) - 1)[row]
         else:
-            cols, col = np.unique(item_arr.astype(str), return_inverse=True)
-            cols = cols.astype(object)
-        rows_ids, row = np.unique(user_arr.astype(str), return_inverse=True)
-        matrix = sp.csr_matrix((w, (row, col)), shape=(len(rows_ids), len(cols)))
+            cols, col = _codes(items)
+        matrix = sp.csr_matrix((w, (row, col)), shape=(len(user_ids), len(cols)))
         matrix.sum_duplicates()
-        return cls(matrix.astype(np.float32), rows_ids.astype(object), cols)
+        return cls(matrix.astype(np.float32), user_ids, cols)
 
     def history(self, user_row: int) -> dict[str, float]:
         """One user's items and weights, as the dict `Recommender.recommend` takes."""
         start, end = self.matrix.indptr[user_row], self.matrix.indptr[user_row + 1]
         cols, vals = self.matrix.indices[start:end], self.matrix.data[start:end]
         return {str(self.items[c]): float(v) for c, v in zip(cols, vals, strict=True)}
+
+
+def _codes(values: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct ids of `values` (as `str`, object array) and each value's position
+    in them: vectorised (a hash table over the values, a sort of the distinct ones only)."""
+    series = values if isinstance(values, pd.Series) else pd.Series(_sequence(values))
+    if isinstance(series.dtype, pd.CategoricalDtype) and not series.isna().any():
+        cats = series.cat.categories
+        names = cats.astype(str) if cats.dtype != object else cats
+        if names.is_unique:
+            order = np.argsort(names.to_numpy(dtype=object), kind="stable")
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            codes = rank[series.cat.codes.to_numpy()]
+            used = np.zeros(len(order), dtype=bool)
+            used[codes] = True  # categories no row uses (a filtered frame) get no row or column
+            ids = names.to_numpy(dtype=object)[order][used]
+            return ids, (np.cumsum(used) - 1)[codes]
+    codes, uniques = pd.factorize(series.astype(str), sort=True)
+    return np.asarray(uniques, dtype=object), codes.astype(np.int64)
+
+
+def _sequence(values: Iterable[str]) -> Sequence[str] | np.ndarray:
+    return values if isinstance(values, Sequence | np.ndarray) else list(values)
 
 
 def history_rows(

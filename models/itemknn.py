@@ -15,6 +15,10 @@ from models.base import ModelConfig, Recommender, top_k
 from models.data import Interactions
 from models.scorer import Scored
 
+BLOCK = 1 << 21
+"""Entries (float64) of the blocks of the cosine matrix computed at once (16 MiB): the fit never
+holds the items x items matrix, only the k neighbours of each item."""
+
 
 class ItemKNNConfig(ModelConfig):
     neighbors: int = Field(default=100, ge=1, description="Kept per item")
@@ -28,18 +32,27 @@ class ItemKNN(Recommender):
 
     def _fit(self, data: Interactions) -> None:
         assert isinstance(self.config, ItemKNNConfig)
-        x = data.matrix.tocsc(copy=True).astype(np.float64)
+        x = sp.csr_matrix(data.matrix, dtype=np.float64, copy=True)
         if self.config.binary:
             x.data[:] = 1.0
+        n = x.shape[1]
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
-        co = (x.T @ x).toarray()
-        np.fill_diagonal(co, 0.0)
-        sim = co / (np.outer(norms, norms) + self.config.shrink + 1e-12)
-        k = min(self.config.neighbors, sim.shape[0] - 1)
-        if k < sim.shape[0] - 1:  # keep the k strongest per column
-            cut = np.partition(sim, -k, axis=0)[-k, :]
-            sim[sim < cut[None, :]] = 0.0
-        self.similarity = sp.csr_matrix(sim.astype(np.float32))
+        xt = sp.csr_matrix(x.T)
+        k = min(self.config.neighbors, n - 1)
+        step = max(1, BLOCK // max(n, 1))
+        kept = []
+        # The cosine matrix is symmetric: row j of it is column j, so a block of rows holds
+        # whole columns and the k strongest of each can be chosen without the full matrix.
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            sim = (xt[s:e] @ x).toarray()
+            sim[np.arange(e - s), np.arange(s, e)] = 0.0
+            sim /= np.outer(norms[s:e], norms) + self.config.shrink + 1e-12
+            if k < n - 1:  # keep the k strongest of each
+                cut = np.partition(sim, -k, axis=1)[:, -k]
+                sim[sim < cut[:, None]] = 0.0
+            kept.append(sp.csr_matrix(sim.astype(np.float32)))
+        self.similarity = sp.csr_matrix(sp.vstack(kept, format="csr").T)
 
     def _score(self, rows: sp.csr_matrix) -> np.ndarray:
         return (rows @ self.similarity).toarray()

@@ -267,7 +267,7 @@ async def test_the_slice_runs_with_one_credential_per_service(
         "item_viewed", user_id=None, anonymous_id="slice-visitor", item_id="loan-personal"
     )
     try:
-        await consumers_exist(fresh, "profiles", "recommender-0-of-1")
+        await consumers_exist(fresh, "profiles", "recommender-p00")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             for _ in range(200):
                 with contextlib.suppress(httpx.TransportError):

@@ -116,7 +116,7 @@ async def test_the_runner_says_it_runs_only_once_every_consumer_exists(
                 await asyncio.sleep(0.002)
         js = fresh.jetstream()
         for stream in ("ACTIVITY", "CRM"):
-            await js.consumer_info(stream, "recommender-0-of-1")  # raises NotFoundError if not
+            await js.consumer_info(stream, "recommender-p00")  # raises NotFoundError if not
             await js.consumer_info(stream, "profiles")
     finally:
         if not task.done():

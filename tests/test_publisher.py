@@ -9,6 +9,7 @@ from engine.bus import Outgoing, Publisher
 from engine.bus.reader import read_all
 from nerve_client.errors import PublishError
 from nerve_client.events import parse_event, parse_event_json
+from nerve_client.subjects import logical_subject
 from tests.conftest import count, event, reset_streams
 
 
@@ -18,7 +19,7 @@ async def test_published_events_read_back_identical_and_in_order(fresh: NATS) ->
     assert [a.seq for a in acks] == list(range(1, 301))
     got = await read_all(fresh.jetstream(), "ACTIVITY")
     assert [parse_event_json(data) for _, _, data in got] == events
-    assert [subject for _, subject, _ in got] == [e.subject for e in events]
+    assert [logical_subject(subject) for _, subject, _ in got] == [e.subject for e in events]
 
 
 async def test_an_event_sent_twice_is_stored_once(fresh: NATS) -> None:

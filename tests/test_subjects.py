@@ -55,3 +55,42 @@ def test_user_id_wins_over_anonymous_id_and_one_is_required() -> None:
     assert user_token("u1", "a1") == "u1"
     with pytest.raises(ValueError):
         user_token(None, None)
+
+
+def test_stored_user_subjects_are_read_with_or_without_a_partition_token() -> None:
+    from nerve_client.subjects import (
+        SubjectError,
+        logical_subject,
+        split_user_subject,
+        stored_partition,
+    )
+
+    assert split_user_subject("activity.alice.item_viewed") == ("alice", "item_viewed")
+    assert split_user_subject("activity.alice.item_viewed.12") == ("alice", "item_viewed")
+    assert logical_subject("crm.bob.crm_contact_logged.3") == "crm.bob.crm_contact_logged"
+    assert logical_subject("activity.16.item_viewed") == "activity.16.item_viewed"  # a user "16"
+    assert stored_partition("activity.16.item_viewed") is None
+    assert stored_partition("activity.16.item_viewed.0") == 0
+    with pytest.raises(SubjectError):
+        split_user_subject("activity.alice.item_viewed.x")
+
+
+def test_filters_and_transforms_of_partitioned_streams() -> None:
+    from nerve_client.subjects import (
+        ACTIVITY,
+        CRM,
+        partition_filter,
+        partition_transform,
+        stored_filter,
+        transform_partitions,
+    )
+
+    src, dest = partition_transform(ACTIVITY, 16)
+    assert src == "activity.*.*"
+    assert dest == "activity.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(16,1)}}"
+    assert transform_partitions(dest) == 16 and transform_partitions(None) == 0
+    assert partition_filter(CRM, 3) == "crm.*.*.3"
+    assert stored_filter("activity.*.item_viewed", True) == "activity.*.item_viewed.*"
+    assert stored_filter("activity.*.item_viewed", False) == "activity.*.item_viewed"
+    assert stored_filter("activity.alice.>", True) == "activity.alice.>"  # matches both forms
+    assert stored_filter("reco.alice.home", True) == "reco.alice.home"  # not a user stream

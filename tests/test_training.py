@@ -40,7 +40,12 @@ async def test_train_publish_activate_and_roll_back(
     second = train(frame, "ease", {"l2": 50.0})
     assert second.card["metrics"]["ease"]["ndcg@10"] > second.card["metrics"]["popular"]["ndcg@10"]
     assert second.card["data"]["seq_from"] == 1 and second.card["data"]["seq_to"] == len(lines)
-    assert [share for share, _ in second.curve] == [0.25, 0.5, 0.75, 1.0]
+    sizes = [events for events, _ in second.curve]  # training events at 25/50/75/100 % of users
+    assert (
+        len(sizes) == 4
+        and sizes == sorted(sizes)
+        and sizes[-1] == second.card["split"]["train_events"]
+    )
     registry = await Bus(fresh).registry()
     for result in (first, second):
         folder = write(result, tmp_path)

@@ -62,7 +62,7 @@ def test_train_help_lists_every_kind_the_model_registry_loads(tmp_path: Path) ->
     assert {"popular-segment", "nbo"} <= set(LOADERS)
     done = nerve("nats://127.0.0.1:1", tmp_path, "train", "--help")
     assert done.returncode == 0, done.stderr
-    assert f"The kind of model: {' | '.join(sorted(LOADERS))}" in unwrapped(done.stdout)
+    assert f"The kind of model: {' | '.join(api.kinds())}" in unwrapped(done.stdout)
     assert "--force" in done.stdout and "exit code 2" in unwrapped(done.stdout)
     batch = nerve("nats://127.0.0.1:1", tmp_path, "recommend-batch", "--help")
     assert f"The kind of model: {' | '.join(sorted(REGISTRY))}" in unwrapped(batch.stdout)

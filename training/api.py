@@ -31,17 +31,19 @@ from typing import Any, Literal
 import pandas as pd
 
 import models
+import models.plugins as plugins
 from engine.bus import Bus
 from engine.bus.registry import UnknownModel
 from engine.settings import BrokerSettings
 from models.artifact import LOADERS
 from models.nbo import NBOConfig
-from nerve_client.errors import ConfigError
+from nerve_client.errors import BrokerUnavailable, ConfigError
 from training.nbo import train_nbo, write_nbo
 from training.remote import data_dir_of, on_bus, settings_of
-from training.train import compare, write
+from training.train import Active, Tuning, compare, write
 from training.train import split as cut
 from training.train import train as fit
+from training.tune import Progress
 
 Split = Literal["global", "last"]
 
@@ -51,12 +53,14 @@ DEFAULT_SLOTS = {"nbo": "home", "popular": "trending", "popular-segment": "trend
 
 
 def kinds() -> list[str]:
-    """Every kind of model `train` knows: the names the model registry loads."""
-    return sorted(LOADERS)
+    """Every kind of model `train` knows: the names the model registry loads, and the installed
+    `nerve.models` plugins' entry points (any `pkg.module:Class` plugin is a kind too)."""
+    return sorted(set(LOADERS) | set(plugins.entry_points()))
 
 
 def default_slot(kind: str) -> str:
-    """The slot a model of `kind` is published to when no slot is named."""
+    """The slot a model of `kind` is published to when no slot is named (a plugin recommends
+    items, as the built-in recommenders do: `similar`)."""
     return DEFAULT_SLOTS.get(kind, "similar")
 
 
@@ -103,12 +107,19 @@ class Change:
 
 
 def config(kind: str, params: dict[str, Any] | None = None) -> Any:
-    """The validated config of `kind` with `params`: `ConfigError` for an unknown kind,
-    pydantic's `ValidationError` (naming the parameter) for a bad parameter."""
-    if kind not in kinds():
-        raise ConfigError(f"unknown model {kind!r} (known: {', '.join(kinds())})")
+    """The validated config of `kind` with `params`: `ConfigError` for an unknown kind or a
+    plugin that cannot be imported or lacks the contract (`models.plugins`), pydantic's
+    `ValidationError` (naming the parameter) for a bad parameter."""
     if kind == "nbo":
         return NBOConfig(**(params or {}))
+    try:
+        if kind not in LOADERS and not plugins.find(kind):
+            raise ConfigError(
+                f"unknown model {kind!r} (known: {', '.join(kinds())}; "
+                "or a plugin's pkg.module:Class)"
+            )
+    except plugins.PluginError as exc:
+        raise ConfigError(str(exc)) from None
     return models.make(kind, **(params or {})).config
 
 
@@ -139,21 +150,68 @@ def train(
     k: int = 10,
     curve: bool = True,
     data_dir: Path | str | None = None,
+    tune: bool = False,
+    budget: int | None = None,
+    progress: Progress | None = None,
+    slot: str | None = None,
+    nats_url: str | None = None,
+    broker: BrokerSettings | None = None,
 ) -> Trained:
-    """Train `kind` on `frame`, evaluate it beside popularity, refit on all of it, and write the
-    artifact, the card and the report under `<data_dir>/models/<version>/`."""
+    """Train `kind` on `frame`, evaluate it beside popularity and the active model of `slot`
+    (its kind's default; read from the registry when `nats_url` or `broker` is given), refit on
+    all of it, and write the artifact, the card and the report under
+    `<data_dir>/models/<version>/`. With `tune`, the parameters not given in `params` are
+    searched first (`budget`: that many random settings; None: the whole grid)."""
     if frame.empty:
         raise ConfigError(
             "no interactions to train on: the history is empty (is the data dir or --nats-url "
             "the one the events went to? import some with `nerve import`)"
         )
-    root = data_dir_of(data_dir) / "models"
+    root = data_dir_of(data_dir if broker is None else broker.data_dir) / "models"
+    target = slot or default_slot(kind)
+    active = (
+        active_model(target, nats_url=nats_url, data_dir=data_dir, broker=broker)
+        if nats_url is not None or broker is not None
+        else None
+    )
+    searching = Tuning(budget, progress) if tune else None
     if kind == "nbo":
-        version, card, folder = write_nbo(frame, config(kind, params), root)
+        version, card, folder = write_nbo(
+            frame, config(kind, params), root, tune=searching, active=active
+        )
         return Trained(version, card, folder)
     config(kind, params)
-    result = fit(frame, kind, params, how=split, k=k, curve=curve, root=root)
+    result = fit(
+        frame, kind, params, how=split, k=k, curve=curve, root=root, tune=searching, active=active
+    )
     return Trained(result.version, result.card, write(result, root))
+
+
+def active_model(
+    slot: str,
+    *,
+    nats_url: str | None = None,
+    data_dir: Path | str | None = None,
+    broker: BrokerSettings | None = None,
+) -> Active:
+    """The active model of `slot` in the registry (its version, kind and parameters), or an
+    `Active` without version saying why there is none (also when the broker is unreachable)."""
+
+    async def work(bus: Bus) -> Active:
+        registry = await bus.registry()
+        _, active = await registry.listing()
+        version = active.get(slot)
+        if version is None:
+            return Active(slot, reason=f"slot {slot} has no active model")
+        card = await registry.card(version)
+        return Active(slot, version, str(card.get("model", "?")), dict(card.get("params") or {}))
+
+    try:
+        return on_bus(settings_of(nats_url, data_dir, broker), "nerve-train", work)
+    except UnknownModel as exc:
+        return Active(slot, reason=f"its card is gone ({exc})")
+    except BrokerUnavailable as exc:
+        return Active(slot, reason=f"the broker is not reachable ({exc})")
 
 
 def check_slot(

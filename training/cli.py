@@ -6,8 +6,9 @@ them through the `nerve.commands` entry point that pyproject.toml declares.
 
 from __future__ import annotations
 
-import csv
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -73,10 +74,8 @@ def _check_model(name: str, params: dict[str, Any], recommender: bool = False) -
     from models import REGISTRY
     from training.api import config
 
-    if recommender and name not in REGISTRY:
-        raise ConfigError(f"--model: {name!r} is not a recommender (known: {sorted(REGISTRY)})")
     try:
-        config(name, params)
+        config(name, params)  # imports a plugin (pkg.module:Class, entry point), registering it
     except ValidationError as exc:
         e = exc.errors()[0]
         raise ConfigError(f"--params: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
@@ -84,6 +83,8 @@ def _check_model(name: str, params: dict[str, Any], recommender: bool = False) -
         raise ConfigError(f"--model: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"--model: {exc}") from None
+    if recommender and name not in REGISTRY:
+        raise ConfigError(f"--model: {name!r} is not a recommender (known: {sorted(REGISTRY)})")
 
 
 def _warn_unserved(slot: str, data_dir: Path) -> None:
@@ -100,6 +101,53 @@ def _warn_unserved(slot: str, data_dir: Path) -> None:
             highlight=False,
             markup=False,
         )
+
+
+@contextmanager
+def _trials(show: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar of tuning trials on stderr (None when not shown)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "tuning", BarColumn(), MofNCompleteColumn(), "trials", TimeElapsedColumn(), console=err
+    ) as bar:
+        task = bar.add_task("tune", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _show(trained: Any, as_json: bool) -> None:
+    """What `nerve train` prints: the card as JSON, or the metrics table and the folder."""
+    if as_json:
+        card = {**trained.card, "folder": str(trained.folder)}
+        out.print(json.dumps(card, indent=2, default=str), highlight=False)
+        return
+    metrics = trained.card["metrics"]
+    if trained.kind == "nbo":
+        out.print(json.dumps(metrics, indent=2), highlight=False)
+    else:
+        table = Table("model", *[m for m in next(iter(metrics.values())) if m != "users"])
+        for name, values_ in metrics.items():
+            table.add_row(name, *[f"{v:.4f}" for m, v in values_.items() if m != "users"])
+        out.print(table)
+    active = trained.card.get("active") or {}
+    if not active.get("version"):
+        out.print(f"no active model: {active.get('reason', '?')}", highlight=False)
+    tuning = trained.card.get("tuning")
+    if tuning:
+        out.print(
+            f"tuned: {tuning['search']} search of {len(tuning['trials'])} settings by "
+            f"{tuning['metric']} on validation; best {tuning['best']} ({tuning['best_score']:.4f})",
+            highlight=False,
+        )
+    made = (
+        "card, artifact and report"
+        if (trained.folder / "report.html").exists()
+        else "card and artifact"
+    )
+    out.print(f"{trained.version}: {made} in {trained.folder}", highlight=False)
 
 
 def train(
@@ -121,9 +169,24 @@ def train(
         typer.Option(help="Slot to activate it for, with --publish (default by kind: {slots})"),
     ] = None,
     force: Force = False,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            help="Search the model's declared parameter space on a validation slice of the "
+            "training part first (never the test part); --params holds a parameter fixed"
+        ),
+    ] = False,
+    tune_budget: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --tune: try this many random settings, not the grid"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the card (metrics, tuning, slices) as JSON")
+    ] = False,
 ) -> None:
-    """Train a model on the stored history, evaluate it beside popularity, write the model card
-    and an HTML report under <data dir>/models/<version>/, and optionally publish it.
+    """Train a model on the stored history, evaluate it beside popularity and the slot's active
+    model on the same split, write the model card and an HTML report under
+    <data dir>/models/<version>/, and optionally publish it.
 
     --publish prints what it changes (slot home: nbo <version> → nbo <version>). A slot that
     serves another kind of model is left as it is unless --force: exit code 2, checked before
@@ -133,6 +196,8 @@ def train(
 
     if source not in ("warehouse", "stream") or split not in ("global", "last"):
         raise ConfigError("--source must be warehouse or stream; --split global or last")
+    if tune_budget is not None and not tune:
+        raise ConfigError("--tune-budget: only with --tune")
     values = _params(params)
     _check_model(model, values)
     settings = broker()
@@ -144,23 +209,22 @@ def train(
         other = "stream" if source == "warehouse" else "warehouse"
         raise ConfigError(f"no history in the {source} for that range (try --source {other})")
     how: Literal["global", "last"] = "last" if split == "last" else "global"
-    trained = api.train(
-        frame, model, values, split=how, k=k, curve=curve, data_dir=settings.data_dir
-    )
-    metrics = trained.card["metrics"]
-    if model == "nbo":
-        out.print(json.dumps(metrics, indent=2), highlight=False)
-    else:
-        table = Table("model", *[m for m in next(iter(metrics.values())) if m != "users"])
-        for name, values_ in metrics.items():
-            table.add_row(name, *[f"{v:.4f}" for m, v in values_.items() if m != "users"])
-        out.print(table)
-    made = (
-        "card, artifact and report"
-        if (trained.folder / "report.html").exists()
-        else "card and artifact"
-    )
-    out.print(f"{trained.version}: {made} in {trained.folder}", highlight=False)
+    with _trials(tune and not as_json) as progress:
+        trained = api.train(
+            frame,
+            model,
+            values,
+            split=how,
+            k=k,
+            curve=curve,
+            data_dir=settings.data_dir,
+            tune=tune,
+            budget=tune_budget,
+            progress=progress,
+            slot=slot,
+            broker=settings,
+        )
+    _show(trained, as_json)
     if publish:
         change = api.publish(trained, slot=slot, force=force, broker=settings)
         out.print(f"published {trained.version}; {change}", highlight=False)
@@ -271,48 +335,26 @@ def recommend_batch(
 ) -> None:
     """Train on an interactions CSV and write the top-k of each listed user; no broker needed,
     so any harness can score any data set (the plug-in contract for outside benchmarks)."""
-    from engine.importer import InteractionReader
-    from models import Interactions, make
-    from nerve_client.errors import EventRejected
-    from training.evaluate import recommend_for
+    from models import make
+    from training.batch import write_csv
+    from training.history import read_interactions
 
     values = _params(params)
     _check_model(model, values, recommender=True)
-    with train_file.open(encoding="utf-8", errors="replace") as f:
-        first = f.readline().rstrip("\r\n")
-        try:
-            reader = InteractionReader(first, None, None)
-        except ValueError as exc:
-            raise ConfigError(f"{train_file.name}: {exc}") from None
-        lines = ([] if reader.has_header else [first]) + [x.rstrip("\r\n") for x in f]
-    users, items, weights, bad = [], [], [], 0
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            event = reader.event(line)
-        except EventRejected:
-            bad += 1
-            continue
-        users.append(str(event["user_id"]))
-        items.append(str(event["item_id"]))
-        weights.append(float(event["properties"].get("rating", 1.0)))
-    if not users:
+    try:  # pyarrow's CSV reader: typed columns, no row-by-row Python
+        read = read_interactions(train_file)
+    except ValueError as exc:
+        raise ConfigError(f"{train_file.name}: {exc}") from None
+    if read.frame.empty:
         raise ConfigError(f"{train_file.name}: no readable interactions")
-    data = Interactions.from_triples(users, items, weights)
+    data, bad = read.interactions(), read.rejected
     fitted = make(model, **values).fit(data)
     wanted = [u.strip() for u in users_file.read_text().splitlines() if u.strip()]
     if wanted and wanted[0].lower() in ("user_id", "userid", "user"):
         wanted = wanted[1:]
-    recs = recommend_for(fitted, data, wanted, k)
-    with output.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user_id", "item_id", "rank"])
-        for user in wanted:
-            for rank, item in enumerate(recs.get(user, []), 1):
-                w.writerow([user, item, rank])
+    write_csv(fitted, data, wanted, k, output)  # a chunk of users at a time: bounded memory
     out.print(
-        f"{len(wanted):,} users x top {k} -> {output} ({model} on {len(users):,} "
+        f"{len(wanted):,} users x top {k} -> {output} ({model} on {len(read.frame):,} "
         f"interactions, {data.shape[1]:,} items; {bad} unreadable rows skipped)",
         highlight=False,
     )
@@ -323,3 +365,7 @@ def register(app: typer.Typer) -> None:
     app.command("train", cls=FilledHelp)(train)
     app.add_typer(models_app, name="models")
     app.command("recommend-batch", cls=FilledHelp)(recommend_batch)
+
+    from training.replay_cli import register as register_replay  # `nerve replay models`
+
+    register_replay(app)

@@ -8,12 +8,17 @@ from typing import Any
 
 from models import Recommender
 
+Points = list[tuple[float, float]]
+
 
 @dataclass
 class TrainResult:
+    """`curve`: (training events, nDCG@k) as the training part grows; `tail`: per model, its
+    lists' (popularity rank, share of recommended slots) on the test part."""
+
     model: Recommender
     version: str
     card: dict[str, Any]
     metrics: dict[str, dict[str, float]]
-    curve: list[tuple[float, float]] = field(default_factory=list)
-    item_counts: list[int] = field(default_factory=list)
+    curve: Points = field(default_factory=list)
+    tail: dict[str, Points] = field(default_factory=dict)

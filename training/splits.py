@@ -3,8 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import pandas as pd
+
+Split = Literal["global", "last"]
+
+
+def split(
+    frame: pd.DataFrame, how: Split, at: float = 0.8, last_n: int = 2
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The earlier and the later part of `frame` by rule `how`: `global`, a time cut at the
+    `at` quantile of event times; `last`, each user's last `last_n` viewed or bought items.
+    Tuning carves its validation slice out of the earlier part by the same rule."""
+    if how == "global":
+        return global_cut(frame, at)
+    return leave_last_n(frame, last_n, item_types=("item_viewed", "item_purchased"))
+
+
+def span(frame: pd.DataFrame) -> dict[str, object]:
+    """The date range and size of a slice, for the card and the report."""
+    if frame.empty:
+        return {"from": None, "to": None, "events": 0, "users": 0}
+    return {
+        "from": frame["time"].min().isoformat(),
+        "to": frame["time"].max().isoformat(),
+        "events": len(frame),
+        "users": int(frame["user"].nunique()),
+    }
 
 
 def global_cut(

@@ -3,6 +3,11 @@ and the credential (`nerve_client.credentials.Credential`) and TLS files a conne
 
 A server that refuses the credential (authorization violation) is not retried until the
 timeout: the first refusal ends the attempt with `AuthRefused`, which names the user.
+
+`url` may list several servers of a cluster, comma-separated (`--nats-url
+nats://a:4222,nats://b:4222`): the client connects to any of them and, when that one goes
+away, reconnects to another (nats-py's server pool, which also learns the cluster's other
+nodes from the server). A user and password written in one URL of the list count for all.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ async def connect(
     when the server refused the credential.
     """
     state = state or ConnectionState()
-    shown = redact(url)
+    shown = ",".join(map(redact, servers := server_list(url)))
     nc = NATS()
     connected = False
     first_error: list[str] = []
@@ -109,7 +114,7 @@ async def connect(
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
     }
-    attempt = asyncio.ensure_future(nc.connect(url, **options, **auth_options(credential, tls)))
+    attempt = asyncio.ensure_future(nc.connect(servers, **options, **auth_options(credential, tls)))
     waiter = asyncio.ensure_future(refused.wait())
     try:
         done, _ = await asyncio.wait(
@@ -133,6 +138,22 @@ async def connect(
     connected = True
     state.connected, state.since = True, time.time()
     return nc
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of a comma-separated `url`; one URL's user and password go to every URL
+    that names none (nats-py takes each server's credential from its own URL)."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise BrokerUnavailable(repr(url), "no server URL given")
+    userinfo = next((u.partition("://")[2].rpartition("@")[0] for u in servers if "@" in u), "")
+    if not userinfo:
+        return servers
+    out = []
+    for u in servers:
+        scheme, sep, rest = u.rpartition("://") if "://" in u else ("nats", "://", u)
+        out.append(u if "@" in rest else f"{scheme}{sep}{userinfo}@{rest}")
+    return out
 
 
 async def _abandon(nc: NATS) -> None:

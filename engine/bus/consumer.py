@@ -47,6 +47,8 @@ class Delivery:
     data: bytes
     delivered: int
     msg: Msg = field(repr=False)
+    mark: int = 0
+    """Arrival order among the deliveries of a `PartitionedPush` (its cumulative ack)."""
 
 
 class DurableConsumer:

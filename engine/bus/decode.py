@@ -5,6 +5,8 @@ parsed and the event validated in one place: against its model (`nerve_client.ev
 the same check as at the gateway, since events may be written to the bus directly), and against
 its subject, which must be the one the event itself names (stream, user and type: a payload
 about another user than its subject is refused, not silently filed under the subject's user).
+A partitioned stream stores `activity.<user>.<type>.<p>` (the server adds `p`): both stored
+forms are read, and the event is compared with the subject without its partition token.
 A refusal keeps the raw bytes and names the field, for the dead letter.
 """
 
@@ -18,7 +20,12 @@ import orjson
 
 from nerve_client.errors import EventRejected
 from nerve_client.events import parse_event
-from nerve_client.subjects import SubjectError, is_user_token, split_user_subject
+from nerve_client.subjects import (
+    SubjectError,
+    is_user_token,
+    logical_subject,
+    split_user_subject,
+)
 
 _NO_FUTURE_CHECK = datetime(9000, 1, 1, tzinfo=UTC)
 """Stored events are not refused for their time (neither bound of the gateway's window): it
@@ -55,7 +62,7 @@ class Refusal:
 
 
 def decode(stream: str, seq: int, subject: str, raw: bytes) -> Record | Refusal:
-    """Decode one stored message of a user stream (`<prefix>.<user>.<type>`)."""
+    """Decode one stored message of a user stream (`<prefix>.<user>.<type>[.<partition>]`)."""
     try:
         token, etype = split_user_subject(subject)
     except SubjectError as exc:
@@ -70,7 +77,8 @@ def decode(stream: str, seq: int, subject: str, raw: bytes) -> Record | Refusal:
         envelope = parse_event(event, now=_NO_FUTURE_CHECK, max_age=None)
     except EventRejected as exc:
         return Refusal(stream, seq, subject, raw, "; ".join(str(e) for e in exc.errors))
-    if envelope.subject != subject:
-        reason = f"subject: stored on {subject}, but the event belongs on {envelope.subject}"
+    stored = logical_subject(subject)  # the partition token is the server's, not the event's
+    if envelope.subject != stored:
+        reason = f"subject: stored on {stored}, but the event belongs on {envelope.subject}"
         return Refusal(stream, seq, subject, raw, reason)
     return Record(stream, seq, subject, token, etype, event, raw)

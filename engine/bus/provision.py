@@ -3,6 +3,13 @@
 `provision` compares what exists with what is wanted and changes only what differs, so running
 it twice changes nothing. A difference the server cannot apply in place (storage type,
 retention) is refused with a `ProvisionError` naming the field, before anything is changed.
+
+ACTIVITY and CRM are partitioned by user with a subject transform (`partition_transform`):
+the count is chosen when they are created (`StreamSettings.partitions`, default
+`DEFAULT_PARTITIONS`) and never changed silently afterwards. Unset, an existing stream keeps
+what it has (an older, unpartitioned one stays so: readers accept both stored forms); a count
+that differs from an existing stream's is refused (`ProvisionError(..., "partitions", ...)`),
+since moving users between partitions would split a user's history between two consumers.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 from nats.js.errors import APIError, NotFoundError
 
 from engine.bus.pipeline import EXPECTED_LAST_SUBJECT_SEQ
-from engine.settings import StreamSettings
+from engine.settings import DEFAULT_PARTITIONS, StreamSettings
 from nerve_client.errors import ProvisionError
 from nerve_client.subjects import (
     ACTIVITY,
@@ -34,9 +42,12 @@ from nerve_client.subjects import (
     DEADLETTER,
     GAVE_UP,
     RECOMMENDATIONS,
+    SHADOW,
     SIGNALS,
     TOMBSTONE_SALT_SUBJECT,
     max_deliveries_subject,
+    partition_transform,
+    transform_partitions,
 )
 
 DAY = 86_400.0
@@ -107,8 +118,28 @@ class Report:
         return bool(self.created or self.updated)
 
 
+def _transform(stream: str, partitions: int) -> SubjectTransform | None:
+    if not partitions:
+        return None
+    src, dest = partition_transform(stream, partitions)
+    return SubjectTransform(src=src, dest=dest)
+
+
+def partitions_of(config: StreamConfig) -> int:
+    """The partition count of a stream's config (0: unpartitioned)."""
+    transform = config.subject_transform
+    return transform_partitions(transform.dest if transform else None)
+
+
+def _lists(s: StreamSettings) -> dict[str, Any]:
+    """The limits of a stream of users' lists: a bounded history per subject."""
+    return {"max_msgs_per_subject": s.reco_per_subject, "max_age": s.reco_max_age_days * DAY}
+
+
 def streams(s: StreamSettings) -> list[StreamConfig]:
-    """The streams of DESIGN.md with the limits of `s`."""
+    """The streams of DESIGN.md with the limits of `s` (new ones: unset partitions are
+    `DEFAULT_PARTITIONS`)."""
+    partitions = DEFAULT_PARTITIONS if s.partitions is None else s.partitions
 
     def cfg(name: str, subjects: list[str], description: str, **kw: Any) -> StreamConfig:
         base: dict[str, Any] = {
@@ -132,6 +163,7 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
             "The log: every user action, activity.<user>.<type>",
             max_age=s.activity_max_age_days * DAY,
             max_bytes=s.activity_max_bytes or -1,
+            subject_transform=_transform(ACTIVITY, partitions),
         ),
         cfg(
             CATALOG,
@@ -143,8 +175,13 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
             RECOMMENDATIONS,
             ["reco.*.*"],
             "recommendations_updated per reco.<user>.<slot>, bounded history",
-            max_msgs_per_subject=s.reco_per_subject,
-            max_age=s.reco_max_age_days * DAY,
+            **_lists(s),
+        ),
+        cfg(
+            SHADOW,
+            ["shadow.*.*"],
+            "Shadow lists of experiments per shadow.<user>.<slot>, never served",
+            **_lists(s),
         ),
         cfg(
             SIGNALS,
@@ -163,6 +200,7 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
             ["crm.>"],
             "Events published by CRM services, crm.<user>.<type>",
             max_age=s.activity_max_age_days * DAY,
+            subject_transform=_transform(CRM, partitions),
         ),
         cfg(
             DEADLETTER,
@@ -190,6 +228,14 @@ BUCKETS = (
     Bucket("imports", 1, "Import checkpoints: file hash -> last line applied"),
     Bucket("tombstones", 1, "Erased users: a keyed hash of each token, never served again"),
     Bucket("health", 1, "Each running service's progress, for /healthz", max_age=60.0),
+    Bucket(
+        "partitions",
+        1,
+        "Partition leases of the replicas (<service>.lease.<p>, <service>.member.<holder>); "
+        "max age = the lease time",
+        erasable=True,  # a release deletes the holder's revision (engine.bus.leases)
+        max_age=10.0,  # replaced by StreamSettings.lease_s
+    ),
 )
 OBJECT_STORES = (("models", "Model artifacts: arrays and JSON, no pickle"),)
 
@@ -246,6 +292,8 @@ async def _ensure_bucket(js: JetStreamContext, b: Bucket, replicas: int, report:
         "num_replicas": replicas,
         "allow_direct": True,
     }
+    if b.max_age:
+        want["max_age"] = _norm("max_age", b.max_age)
     changed = [k for k, v in want.items() if _norm(k, getattr(info.config, k)) != v]
     if not changed:
         report.unchanged.append(f"kv:{b.name}")
@@ -278,24 +326,37 @@ async def provision(js: JetStreamContext, settings: StreamSettings | None = None
     settings = settings or StreamSettings()
     wanted = streams(settings)
     # Check every stream before touching any, so a refusal leaves the system as it was.
-    for want in wanted:
+    for i, want in enumerate(wanted):
         assert want.name is not None
         try:
             info = await js.stream_info(want.name)
         except NotFoundError:
             continue
-        for f in diff(info.config, want):
+        wanted[i] = _keep_partitions(info.config, want, settings.partitions)
+        for f in diff(info.config, wanted[i]):
             if f in IMMUTABLE:
                 raise ProvisionError(want.name, f, getattr(info.config, f), getattr(want, f))
     report = Report()
     for want in wanted:
         await _ensure_stream(js, want, report)
     for b in BUCKETS:
+        if b.name == "partitions":
+            b = dataclasses.replace(b, max_age=settings.lease_s)
         await _ensure_bucket(js, b, settings.replicas, report)
     for name, description in OBJECT_STORES:
         await _ensure_object_store(js, name, description, settings.replicas, report)
     await _ensure_salt(js, report)
     return report
+
+
+def _keep_partitions(have: StreamConfig, want: StreamConfig, asked: int | None) -> StreamConfig:
+    """`want` with the partitioning `have` already has; `ProvisionError` if `asked` differs."""
+    if want.name not in (ACTIVITY, CRM):
+        return want
+    current = partitions_of(have)
+    if asked is not None and asked != current:
+        raise ProvisionError(str(want.name), "partitions", current, asked)
+    return dataclasses.replace(want, subject_transform=have.subject_transform)
 
 
 async def _ensure_salt(js: JetStreamContext, report: Report) -> None:

@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from engine.bus.jsmeta import Batch, ack_info, consumer_seq, stream_subject
+from nerve_client.subjects import stored_filter
 
 
 async def scan(
@@ -39,11 +40,10 @@ async def scan(
     after `since`, if given). `handle` runs in the event loop, between deliveries: keep it
     CPU-only.
     """
-    wide = subject is not None and ("*" in subject or ">" in subject)
-    found = await _extent(js, stream, subject, wide)
+    found = await _extent(js, stream, subject)
     if found is None:
         return 0
-    last, subject = found
+    last, subject, wide = found
     done = asyncio.get_running_loop().create_future()
     pending: Batch = []
     count = 0
@@ -107,13 +107,25 @@ async def _nothing_to_read(sub: Any) -> bool:
     return not state.num_pending and not (state.delivered and state.delivered.consumer_seq)
 
 
+def _partitioned(info: Any) -> bool:
+    transform = info.config.subject_transform
+    return bool(transform and "partition(" in (transform.dest or ""))
+
+
 async def _extent(
-    js: JetStreamContext, stream: str, subject: str | None, wide: bool
-) -> tuple[int, str] | None:
-    """(last sequence, subject to consume) of what a scan reads; None if nothing matches."""
+    js: JetStreamContext, stream: str, subject: str | None
+) -> tuple[int, str, bool] | None:
+    """(last sequence, subject to consume, whether it is a wildcard) of what a scan reads;
+    None if nothing matches. A filter written for `<prefix>.<user>.<type>` is translated to
+    the stored form of a partitioned stream (`stored_filter`)."""
     try:
-        # a wildcard filter may match a million subjects: count it on the consumer instead
-        info = await js.stream_info(stream, subjects_filter=None if wide else subject)
+        info = await js.stream_info(stream)
+        if subject is not None:
+            subject = stored_filter(subject, _partitioned(info))
+        wide = subject is not None and ("*" in subject or ">" in subject)
+        if subject is not None and not wide:
+            # a wildcard filter may match a million subjects: count it on the consumer instead
+            info = await js.stream_info(stream, subjects_filter=subject)
     except NotFoundError:
         return None
     matching = (
@@ -121,7 +133,7 @@ async def _extent(
     )
     if matching == 0:
         return None
-    return info.state.last_seq, subject or stream_subject(info)
+    return info.state.last_seq, subject or stream_subject(info), wide
 
 
 def _start_at(start_seq: int, since: datetime | None) -> dict[str, Any]:
@@ -235,8 +247,10 @@ async def tail(
     client's dropped messages), or a consumer the server no longer has (checked every
     `check_every` seconds, e.g. after a long disconnection), recreates it after the last stream
     sequence handled, so nothing is lost or handled twice."""
+    info = await js.stream_info(stream)
     if subject is None:
-        subject = stream_subject(await js.stream_info(stream))
+        subject = stream_subject(info)
+    subject = stored_filter(subject, _partitioned(info))
     follower = _Follower(js, stream, subject, handle, check_every)
     await follower.start(start_seq, since)
     mender = asyncio.create_task(follower.mend(start_seq, since))

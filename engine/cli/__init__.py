@@ -17,8 +17,10 @@ from collections.abc import Sequence
 import typer
 
 from engine.cli import (  # noqa: F401  (they register their commands)
+    cluster,
     credentials,
     crm,
+    experiments,
     log,
     profiles,
     reco,

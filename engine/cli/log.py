@@ -14,7 +14,7 @@ from rich.table import Table
 from engine.bus import Bus
 from engine.cli.app import app
 from engine.cli.toolkit import config_error, default, out, progress, with_bus
-from engine.settings import StreamSettings
+from engine.settings import DEFAULT_PARTITIONS, StreamSettings
 from nerve_client.errors import ConfigError
 from nerve_client.subjects import DEADLETTER
 
@@ -37,6 +37,26 @@ def init(
     activity_max_bytes: Annotated[
         int, typer.Option(help="Cap ACTIVITY's size, oldest dropped first (0 = unlimited).")
     ] = default(StreamSettings, "activity_max_bytes"),
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            envvar="NERVE_PARTITIONS",
+            show_envvar=True,
+            help=f"Partitions of ACTIVITY and CRM by user, split among the replicas by the "
+            f"broker; fixed once the streams exist [default: {DEFAULT_PARTITIONS} for new "
+            "streams, what exists otherwise; 0 = unpartitioned]. A different count for "
+            "existing streams is refused.",
+        ),
+    ] = None,
+    lease_s: Annotated[
+        float,
+        typer.Option(
+            envvar="NERVE_LEASE_S",
+            show_envvar=True,
+            help="Seconds a replica's partition lease lives unless renewed: the longest a "
+            "dead replica's users wait for another replica.",
+        ),
+    ] = default(StreamSettings, "lease_s"),
 ) -> None:
     """Create or update every stream, KV bucket and object store. Safe to run again."""
     try:
@@ -45,6 +65,8 @@ def init(
             duplicate_window_s=duplicate_window,
             activity_max_age_days=activity_max_age_days,
             activity_max_bytes=activity_max_bytes,
+            partitions=partitions,
+            lease_s=lease_s,
         )
     except ValueError as exc:
         raise config_error(exc) from None

@@ -130,10 +130,22 @@ GcTuning = Annotated[
 GC_TUNING: bool = default(ServiceSettings, "gc_tuning")
 Replicas = Annotated[
     int,
-    typer.Option(min=1, max=64, help="Recommender: how many replicas share the users."),
+    typer.Option(
+        min=1,
+        max=64,
+        help="Recommender and signals: how many replicas you start. Any number may run (they "
+        "share the partitions through leases); this only makes each claim its 1/N share at "
+        "once instead of one replica taking every partition until the others join. "
+        "Anomalies: the fixed split (with --replica).",
+    ),
 ]
 Replica = Annotated[
-    int, typer.Option(min=0, help="Recommender: which replica this is (0 .. replicas-1).")
+    int,
+    typer.Option(
+        min=0,
+        help="Anomalies: which replica this is (0 .. replicas-1). Ignored by the recommender "
+        "and signals (partitions are leased, not assigned).",
+    ),
 ]
 # Defaults of the options above, written once in the settings models.
 HOST: str = default(GatewaySettings, "host")
@@ -347,7 +359,8 @@ def run(
     gc_tuning: GcTuning = GC_TUNING,
 ) -> None:
     """Run one service until Ctrl-C. Replicas: start several profiles services (they share
-    the work), or N recommenders with --replicas N --replica 0..N-1 (they split the users)."""
+    the work), or any number of recommenders (they lease the partitions of the users; a
+    replica that dies hands its partitions over after the lease time, `nerve init --lease-s`)."""
     reco = _reco(config, replicas, replica)
     from engine.runner import SERVICES
 

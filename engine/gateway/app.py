@@ -45,7 +45,18 @@ from fastapi.responses import JSONResponse
 from engine import __version__
 from engine.bus import Bus
 from engine.bus.pipeline import NATS_ERROR, broker_unavailable
-from engine.gateway import assets, console, crm, demo, docs, events, ops, profiles, recommendations
+from engine.gateway import (
+    assets,
+    console,
+    crm,
+    demo,
+    docs,
+    events,
+    experiments,
+    ops,
+    profiles,
+    recommendations,
+)
 from engine.gateway.auth import SECURITY_SCHEMES, Refused
 from engine.gateway.edge import Edge
 from engine.gateway.ops import ERROR_CAUSE
@@ -199,7 +210,7 @@ def create_app(
     app.add_exception_handler(NATS_ERROR, on_broker_error)
     app.add_exception_handler(Exception, on_unexpected)
     app.add_middleware(Edge)  # CORS and the 5xx count, pure ASGI (see engine.gateway.edge)
-    for module in (events, crm, profiles, recommendations, ops, docs, demo, assets):
+    for module in (events, crm, profiles, recommendations, ops, experiments, docs, demo, assets):
         app.include_router(module.router)
     console.mount(app)  # /ops, /ops/state and the request timing of /metrics
     return app

@@ -33,6 +33,8 @@ class ItemCatalog:
     def __init__(self, items: Iterable[Item] = ()) -> None:
         self.items: dict[str, Item] = {i.item_id: i for i in items}
         self.refused = 0
+        self.version = 0
+        """Counts the updates applied (what is compiled from the catalogue is keyed by it)."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -53,6 +55,7 @@ class ItemCatalog:
                 self.refused += 1
                 continue
             self.items[item.item_id] = item
+            self.version += 1
 
     def to_json(self, item_id: str) -> dict[str, Any] | None:
         item = self.items.get(item_id)

@@ -1,10 +1,14 @@
-"""Loading the active model of a registry slot, off the event loop (recommender, signals)."""
+"""Loading the active model of a registry slot, off the event loop (recommender, signals).
+
+A plugin's artifact names its class (`models.plugins`): loading imports it, so the recommender
+serves a plugin that is installed where it runs, without being told about it."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import models.plugins  # noqa: F401  (registers the finder that imports a plugin's class)
 from engine.bus.registry import Registry
 from engine.recommender.core import Loaded
 from models.base import load_packed

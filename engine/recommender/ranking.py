@@ -5,11 +5,11 @@ the full order of a score array that never changes, and the neighbours of a "sim
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from engine.recommender.batch import like_rows
 from models.scorer import Scorer
 
 NEIGHBOUR_CACHE = 20_000
@@ -34,19 +34,24 @@ class Ranking:
         """(index, score) of the items like `anchor`, best first (None if the model cannot
         tell). They are the same for every user, so the best few are kept per (model version,
         anchor): a popular item's neighbours are scored once, not on every view."""
-        key = (version, anchor, k)
-        hit = self._neighbours.get(key)
-        if hit is None:
-            scores = model.score_like(anchor)
-            if scores is None:
-                return None
+        self.prefetch(version, model, [anchor], k)
+        hit = self._neighbours.get((version, anchor, k))
+        return None if hit is None else _then_the_rest(hit, model, anchor, k)
+
+    def prefetch(self, version: str, model: Scorer, anchors: Iterable[str], k: int) -> None:
+        """Score the anchors whose neighbours are not cached yet, all in one batch."""
+        missing = sorted({a for a in anchors if (version, a, k) not in self._neighbours})
+        if not missing:
+            return
+        rows = like_rows(model, missing)
+        if rows is None:
+            return
+        for anchor, scores in zip(missing, rows, strict=True):
             want = min(len(scores), 4 * k + 64)
-            order = list(itertools.islice(best_first(scores, k), want))
-            hit = (order, [float(scores[i]) for i in order])
-            self._neighbours[key] = hit
-            while len(self._neighbours) > NEIGHBOUR_CACHE:
-                self._neighbours.pop(next(iter(self._neighbours)))
-        return _then_the_rest(hit, model, anchor, k)
+            order = best_few(scores, k)[:want]
+            self._neighbours[(version, anchor, k)] = (order, [float(scores[i]) for i in order])
+        while len(self._neighbours) > NEIGHBOUR_CACHE:
+            self._neighbours.pop(next(iter(self._neighbours)))
 
     def _order(self, scores: np.ndarray, k: int) -> Iterable[int]:
         """Candidates best first; for a model whose scores never change (read-only arrays,
@@ -66,8 +71,9 @@ def _then_the_rest(
     """The cached best neighbours, then (only if the rules removed that many) the rest."""
     yield from zip(*hit, strict=True)
     if len(hit[0]) < len(model.candidates()):
-        scores = model.score_like(anchor)
-        assert scores is not None  # it gave scores when the neighbours were cached
+        rows = like_rows(model, [anchor])
+        assert rows is not None  # it gave scores when the neighbours were cached
+        scores = rows[0]
         done = set(hit[0])
         for idx in best_first(scores, k):
             if idx not in done:
@@ -82,18 +88,32 @@ def best_first(scores: np.ndarray, k: int) -> Iterator[int]:
     the rest is ordered only if the rules removed that many. An exact partition backs up a
     threshold that selected too few. ~10x cheaper than a partition of the whole catalogue."""
     n = len(scores)
-    want = min(n, 4 * k + 64)
     if n <= 2000:
         yield from np.lexsort((np.arange(n), -scores)).tolist()
         return
+    top = _top(scores, k)
+    yield from top.tolist()
+    rest = np.setdiff1d(np.arange(n), top, assume_unique=True)
+    rest = rest[np.lexsort((rest, -scores[rest]))]
+    yield from rest.tolist()
+
+
+def best_few(scores: np.ndarray, k: int) -> list[int]:
+    """The first `best_first` indexes: at least `min(n, 4 k + 64)` of them, in one list."""
+    if len(scores) <= 2000:
+        return np.lexsort((np.arange(len(scores)), -scores)).tolist()
+    return _top(scores, k).tolist()
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Every index scoring at or above a threshold that keeps about twice what a list of `k`
+    needs, best first (ties by index); at least `min(n, 4 k + 64)`."""
+    n = len(scores)
+    want = min(n, 4 * k + 64)
     sample = scores[::16]
     rank = max(1, 2 * want // 16)
     threshold = np.partition(sample, len(sample) - rank)[len(sample) - rank]
     top = np.flatnonzero(scores >= threshold) if np.isfinite(threshold) else np.empty(0, int)
     if len(top) < want:
         top = np.argpartition(-scores, want - 1)[:want]
-    top = top[np.lexsort((top, -scores[top]))]
-    yield from top.tolist()
-    rest = np.setdiff1d(np.arange(n), top, assume_unique=True)
-    rest = rest[np.lexsort((rest, -scores[rest]))]
-    yield from rest.tolist()
+    return top[np.lexsort((top, -scores[top]))]

@@ -4,12 +4,21 @@ Each rule is a function named for the reason it reports: it returns that reason 
 forbids the candidate (two name what failed: the attribute, the eligibility rule), else None.
 `forbids` applies them in `RULES` order and reports the first that fires; the order is part of
 the behaviour (an item both held and dismissed is removed as "held").
+
+`Judge` is the same table compiled for the serving path: the rules that depend only on the
+slot and the catalogue (`STATIC`: catalogue, availability, filters) are evaluated once per
+(slot, catalogue version, candidate list) into one reason per candidate index; the rules keyed
+by item in the profile (the anchor, held, seen, dismissed, CRM, cap) are evaluated once per
+list for the few items the profile names; eligibility once per list and rule; the category
+maximum from an array of category codes. It gives what `forbids` gives (tested).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from engine.recommender.catalog import Item, ItemCatalog
 from engine.recommender.slots import Eligibility, Slot
@@ -185,6 +194,84 @@ RULES: tuple[Rule, ...] = (
     eligibility,
     max_per_category,
 )
+
+
+STATIC: tuple[Rule, ...] = RULES[:5]
+"""The rules that read only the candidate, the slot and the catalogue (they come first)."""
+PERSONAL: tuple[Rule, ...] = RULES[5:12]
+"""The rules that can only remove an item the profile (or the anchor) names."""
+assert RULES[12:] == (eligibility, max_per_category)
+
+
+class Judge:
+    """The rules of one slot for one catalogue version and one candidate list (see the module
+    docstring); `static[i]` is the reason a static rule removes candidate `i`, or None."""
+
+    def __init__(self, cfg: Slot, catalog: ItemCatalog, items: Sequence[str]) -> None:
+        self.cfg = cfg
+        self.catalog = catalog
+        self.static: list[str | None] = []
+        codes: dict[str, int] = {}
+        category = np.full(len(items), -1, dtype=np.int64)
+        facts = Facts({}, cfg, 0, catalog)
+        for i, item in enumerate(items):
+            c = Candidate(item, catalog.items.get(item))
+            self.static.append(next((r for rule in STATIC if (r := rule(c, facts))), None))
+            if c.category is not None:
+                category[i] = codes.setdefault(c.category, len(codes))
+        self.category = category.tolist()
+        self.categories = list(codes)
+
+    def personal(self, profile: Mapping[str, Any], now_ms: int, anchor: str | None) -> Verdicts:
+        """The per-list part: what the profile-keyed rules remove, and eligibility."""
+        facts = Facts(profile, self.cfg, now_ms, self.catalog, anchor)
+        named = set(facts.held) | set(facts.seen) | set(facts.offers) | set(facts.crm)
+        if anchor is not None:
+            named.add(anchor)
+        removed: dict[str, str] = {}
+        for item in named:
+            c = Candidate(item, self.catalog.items.get(item))
+            reason = next((r for rule in PERSONAL if (r := rule(c, facts))), None)
+            if reason is not None:
+                removed[item] = reason
+        failing = [e for e in self.cfg.rules.eligibility if not satisfied(e, profile)]
+        return Verdicts(self, removed, failing)
+
+
+class Verdicts:
+    """The rules of one list: `forbids(index, item)` as `rules.forbids` would say, and `kept`
+    to count the category maximum."""
+
+    __slots__ = ("cap", "counts", "failing", "judge", "removed")
+
+    def __init__(self, judge: Judge, removed: dict[str, str], failing: list[Eligibility]) -> None:
+        self.judge = judge
+        self.removed = removed
+        self.failing = failing
+        self.cap = judge.cfg.rules.max_per_category
+        self.counts = [0] * len(judge.categories)
+
+    def forbids(self, index: int, item: str) -> str | None:
+        judge = self.judge
+        reason = judge.static[index] or self.removed.get(item)
+        if reason is not None:
+            return reason
+        code = judge.category[index]
+        if self.failing:
+            category = judge.categories[code] if code >= 0 else None
+            for rule in self.failing:
+                if (not rule.items and not rule.categories) or item in rule.items:
+                    return f"eligibility: {rule.name}"
+                if category is not None and category in rule.categories:
+                    return f"eligibility: {rule.name}"
+        if self.cap is not None and code >= 0 and self.counts[code] >= self.cap:
+            return "max per category"
+        return None
+
+    def kept(self, index: int) -> None:
+        code = self.judge.category[index]
+        if code >= 0:
+            self.counts[code] += 1
 
 
 def forbids(item: str, facts: Facts) -> str | None:

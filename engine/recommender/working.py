@@ -18,6 +18,11 @@ from engine.recommender.lists import Last, UserState, signature
 from nerve_client.subjects import RECOMMENDATIONS, reco_subject, user_token
 
 
+def profiles_of(states: Mapping[str, UserState]) -> dict[str, dict[str, Any]]:
+    """Token -> working profile of `states` (what the projection folds into)."""
+    return {t: st.profile for t, st in states.items()}
+
+
 class WorkingSet:
     """Users by subject token; `states` loads what is missing (stored profile, stored lists)."""
 
@@ -61,14 +66,19 @@ class WorkingSet:
         seq: int,
         *,
         skip: Container[str] = (),
+        profiles: dict[str, dict[str, Any]] | None = None,
     ) -> list[UserState]:
         """Fold one event with the profiles projection, login stitching included, into the
         working profiles of `states` (from `prepare`); returns the states it changed. Raises
-        `CannotApply`."""
-        profiles = {t: st.profile for t, st in states.items()}
+        `CannotApply`. `profiles`: `profiles_of(states)`, built once for a batch of events."""
+        if profiles is None:
+            profiles = profiles_of(states)
         changed = stitch.fold(profiles, token, event, stream, seq, skip=skip)
         for t in changed:
             settle_floor(profiles[t], stream, seq)
+        if len(profiles) != len(states):  # blanks made for this event only, as before
+            for t in [t for t in profiles if t not in states]:
+                del profiles[t]
         return [states[t] for t in changed if t in states]
 
     async def _stitch_pending(self, states: dict[str, UserState]) -> None:

@@ -17,13 +17,12 @@ as `Nats-Expected-Last-Subject-Sequence`, so the stream refuses an update comput
 view: a subject's history is totally ordered and never holds the same list twice in a row. The
 inputs are acknowledged (cumulatively) only after every publish of the batch is stored.
 
-**Replicas.** Replicas split the users (`engine.replicas`): with `--replicas N`, replica `i`
-owns the users whose token hashes to `i` (CRC-32 mod N) and has its own durable consumer
-(`recommender-i-of-N`); it reads every event and skips the others' users. A user's events are
-therefore handled by one worker, in log order, and two replicas never publish for the same user.
-(A shared durable consumer would deal a user's events to both and could publish an older view
-after a newer one.)
-A replica that is down holds back only its own users, and resumes where it stopped.
+**Replicas.** The broker splits the users: ACTIVITY and CRM are stored in P partitions by user
+(`nerve init --partitions`), and any number of replicas share them through leases
+(`engine.partitions`); each binds only to the per-partition consumers of the partitions it
+holds (`recommender-pNN`), so it receives only its share. A user's events are handled by one
+worker, in log order; a partition moves (a replica joins, stops or dies) only after its
+previous owner stopped serving it, and the per-subject compare-and-set refuses a stale list.
 
 **Requests.** `reco.request` (JSON: `user_id` or `anonymous_id`, `slot`, `k`, `context`) is
 answered by the owning replica through the same code path, for any user: unknown users get the
@@ -41,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -50,27 +50,28 @@ from typing import Any
 
 import orjson
 
-from engine.bus import Bus, Conditional, Record, Refusal, Subscription, decode
+from engine.bus import Bus, Conditional, Record, Refusal, Subscription
 from engine.bus.consumer import Delivery, PushConsumer, refusals
 from engine.bus.registry import Registry
 from engine.bus.retry import settle_batch
 from engine.health import beating
-from engine.profiles.profile import CannotApply
+from engine.partitions import Share, open_share
 from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
+from engine.recommender import experiments as exp
 from engine.recommender.core import Serving
-from engine.recommender.lists import QUIET_TYPES, Last, Stats, UserState, build_event, signature
+from engine.recommender.lists import Last, Stats, UserState
 from engine.recommender.loading import load_active
 from engine.recommender.slots import load_slots
+from engine.recommender.triggers import Triggers
+from engine.recommender.updates import fold_events, group
 from engine.recommender.working import WorkingSet
-from engine.replicas import owner
 from engine.settings import ACK_WAIT_S, Settings
 from nerve_client.events.requests import error_reply, parse_request
 from nerve_client.subjects import (
     CATALOG,
     DEADLETTER,
     REQUEST_SUBJECT,
-    SHORT,
     reco_subject,
     user_token,
 )
@@ -90,18 +91,19 @@ class RecommenderService:
         replicas: int = 1,
         replica: int = 0,
         batch: int = 100,
+        holder: str | None = None,
         cache_size: int = 100_000,
         ack_wait: float = ACK_WAIT_S,
         work_dir: Path | None = None,
         durable: str | None = None,
     ) -> None:
-        if not 0 <= replica < replicas:
-            raise ValueError(f"replica {replica} of {replicas}: must be in 0..{replicas - 1}")
         self.bus = bus
         self.serving = serving
         self.store = store
-        self.replicas, self.replica = replicas, replica
-        self.durable = durable or f"recommender-{replica}-of-{replicas}"
+        self.replicas = replicas  # expected replicas: the first lease round claims 1/replicas
+        self.holder = holder
+        self.share: Share | None = None  # the partitions held (set in `run`)
+        self.durable = durable or "recommender"  # the lease group and consumer prefix
         self.batch = batch
         self.users = WorkingSet(bus, store, list(serving.config.slots), cache_size)
         self.ack_wait = ack_wait
@@ -115,6 +117,7 @@ class RecommenderService:
         self.source = "given"
         self.forgotten: Tombstones | frozenset[str] = frozenset()
         """Erased users: nothing is computed or stored for them again (set in `run`)."""
+        self.experiments = exp.Experiments()  # reloaded with the models
 
     @classmethod
     async def build(cls, bus: Bus, settings: Settings) -> RecommenderService:
@@ -125,7 +128,6 @@ class RecommenderService:
             Serving(slots),
             await ProfileStore.open(bus),
             replicas=opts.replicas,
-            replica=opts.replica,
             ack_wait=settings.services.ack_wait_s,
         )
         service.source = str(source)
@@ -133,10 +135,12 @@ class RecommenderService:
 
     def describe(self) -> str:
         slots = ", ".join(self.serving.config.slots)
-        return f"{self.durable}, slots {slots} (from {self.source})"
+        held = sorted(self.share.owner.held) if self.share else "none yet"
+        return f"{self.durable}, partitions {held}, slots {slots} (from {self.source})"
 
     def owns(self, token: str) -> bool:
-        return owner(token, self.replicas) == self.replica
+        """Whether this replica holds the user's partition now (all users before `run`)."""
+        return self.share is None or self.share.owner.owns_token(token)
 
     def serves(self, record: Record) -> bool:
         """A user event of a user this replica owns and that was not forgotten."""
@@ -147,10 +151,16 @@ class RecommenderService:
         self.forgotten = await Tombstones.open(self.bus)
         registry = await self.bus.registry()
         await self.reload(registry)
-        consumers = [
-            self.bus.push(stream, self.durable, self._enqueue, ack_wait=self.ack_wait)
-            for stream in SHORT
-        ]
+        self.share = share = await open_share(
+            self.bus,
+            self.durable,
+            self._enqueue,
+            give_up=self._gave_up,
+            ack_wait=self.ack_wait,
+            expect=self.replicas,
+            holder=self.holder,
+        )
+        consumers: list[PushConsumer] = list(share.consumers)
 
         async def on_published() -> None:
             self._spawn(self.reload(registry))
@@ -162,24 +172,20 @@ class RecommenderService:
             await self.bus.serve(REQUEST_SUBJECT, self._request),
             await self.bus.on_model_published(on_published),
             await self.bus.on_forget(self._forget),
+            await exp.watch(self.bus, registry, on_published),  # experiments started, stopped
         ]
         async with self.bus.follow(CATALOG, self.serving.catalog.update):
-            for c in consumers:
-                await c.start()
+            await share.start()
+            leases = asyncio.create_task(share.owner.run(stop))
+            await share.owner.first_round.wait()  # (a broker away: the round is retried)
             self.ready.set()
-            log.info(
-                "recommender %s: %d slots, models %s",
-                self.durable,
-                len(self.serving.config.slots),
-                self.serving.versions(),
-            )
-            sweeps = [self.bus.sweep_gave_up(n, self.durable, self._gave_up, stop) for n in SHORT]
+            log.info("recommender %s: models %s", self.describe(), self.serving.versions())
             try:
                 async with beating(self.bus, self.durable, progress):
-                    await asyncio.gather(self._work(consumers, stop, registry), *sweeps)
+                    await asyncio.gather(self._work(consumers, stop, registry), leases)
             finally:
-                for c in consumers:
-                    await c.stop()
+                leases.cancel()  # stopped: it released; crashed/cancelled: leases expire
+                await share.stop()
                 for s in subs:
                     with contextlib.suppress(Exception):
                         await s.unsubscribe()
@@ -234,47 +240,38 @@ class RecommenderService:
         lists that changed and wait until they are stored."""
         self.stats.batches += 1
         self.stats.events += len(deliveries)
-        grouped: dict[str, list[tuple[Delivery, dict[str, Any]]]] = {}
-        refused: list[tuple[Delivery, str]] = []
-        for d in deliveries:
-            record = decode(d.stream, d.seq, d.subject, d.data)
-            if isinstance(record, Refusal):
-                refused.append((d, record.reason))
-            elif (
-                not record.system and self.owns(record.token) and record.token not in self.forgotten
-            ):
-                grouped.setdefault(record.token, []).append((d, record.event))
-        states = await self.users.prepare({t: [e for _, e in evs] for t, evs in grouped.items()})
+        grouped, refused = group(deliveries, self.serves)
+        states = await self.users.prepare({t: [e[1] for e in evs] for t, evs in grouped.items()})
         now_ms = time.time_ns() // 1_000_000
-        changed: dict[str, UserState] = {}
-        for token, events in grouped.items():
-            for d, event in events:
-                try:
-                    touched = self.users.fold(
-                        states, token, event, SHORT[d.stream], d.seq, skip=self.forgotten
-                    )
-                except CannotApply as exc:
-                    refused.append((d, str(exc)))
-                    continue
-                # Recompute even if the profile already held the event (loaded from the
-                # bucket after the profiles service applied it): the stored lists may not.
-                # A visitor's event also recomputes the user it logged in as (`stitch`).
-                if event.get("type") not in QUIET_TYPES:
-                    for st in (states[token], *touched):
-                        if self.owns(st.token):
-                            changed[st.token] = st
-        self.stats.users += len(changed)
-        if changed:
-            await self._recompute(list(changed.values()), now_ms)
+        todo, failed = fold_events(
+            self.users,
+            states,
+            grouped,
+            serving=self.serving,
+            triggers=self._triggers,
+            owns=self.owns,
+            forgotten=self.forgotten,
+        )
+        refused += failed
+        exp.untagged_slots(todo.values(), self.serving, self.experiments)
+        self.stats.users += len(todo)
+        if todo:
+            await self._recompute(list(todo.values()), now_ms)
         if refused:
             await self._deadletter(refused)
 
-    async def _recompute(self, states: list[UserState], now_ms: int) -> None:
-        ordered = sorted(states, key=lambda s: s.token)
-        for s in ordered:
+    @functools.cached_property
+    def _triggers(self) -> Triggers:
+        return Triggers(self.serving.config)
+
+    async def _recompute(self, users: list[tuple[UserState, set[str]]], now_ms: int) -> None:
+        """Recompute these users' lists for the slots given, publish what changed."""
+        ordered = sorted(users, key=lambda u: u[0].token)
+        for s, _ in ordered:
             await s.lock.acquire()
         try:
-            todo = [(s, slot) for s in ordered for slot in self.serving.config.slots]
+            order = list(self.serving.config.slots)
+            todo = [(s, slot) for s, slots in ordered for slot in order if slot in slots]
             for _attempt in range(3):
                 todo = await self._publish_changes(todo, now_ms)
                 if not todo:
@@ -283,36 +280,38 @@ class RecommenderService:
                     s.last[slot] = await self.users.read_last(s.token, slot)
             raise RuntimeError(f"reco subjects kept changing under us: {todo[:3]}")
         finally:
-            for s in ordered:
+            for s, _ in ordered:
                 s.lock.release()
 
     async def _publish_changes(
         self, todo: list[tuple[UserState, str]], now_ms: int, context: str | None = None
     ) -> list[tuple[UserState, str]]:
         """Compute each (user, slot), publish what changed; return those that lost a race."""
-        pending: list[tuple[UserState, str, dict[str, Any]]] = []
-        writes: list[Conditional] = []
-        for s, slot in todo:
-            outcome = self.serving.recommend(slot, s.profile, now_ms, context_item=context)
-            self.stats.computed += 1
-            if outcome.signature() == s.last[slot].signature:
-                self.stats.unchanged += 1
-                continue
-            event = build_event(s.token, outcome, s.profile, now_ms)
-            subject = reco_subject(s.token, slot)
-            writes.append(Conditional(subject, orjson.dumps(event), event["id"], s.last[slot].seq))
-            pending.append((s, slot, event))
+        computed, pending = exp.changed_lists(self.serving, self.experiments, todo, now_ms, context)
+        self.stats.computed += computed
+        self.stats.unchanged += computed - len(pending)
         if not pending:
             return []
+        writes = [
+            Conditional(
+                reco_subject(c.state.token, c.slot),
+                orjson.dumps(c.event),
+                c.event["id"],
+                c.state.last[c.slot].seq,
+            )
+            for c in pending
+        ]
         acks = await self.bus.publish_if_last_many(writes)
-        lost = []
-        for (s, slot, event), ack in zip(pending, acks, strict=True):
+        lost, stored = [], []
+        for c, ack in zip(pending, acks, strict=True):
             if ack is None:
                 self.stats.conflicts += 1
-                lost.append((s, slot))
+                lost.append((c.state, c.slot))
             else:
-                s.last[slot] = Last(ack.seq, signature(event), event)
+                c.state.last[c.slot] = Last(ack.seq, c.seen, c.event)
                 self.stats.published += 1
+                stored.append(c)
+        await exp.publish_shadows(self.bus, self.serving, stored, now_ms, context)
         return lost
 
     def _forget(self, token: str) -> None:
@@ -330,8 +329,8 @@ class RecommenderService:
     async def _request(self, data: bytes) -> bytes | None:
         """The reply to a `reco.request`, or None when another replica owns the user."""
         req = parse_request(data)
-        if isinstance(req, bytes):  # refused: one answer is enough
-            return req if self.replica == 0 else None
+        if isinstance(req, bytes):  # refused: one answer is enough, from partition 0's owner
+            return req if self.share is None or self.share.owner.owns_partition(0) else None
         token = user_token(req.user_id, req.anonymous_id)
         if not self.owns(token):
             return None
@@ -388,6 +387,7 @@ class RecommenderService:
                     self.serving.with_model(loaded)
                     self.stats.reloads += 1
                     log.info("slot %s now served by %s (%s)", slot, loaded.version, loaded.name)
+            self.experiments = await exp.reload(registry, self.experiments, self.work_dir)
 
     async def _gave_up(self, r: Refusal) -> None:
         await self.bus.deadletter(refusals("recommender", [(r, r.reason)]))

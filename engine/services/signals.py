@@ -14,7 +14,14 @@ nothing, since the state is derived), then follows them live. A firing becomes a
 * the propensity condition, if any, holds.
 
 The message id is derived from the topic, the user and the deciding event, so a retried publish
-is stored once. Replicas split users like the recommender's (`engine.replicas`).
+is stored once.
+
+Replicas: any number, sharing the partitions of ACTIVITY and CRM through leases (group
+`signals`, `engine.partitions`). Signals is not split by the broker: its state is a window of
+the log that it rebuilds on start, so every replica reads every event and keeps every user's
+window, and only publishes for the users of the partitions it holds. A partition that moves
+(a replica joins or dies) therefore needs no rebuild, and the compare-and-set and cooldown above
+keep a user's signals single even while two replicas both believe they hold it.
 """
 
 from __future__ import annotations
@@ -33,13 +40,13 @@ from engine.bus import Bus, Conflict, Refusal, decode
 from engine.bus.consumer import Batch
 from engine.bus.registry import Registry
 from engine.evidence import iso
+from engine.partitions import PartitionOwner, open_leases
 from engine.profiles.profile import CannotApply, time_ms
 from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
 from engine.recommender.core import Loaded
 from engine.recommender.loading import load_active
 from engine.recommender.slots import SignalDef, load_slots
-from engine.replicas import owner
 from engine.settings import Settings
 from engine.signals.detector import DAY_MS, Detector, Firing, describe, offer_of
 from engine.windowed import deadletter_live, follow
@@ -77,12 +84,16 @@ class SignalsService:
         *,
         replicas: int = 1,
         replica: int = 0,
+        holder: str | None = None,
     ) -> None:
         self.bus = bus
         self.definitions = definitions
         self.detector = Detector(definitions)
         self.store = store
-        self.replicas, self.replica = replicas, replica
+        self.replicas, self.replica = replicas, replica  # replicas: expected (first round)
+        self.holder = holder
+        self.owner: PartitionOwner | None = None
+        """The partitions this replica publishes for (set in `run`; None: every user)."""
         self.stats = SignalStats()
         self.queue: asyncio.Queue[tuple[str, Batch]] = asyncio.Queue()
         self.ready = asyncio.Event()
@@ -97,7 +108,7 @@ class SignalsService:
         opts = settings.recommender
         slots, _ = load_slots(opts.config, settings.broker.data_dir)
         store = await ProfileStore.open(bus)
-        return cls(bus, slots.signals, store, replicas=opts.replicas, replica=opts.replica)
+        return cls(bus, slots.signals, store, replicas=opts.replicas)
 
     def describe(self) -> str:
         return f"topics {', '.join(sorted(self.definitions)) or 'none'}"
@@ -111,7 +122,24 @@ class SignalsService:
         self.forgotten = forgotten = await Tombstones.open(self.bus)
         longest = max(d.window_days for d in self.definitions.values())
         since = datetime.now(UTC) - timedelta(days=longest)
+        self.owner = await open_leases(
+            self.bus, self.name, expect=self.replicas, holder=self.holder
+        )
+        leases = asyncio.create_task(self.owner.run(stop))
+        await self.owner.first_round.wait()
+        try:
+            await self._follow(since, forgotten, stop)
+        finally:
+            if not stop.is_set():  # crashed: the leases expire on the server
+                leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leases
 
+    def owns(self, token: str) -> bool:
+        """Whether this replica publishes for the user now."""
+        return self.owner is None or self.owner.owns_token(token)
+
+    async def _follow(self, since: datetime, forgotten: Tombstones, stop: asyncio.Event) -> None:
         await follow(
             self.bus,
             self.name,
@@ -138,7 +166,7 @@ class SignalsService:
             if isinstance(record, Refusal):
                 refused.append((record, record.reason))
                 continue
-            if record.system or owner(record.token, self.replicas) != self.replica:
+            if record.system:
                 continue
             if record.token in self.forgotten:
                 continue
@@ -149,6 +177,8 @@ class SignalsService:
                 continue
             for f in firings:
                 self.stats.firings += 1
+                if not self.owns(f.token):
+                    continue  # another replica's partition: it publishes (its window is ours too)
                 try:
                     await self.emit(f)
                 except Exception:

@@ -12,6 +12,13 @@ Streams and what they capture (provisioned by `engine.bus.provision`):
 | ANOMALIES       | `anomalies.<detector>.<user>` (`<user>` is `SITE_TOKEN` for site-wide ones) |
 | DEADLETTER      | `dlq.<source>`               |
 
+ACTIVITY and CRM may be partitioned (`nerve init --partitions P`): a stream subject transform
+makes the server store `activity.<user>.<type>` as `activity.<user>.<type>.<p>`, where `p` is
+FNV-1a of the user token modulo P (`partition_transform`). Publishers never name `p`. The
+partition is the last token so that every per-user filter (`activity.<user>.>`) matches both
+the stored forms, the partitioned one and the 3-token one of older, unpartitioned streams;
+`split_user_subject` and `logical_subject` read both.
+
 Core (not stored) subjects: `reco.request` (the recommender answers), `nerve.control.forget`
 (a user was erased: drop caches).
 
@@ -177,6 +184,7 @@ def user_filters(token: str) -> dict[str, str]:
         RECOMMENDATIONS: f"reco.{token}.*",
         SIGNALS: f"signals.*.{token}",
         ANOMALIES: f"anomalies.*.{token}",
+        SHADOW: f"shadow.{token}.*",
     }
 
 
@@ -190,18 +198,84 @@ def signal_filter(topic: str | None = None) -> str:
     return f"signals.{topic}.*" if topic else "signals.>"
 
 
+def partition_transform(stream: str, partitions: int) -> tuple[str, str]:
+    """(source, destination) of the subject transform that partitions a user stream (ACTIVITY
+    or CRM) into `partitions` by user token: `activity.*.*` is stored as
+    `activity.<user>.<type>.<p>`."""
+    prefix = SHORT[stream]
+    return (
+        f"{prefix}.*.*",
+        f"{prefix}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1)}}}}",
+    )
+
+
+_PARTITION_DEST = re.compile(r"\{\{\s*partition\((\d+),\s*1\)\s*\}\}$")
+
+
+def transform_partitions(destination: str | None) -> int:
+    """The partition count of a stream transform's destination (0: not partitioned)."""
+    m = _PARTITION_DEST.search(destination or "")
+    return int(m.group(1)) if m else 0
+
+
+def partition_filter(stream: str, partition: int) -> str:
+    """Every stored event of one partition of a partitioned user stream."""
+    return f"{SHORT[stream]}.*.*.{partition}"
+
+
 class SubjectError(ValueError):
-    """A subject that is not `<prefix>.<user>.<type>`."""
+    """A subject that is not `<prefix>.<user>.<type>` (or `<prefix>.<user>.<type>.<p>`)."""
 
 
 def split_user_subject(subject: str) -> tuple[str, str]:
-    """(user token, event type) of `activity.<user>.<type>` or `crm.<user>.<type>`."""
+    """(user token, event type) of `activity.<user>.<type>` or `crm.<user>.<type>`, stored
+    with or without a partition token (`activity.<user>.<type>.<p>`)."""
     parts = subject.split(".")
+    if len(parts) == 4 and parts[3].isdigit():
+        return parts[1], parts[2]
     if len(parts) != 3:
-        raise SubjectError(f"subject {subject!r} is not <stream>.<user>.<type>")
+        raise SubjectError(f"subject {subject!r} is not <stream>.<user>.<type>[.<partition>]")
     return parts[1], parts[2]
+
+
+def logical_subject(subject: str) -> str:
+    """A stored user-stream subject without its partition token (what the event itself names)."""
+    head, _, last = subject.rpartition(".")
+    return head if last.isdigit() and subject.count(".") == 3 else subject
+
+
+def stored_filter(subject: str, partitioned: bool) -> str:
+    """The filter that selects, in a stream stored partitioned or not, what `subject` (a
+    filter written for `<prefix>.<user>.<type>`) means: `activity.*.item_viewed` is
+    `activity.*.item_viewed.*` in a partitioned stream. Filters ending in `>` match both."""
+    parts = subject.split(".")
+    if partitioned and len(parts) == 3 and parts[0] in SHORT.values() and parts[2] != ">":
+        return f"{subject}.*"
+    return subject
+
+
+def stored_partition(subject: str) -> int | None:
+    """The partition token of a stored user-stream subject (None: stored unpartitioned)."""
+    parts = subject.split(".")
+    return int(parts[3]) if len(parts) == 4 and parts[3].isdigit() else None
 
 
 def last_token(subject: str) -> str:
     """The last token of a subject (the slot of `reco.<user>.<slot>`)."""
     return subject.rsplit(".", 1)[-1]
+
+
+# -- experiments (`engine.experiments`) ------------------------------------------------------
+SHADOW = "SHADOW"
+"""The stream of shadow lists: what an experiment's challenger would have shown, never served
+(`shadow.<user>.<slot>`, `recommendations_updated` with `variant = "shadow"`)."""
+
+
+def shadow_subject(token: str, slot: str) -> str:
+    """`shadow.<user>.<slot>`: where a shadow experiment's lists for a user are kept."""
+    return f"shadow.{token}.{slot}"
+
+
+def shadow_filter(token: str = "*") -> str:
+    """Every slot's shadow lists of one user (every user's by default; erasure, reports)."""
+    return f"shadow.{token}.*"

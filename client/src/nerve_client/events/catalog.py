@@ -225,6 +225,14 @@ class RecommendationsUpdated(Properties):
     served_by: str | None = Field(default=None, max_length=64, description="Fallback slot used")
     fallback: Literal["cold_start", "no_model", "no_consent"] | None = None
     anchor: str | None = Field(default=None, max_length=128, description="Item it is similar to")
+    experiment: str | None = Field(
+        default=None, max_length=100, description="The experiment it is part of (nerve experiments)"
+    )
+    variant: Literal["control", "challenger", "shadow"] | None = Field(
+        default=None,
+        description="Its variant in `experiment`: made with the active model (control), with the "
+        "challenger, or with the challenger in shadow (on shadow.<user>.<slot>, never shown)",
+    )
 
 
 class InterestSignal(Properties):

@@ -5,6 +5,10 @@ It is the stored `recommendations_updated` event with, in each entry the catalog
 `recommendations_updated` (what the recommender stores on `reco.<user>.<slot>` and validates
 against); this is the HTTP contract, published beside the events' schemas
 (`nerve schema served_list`) and used as the response schema in the gateway's OpenAPI.
+
+A list served while an experiment runs (`nerve experiments`) carries its `experiment` id and
+`variant` (`control` or `challenger`): a page that reports `recommendation_shown` and
+`recommendation_clicked` with the list's `recommendation_id` is all the attribution needs.
 """
 
 from __future__ import annotations
