@@ -8,8 +8,14 @@ cut at 80 %. Relevant items: what a user used after the cut and had not used bef
 For every model: fit time, nDCG@10 / Recall@10 / HR@10 / coverage, recommend latency for one
 user (p50/p99 over --latency-users users), artifact size, and peak memory of the fit as traced by
 tracemalloc (numpy included; implicit allocates in C++, so its figure is not comparable). Our
-ALS and implicit's ALS use the same factors and iterations; implicit fits with BLAS limited to
-one thread, as it asks (it runs its own threads).
+ALS and implicit's ALS use the same settings (factors, regularization, iterations, and the same
+confidences: implicit is given 1 + alpha * w, which is what ours computes from w); both fit with
+BLAS limited to one thread, as implicit asks (it runs its own threads).
+
+First, every run compares the two ALS fits on a generated catalogue of the first --items size
+(15 iterations, implicit's defaults otherwise: CG with 3 steps per row, warm-started):
+--als-repeats fits of each in alternating order in one process, fit CPU and wall time, their
+ratios and medians, and nDCG@10 of both on the same leave-one-out split.
 
 A second table serves generated catalogues of --items sizes (default 10,000 and 50,000 items):
 for every model, in its own process, fit wall and CPU time, peak RSS, one-user p50/p99 through
@@ -21,6 +27,7 @@ EASE is not run above 20,000 items (its dense items x items matrix: 10 GB at 50,
   python bench/models.py                       # ~15-25 minutes on 2 cores
   python bench/models.py --quick               # < 2 minutes: 5,000 users, 10,000 items
   python bench/models.py --scale-only --items 10000,50000
+  python bench/models.py --als-only --items 10000   # ~30 s: the ALS comparison alone
   python bench/models.py --users 20000 --csv ratings.csv
 """
 
@@ -123,7 +130,7 @@ def evaluate_implicit(
 
     cls = AlternatingLeastSquares if kind == "als" else BayesianPersonalizedRanking
     model = cls(**params, random_state=0)
-    matrix = sp.csr_matrix(train.matrix * (alpha if kind == "als" else 1.0))
+    matrix = implicit_confidence(train.matrix, alpha) if kind == "als" else train.matrix
     from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
@@ -148,6 +155,14 @@ def evaluate_implicit(
     size = sum(f.stat().st_size for f in folder.iterdir())
     shutil.rmtree(folder, ignore_errors=True)
     return {"fit_s": fit, "recs": recs, "lat": latencies, "bytes": size, "peak_mib": None}
+
+
+def implicit_confidence(matrix: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
+    """The matrix to give implicit's ALS so that its objective is ours: implicit takes an
+    observed value as the confidence c_ui itself (preference 1), ours is c_ui = 1 + alpha * w."""
+    m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    m.data = 1.0 + np.float32(alpha) * m.data
+    return m
 
 
 def pct(values: list[float], p: float) -> float:
@@ -209,7 +224,7 @@ def scale_worker(name: str, n_items: int, n_users: int, iterations: int, samples
         model: Any = AlternatingLeastSquares(
             factors=64, iterations=iterations, regularization=0.05, random_state=0
         )
-        matrix = sp.csr_matrix(data.matrix * np.float32(10.0))
+        matrix = implicit_confidence(data.matrix, 10.0)
         with threadpool_limits(1, "blas"):  # what implicit asks for; it runs its own threads
             model.fit(matrix, show_progress=False)
         out.update(fit_s=time.perf_counter() - started, fit_cpu_s=time.process_time() - cpu)
@@ -226,7 +241,8 @@ def scale_worker(name: str, n_items: int, n_users: int, iterations: int, samples
         print(json.dumps(out))
         return
     params = {"als": {"factors": 64, "iterations": iterations}}.get(name, {})
-    fitted = make(name, **params).fit(data)
+    with threadpool_limits(1 if name == "als" else None, "blas"):  # ALS: as implicit's
+        fitted = make(name, **params).fit(data)
     out.update(fit_s=time.perf_counter() - started, fit_cpu_s=time.process_time() - cpu)
     out["fit_peak_mib"] = _rss_mib()
     out["own_mib"] = sum(a.nbytes for a in fitted._arrays().values()) / 2**20
@@ -330,6 +346,110 @@ def print_scale(rows: list[dict[str, Any]]) -> None:
             print(f"our ALS / implicit ALS at {n:,} items: CPU {cpu_x:.2f}x, wall {wall_x:.2f}x")
 
 
+ALS_SETTINGS = {"factors": 64, "regularization": 0.05, "alpha": 10.0, "cg_steps": 3}
+"""Both ALS fits of the comparison: implicit's CG defaults (3 steps per user, warm-started)."""
+
+
+def leave_one_out(data: Interactions, seed: int = 7) -> tuple[Interactions, dict[str, set[str]]]:
+    """One random observed item of every user with two or more held out: the training data and
+    what each such user should find."""
+    m = sp.csr_matrix(data.matrix, copy=True)
+    rng = np.random.default_rng(seed)
+    counts = np.diff(m.indptr)
+    users = np.flatnonzero(counts >= 2)
+    held = m.indptr[users] + (rng.random(len(users)) * counts[users]).astype(np.int64)
+    truth = {
+        str(data.users[u]): {str(data.items[m.indices[h]])}
+        for u, h in zip(users, held, strict=True)
+    }
+    m.data[held] = 0
+    m.eliminate_zeros()
+    return Interactions(m, data.users, data.items), truth
+
+
+def compare_als(n_items: int, n_users: int, iterations: int, repeats: int) -> dict[str, Any]:
+    """Our ALS and implicit's on the same leave-one-out split of a generated catalogue, same
+    settings (`ALS_SETTINGS`, `iterations`), BLAS at one thread for both, `repeats` fits each in
+    alternating order in this process: fit CPU and wall time, and nDCG@10 of the first fit."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    train, truth = leave_one_out(catalogue(n_items, n_users))
+    settings = dict(ALS_SETTINGS)
+    alpha = settings.pop("alpha")
+    matrix = implicit_confidence(train.matrix, alpha)
+    users = sorted(truth)
+
+    def ours() -> Any:
+        return make("als", iterations=iterations, alpha=alpha, **settings).fit(train)
+
+    def theirs() -> Any:
+        model = AlternatingLeastSquares(
+            factors=settings["factors"],
+            regularization=settings["regularization"],
+            iterations=iterations,
+            random_state=0,
+        )
+        assert model.cg_steps == settings["cg_steps"] and model.alpha == 1.0
+        model.fit(matrix, show_progress=False)
+        return model
+
+    runs: list[dict[str, float]] = []
+    fitted: dict[str, Any] = {}
+    for r in range(repeats):
+        run: dict[str, float] = {}
+        for name, fit in sorted((("als", ours), ("implicit", theirs)), reverse=r % 2 == 1):
+            cpu, wall = time.process_time(), time.perf_counter()
+            with threadpool_limits(1, "blas"):
+                fitted.setdefault(name, fit())
+            run[f"{name}_cpu_s"] = time.process_time() - cpu
+            run[f"{name}_s"] = time.perf_counter() - wall
+        run["cpu_ratio"] = run["als_cpu_s"] / run["implicit_cpu_s"]
+        run["wall_ratio"] = run["als_s"] / run["implicit_s"]
+        runs.append(run)
+    index = train.user_index()
+    ids = np.asarray([index[u] for u in users])
+    got, _ = fitted["implicit"].recommend(ids, matrix[ids], N=10, filter_already_liked_items=True)
+    theirs_recs = {
+        u: [str(train.items[i]) for i in g if i >= 0] for u, g in zip(users, got, strict=True)
+    }
+    ours_recs = recommend_for(fitted["als"], train, users, 10)
+    kept = {u: truth[u] for u in users}
+    return {
+        "items": n_items,
+        "users": n_users,
+        "iterations": iterations,
+        "test_users": len(users),
+        "runs": runs,
+        "cpu_ratio_median": float(np.median([r["cpu_ratio"] for r in runs])),
+        "wall_ratio_median": float(np.median([r["wall_ratio"] for r in runs])),
+        "ndcg_als": metrics.ndcg_at_k(ours_recs, kept, 10),
+        "ndcg_implicit": metrics.ndcg_at_k(theirs_recs, kept, 10),
+    }
+
+
+def print_als(c: dict[str, Any]) -> None:
+    print(
+        f"\nALS beside implicit: {c['items']:,} items, {c['users']:,} users, {c['iterations']} "
+        f"iterations, {ALS_SETTINGS}, BLAS 1 thread, leave-one-out nDCG@10 on {c['test_users']:,}"
+        " users"
+    )
+    print(
+        f"{'run':>4} {'ours cpu s':>10} {'impl cpu s':>10} {'cpu x':>6} {'ours s':>7} "
+        f"{'impl s':>7} {'wall x':>6}"
+    )
+    for i, r in enumerate(c["runs"], 1):
+        print(
+            f"{i:4} {r['als_cpu_s']:10.2f} {r['implicit_cpu_s']:10.2f} {r['cpu_ratio']:6.2f} "
+            f"{r['als_s']:7.2f} {r['implicit_s']:7.2f} {r['wall_ratio']:6.2f}"
+        )
+    print(
+        f"our ALS fit / implicit's: CPU {c['cpu_ratio_median']:.2f}x, wall "
+        f"{c['wall_ratio_median']:.2f}x (medians); nDCG@10 ours {c['ndcg_als']:.4f}, "
+        f"implicit {c['ndcg_implicit']:.4f}"
+    )
+
+
 def run_models(
     args: argparse.Namespace, train: Interactions, truth: dict[str, set[str]]
 ) -> dict[str, dict[str, Any]]:
@@ -381,6 +501,8 @@ def main() -> None:
     ap.add_argument("--items", default="10000,50000", help="catalogue sizes of the scale table")
     ap.add_argument("--quick", action="store_true", help="small run (< 2 minutes)")
     ap.add_argument("--scale-only", action="store_true", help="only the scale table")
+    ap.add_argument("--als-repeats", type=int, default=5, help="fits of each ALS to compare")
+    ap.add_argument("--als-only", action="store_true", help="only the ALS comparison")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -388,8 +510,16 @@ def main() -> None:
         return
     if args.quick:
         args.users, args.iterations, args.latency_users, args.items = 5_000, 5, 200, "10000"
-    summary = {} if args.scale_only else quality(args)
+        args.als_repeats = min(args.als_repeats, 3)
     sizes = [int(x) for x in args.items.split(",")]
+    print(f"ALS comparison at {sizes[0]:,} items ...", file=sys.stderr, flush=True)
+    # 15 iterations even with --quick: the goal is stated at implicit's default
+    als = compare_als(sizes[0], max(20_000, 2 * sizes[0]), 15, args.als_repeats)
+    print_als(als)
+    if args.als_only:
+        print(json.dumps({"als": als}, default=float))
+        return
+    summary = {} if args.scale_only else quality(args)
     print(
         f"\nserving-scale catalogues ({args.iterations} ALS iterations; latencies in ms; "
         "peak MiB above the process with the data loaded)",
@@ -397,7 +527,8 @@ def main() -> None:
     )
     scale = run_scale(sizes, args.iterations, min(args.latency_users, 500))
     print_scale(scale)
-    print(json.dumps({"models": summary, "scale": scale}, default=float))
+    print_als(als)  # again at the end, beside the scale table
+    print(json.dumps({"models": summary, "scale": scale, "als": als}, default=float))
 
 
 def quality(args: argparse.Namespace) -> dict[str, Any]:

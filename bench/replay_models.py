@@ -10,7 +10,8 @@ processes (so peak memory is the job's own), round by round:
   rebuild   engine.profiles.replay.rebuild: decode and fold every event into profiles
             (what bench/replay.py calls "replay")
   replay    training.replay.run: the same fold, plus at every decision point both lists
-            through `Serving.recommend` with the shipped slots file, and their scores
+            through the serving pipeline with the shipped slots file (`--batch` decision
+            points of many users at a time, `Serving.recommend_many`), and their scores
 
 and reports events/s, the ratio replay / rebuild (the goal: >= 0.5), peak RSS and the number of
 decision points. `--profile` adds a cProfile of one replay: where its time goes.
@@ -57,7 +58,13 @@ def peak_rss_mib() -> float:
 
 
 async def worker(
-    mode: str, url: str, slot: str, candidate: str, profile: bool, sample: float = 1.0
+    mode: str,
+    url: str,
+    slot: str,
+    candidate: str,
+    profile: bool,
+    sample: float = 1.0,
+    batch: int = 256,
 ) -> dict[str, Any]:
     nc = await connect(url, f"bench-{mode}")
     bus = Bus(nc)
@@ -75,7 +82,13 @@ async def worker(
 
         config, path = load_slots(None)  # the shipped slots file
         made = await plan(
-            bus, (config, str(path)), None, candidate=candidate, slot=slot, sample=sample
+            bus,
+            (config, str(path)),
+            None,
+            candidate=candidate,
+            slot=slot,
+            sample=sample,
+            batch=batch,
         )
         prof = None
         if profile:
@@ -112,7 +125,7 @@ def run_worker(
     if profile is not None:
         env["BENCH_PROFILE"] = str(profile)
     cmd = [sys.executable, __file__, "--worker", mode, args.slot, versions["candidate"]]
-    cmd.append(str(args.sample))
+    cmd += [str(args.sample), str(args.batch)]
     proc = subprocess.run(
         cmd + (["--profile"] if profile else []),
         stdout=subprocess.PIPE,
@@ -173,7 +186,8 @@ async def publish_model(nc: Any, model: Any, slot: str) -> str:
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     base = statistics.median(x["rate"] for x in results["rebuild"])
     print(
-        f"\n{args.events:,} generated events, slot {args.slot}, sample {args.sample}; "
+        f"\n{args.events:,} generated events, slot {args.slot}, sample {args.sample}, "
+        f"batch {args.batch}; "
         f"medians of {args.rounds} round(s); ratio = median / rebuild median "
         "(provisional: 2 shared cores)"
     )
@@ -182,6 +196,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         "events": args.events,
         "slot": args.slot,
         "sample": args.sample,
+        "batch": args.batch,
         "results": {},
     }
     for mode, rs in results.items():
@@ -203,6 +218,11 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
         f"nDCG active {last['ndcg'][0]:.4f} / candidate {last['ndcg'][1]:.4f}"
     )
     summary["results"]["replay"]["decisions"] = last["decisions"]
+    # each round times the rebuild just before the replay: the ratio least moved by the load
+    rounds = zip(results["replay"], results["rebuild"], strict=True)
+    paired = [r["rate"] / b["rate"] for r, b in rounds]
+    summary["round_ratios"] = [round(x, 3) for x in paired]
+    print(f"per-round ratios replay / rebuild: {', '.join(f'{x:.2f}' for x in paired)}")
     summary["goal_met"] = summary["results"]["replay"]["ratio"] >= 0.5
     return summary
 
@@ -210,16 +230,17 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
 def profile_table(path: Path, top: int = 18) -> None:
     import pstats
 
-    print(f"\nWhere a replay's time goes (cProfile, top {top} by own time):")
+    print(f"\nWhere a replay's time goes (cProfile, top {top} by own time, then cumulative):")
     pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
+    pstats.Stats(str(path)).sort_stats("cumtime").print_stats(r"training|recommender", top)
 
 
 def main() -> None:
-    if len(sys.argv) >= 6 and sys.argv[1] == "--worker":
-        mode, slot, candidate, sample = sys.argv[2:6]
+    if len(sys.argv) >= 7 and sys.argv[1] == "--worker":
+        mode, slot, candidate, sample, batch = sys.argv[2:7]
         profile = "--profile" in sys.argv
         url = os.environ[URL_VARIABLE]
-        result = asyncio.run(worker(mode, url, slot, candidate, profile, float(sample)))
+        result = asyncio.run(worker(mode, url, slot, candidate, profile, float(sample), int(batch)))
         print(json.dumps(result))
         return
     ap = argparse.ArgumentParser(
@@ -234,6 +255,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile one more replay")
     ap.add_argument(
         "--sample", type=float, default=1.0, help="Share of users decided on (`--sample`)"
+    )
+    ap.add_argument(
+        "--batch", type=int, default=256, help="Decision points computed together (`--batch`)"
     )
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()

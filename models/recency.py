@@ -54,7 +54,7 @@ class RecencyKNN(ItemKNN):
         for r in profile.get("recent_items", ()):
             w = DEFAULT_WEIGHTS.get(r["type"], 0.0)
             if w:
-                age = max(now_ms - int(r["time"]), 0)
+                age = max(now_ms - int(r.get("time") or now_ms), 0)  # no time: not aged
                 out[r["item_id"]] = out.get(r["item_id"], 0.0) + w * 0.5 ** (age / half_life)
         for item, held in profile.get("held", {}).items():
             age = max(now_ms - int(held.get("since") or now_ms), 0)

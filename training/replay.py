@@ -26,21 +26,29 @@ later activity event, so both streams interleave by event time. Impressions real
 (`recommendation_shown`) are history on both sides: caps count what the live model showed.
 Memory is per user: profile(s), at most `MAX_PENDING` pending and `horizon` recent lists, in an
 LRU of `max_users` (~5 KiB a user; one evicted and seen again starts empty, `events.evicted`),
-plus the held CRM events. `sample` < 1 decides for that share of users only (a stable hash;
-every event is still folded). Counterfactuals: the candidate side may use another slots file and
-leave a period out (`exclude`: its profiles never fold those events).
+plus the held CRM events and one batch. `sample` < 1 decides for that share of users only (a
+stable hash; every event is still folded). Counterfactuals: the candidate side may use another
+slots file and leave a period out (`exclude`: its profiles never fold those events).
+
+**Batches**: the lists of `batch` decision points (of many users) are computed together
+(`Serving.recommend_many`, each at its own time), each from a copy of the profile as it stood at
+that point; what happened meanwhile (interactions, acquisitions, evictions) waits in log order
+and is scored once the lists are known, so the result is the one of `batch` = 1 (tested).
+Reasons are not computed (`items_only`): the replay compares items.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from zlib import crc32
+
+import orjson
 
 from engine.bus import Bus, Record, Refusal, decode
 from engine.bus.consumer import Batch
@@ -49,89 +57,13 @@ from engine.profiles.profile import CannotApply, settle_floor, time_ms
 from engine.recommender.core import Outcome, Serving
 from engine.recommender.lists import QUIET_TYPES
 from models.data import DEFAULT_WEIGHTS
+from models.scorer import Scorer
 from nerve_client.subjects import ACTIVITY, CRM, SHORT
+from training.replay_scores import DAY_MS, Pending, Tally, Verdict, ndcg
 
 ITEM_TYPES = frozenset(DEFAULT_WEIGHTS)
 MAX_PENDING = 32
-DAY_MS = 86_400_000
-
-
-def ndcg(items: tuple[str, ...], relevant: set[str], k: int) -> float:
-    """nDCG@k with binary relevance (ideal: min(relevant, k) hits on top)."""
-    dcg = sum(1.0 / math.log2(i + 2) for i, x in enumerate(items[:k]) if x in relevant)
-    return dcg / sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), k)))
-
-
-class Pending:
-    """A decided pair of lists waiting for the user's next interactions."""
-
-    __slots__ = ("day", "items", "left", "relevant", "weight")
-
-    def __init__(self, items: tuple[tuple[str, ...], tuple[str, ...]], day: int, left: int) -> None:
-        self.items, self.day, self.left = items, day, left
-        self.relevant: set[str] = set()
-        self.weight = 1
-
-
-class Tally:
-    """One side's running totals (bounded by the catalogue and the number of days)."""
-
-    def __init__(self) -> None:
-        self.lists = self.empty = self.fallbacks = 0
-        self.shown_items: dict[str, int] = {}
-        self.categories: dict[str, int] = {}
-        self.weight = self.hits = self.gain = 0.0
-        self.daily: dict[int, list[float]] = {}  # day -> [weight, hits, gain]
-        self.acquisitions = self.acquired_hits = 0
-        self.value_total = self.value_captured = 0.0
-
-    def shown(self, outcome: Outcome, items: tuple[str, ...], catalog: Any) -> None:
-        self.lists += 1
-        self.empty += not items
-        self.fallbacks += outcome.fallback is not None
-        for item in items:
-            self.shown_items[item] = self.shown_items.get(item, 0) + 1
-            entry = catalog.get(item)
-            category = (entry.category if entry is not None else None) or "?"
-            self.categories[category] = self.categories.get(category, 0) + 1
-
-    def scored(self, hit: bool, gain: float, weight: int, day: int) -> None:
-        self.weight, self.hits, self.gain = (
-            self.weight + weight,
-            self.hits + weight * hit,
-            self.gain + weight * gain,
-        )
-        d = self.daily.setdefault(day, [0.0, 0.0, 0.0])
-        d[0], d[1], d[2] = d[0] + weight, d[1] + weight * hit, d[2] + weight * gain
-
-    def acquired(self, value: float, captured: bool) -> None:
-        self.acquisitions += 1
-        self.acquired_hits += captured
-        self.value_total += value
-        self.value_captured += value * captured
-
-
-class Verdict:
-    """The mean of per-user nDCG differences and its 95 % interval (Welford's update)."""
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
-
-    def summary(self) -> dict[str, Any]:
-        ci, verdict = None, "not enough data"
-        if self.n >= 2:
-            half = 1.96 * math.sqrt(self.m2 / (self.n - 1) / self.n)
-            ci = [self.mean - half, self.mean + half]
-            verdict = "no significant difference"
-            verdict = "candidate better" if ci[0] > 0 else verdict
-            verdict = "candidate worse" if ci[1] < 0 else verdict
-        return {"users_scored": self.n, "user_ndcg_diff": self.mean, "ci95": ci, "verdict": verdict}
+INTERACT, ACQUIRE, DECIDE, EVICT = range(4)
 
 
 @dataclass(frozen=True)
@@ -156,6 +88,7 @@ class Plan:
     horizon: int = 5
     max_users: int = 200_000
     sample: float = 1.0
+    batch: int = 256
 
 
 class _User:
@@ -189,6 +122,8 @@ class Replayer:
         self.started = time.perf_counter()
         self.seconds = 0.0
         self.stored: int | None = None  # messages in the streams when the replay started
+        self.queue: list[tuple[dict[str, Any], dict[str, Any], int]] = []  # lists to compute
+        self.ops: list[tuple[Any, ...]] = []  # what follows the first of them, in log order
 
     # -- input --------------------------------------------------------------------------------
     def crm(self, batch: Batch) -> None:
@@ -224,20 +159,18 @@ class Replayer:
     def _event(self, short: str, seq: int, token: str, event: dict[str, Any], t: int) -> None:
         plan = self.plan
         etype, item = event.get("type"), event.get("item_id")
-        user = self.users.get(token)
         if isinstance(item, str) and etype in ITEM_TYPES:
             self.popularity[item] = self.popularity.get(item, 0) + 1
-            if user is not None and user.pending:
-                self._interacted(user, item)
+            self._later((INTERACT, token, item))
         if plan.until_ms is not None and t >= plan.until_ms:
             return
         inside = (plan.since_ms is None or t >= plan.since_ms) and self._sampled(token)
-        if inside and user is not None and isinstance(item, str) and _acquired(event):
-            self._acquisition(user, item, event)
+        if inside and isinstance(item, str) and _acquired(event):
+            self._later((ACQUIRE, token, item, self._value(item, event)))
         if not self._fold(short, seq, token, event, t):
             return
         if inside and etype not in QUIET_TYPES:
-            self._decide(token, t)
+            self._queue(token, t)
 
     def _sampled(self, token: str) -> bool:
         """Whether `token` is among the users decided on (`sample`, by a stable hash)."""
@@ -266,31 +199,74 @@ class Replayer:
         self.profiles.pop(token, None)
         if self.other is not None:
             self.other.pop(token, None)
-        user = self.users.pop(token, None)
-        if user is not None:
+        self._later((EVICT, token))
+
+    # -- batches: lists computed together, what followed them applied after, in order -------
+    def _queue(self, token: str, t: int) -> None:
+        """A decision point: its lists are computed with the batch, from profile copies."""
+        profile = _snapshot(self.profiles[token])
+        other = profile
+        if self.other is not None:
+            found = self.other.get(token)
+            other = stitch.blank(token) if found is None else _snapshot(found)
+        self.ops.append((DECIDE, token, t, len(self.queue)))
+        self.queue.append((profile, other, t))
+        if len(self.queue) >= self.plan.batch:
+            self.flush()
+
+    def _later(self, op: tuple[Any, ...]) -> None:
+        """Apply `op` now, or after the lists queued before it (keeping the log order)."""
+        if not self.queue:
+            self._apply(op)
+            return
+        self.ops.append(op)
+        if len(self.ops) >= 64 * self.plan.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Compute the queued lists (one call per side) and apply what waited, in order."""
+        if not self.queue:
+            return
+        plan, queue, ops = self.plan, self.queue, self.ops
+        self.queue, self.ops = [], []
+        times = [t for _, _, t in queue]
+        a = plan.active.serving.recommend_many(plan.slot, [q[0] for q in queue], times)
+        c = plan.candidate.serving.recommend_many(plan.slot, [q[1] for q in queue], times)
+        for op in ops:
+            if op[0] == DECIDE:
+                self._decided(op[1], op[2], a[op[3]], c[op[3]])
+            else:
+                self._apply(op)
+
+    def _apply(self, op: tuple[Any, ...]) -> None:
+        kind, user = op[0], self.users.get(op[1])
+        if user is None:
+            return
+        if kind == INTERACT and user.pending:
+            self._interacted(user, op[2])
+        elif kind == ACQUIRE:
+            self._acquisition(user, op[2], op[3])
+        elif kind == EVICT:
+            del self.users[op[1]]
             self.counts["evicted"] += 1
             self._close(user)
 
     # -- lists and their scores ---------------------------------------------------------------
-    def _decide(self, token: str, t: int) -> None:
+    def _decided(self, token: str, t: int, a: Outcome, c: Outcome) -> None:
         plan = self.plan
-        profile = self.profiles[token]
-        other = profile if self.other is None else self.other.get(token) or stitch.blank(token)
-        a = plan.active.serving.recommend(plan.slot, profile, t)
-        c = plan.candidate.serving.recommend(plan.slot, other, t)
         items = (_items(a), _items(c))
         day = t // DAY_MS
-        for tally, outcome, shown in zip(self.tallies, (a, c), items, strict=True):
-            tally.shown(outcome, shown, plan.active.serving.catalog)
-        k = max(self.ks) or 1
-        self.overlap[0] += len(set(items[0]) & set(items[1])) / k
+        self.tallies[0].shown(a, items[0])
+        self.tallies[1].shown(c, items[1])
+        shown = (frozenset(items[0]), frozenset(items[1]))
+        self.overlap[0] += len(shown[0] & shown[1]) / (max(self.ks) or 1)
         self.overlap[1] += items[0] != items[1]
         self.counts["decisions"] += 1
         user = self.users.get(token)
         if user is None:
             user = self.users[token] = _User(plan.horizon)
-        for recent, shown in zip(user.lists, items, strict=True):
-            recent.append(frozenset(shown))
+        user.lists[0].append(shown[0])
+        user.lists[1].append(shown[1])
         last = user.pending[-1] if user.pending else None
         if last is not None and last.left == plan.horizon and last.items == items:
             last.weight += 1  # nothing happened in between: the same future judges both
@@ -316,15 +292,18 @@ class Replayer:
         user.verdict[0] += p.weight
         user.verdict[1] += p.weight * (gains[1] - gains[0])
 
-    def _acquisition(self, user: _User, item: str, event: dict[str, Any]) -> None:
-        if not user.lists[0]:
-            return
+    def _value(self, item: str, event: dict[str, Any]) -> float:
         value = (event.get("properties") or {}).get("value")
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             entry = self.plan.active.serving.catalog.get(item)
             value = float(entry.value or 0.0) if entry is not None else 0.0
+        return float(value)
+
+    def _acquisition(self, user: _User, item: str, value: float) -> None:
+        if not user.lists[0]:
+            return
         for tally, recent in zip(self.tallies, user.lists, strict=True):
-            tally.acquired(float(value), any(item in shown for shown in recent))
+            tally.acquired(value, any(item in shown for shown in recent))
 
     def _close(self, user: _User) -> None:
         while user.pending:
@@ -342,6 +321,7 @@ class Replayer:
         self.held_crm.clear()
         for t, seq, token, event in rest:
             self._event("crm", seq, token, event, t)
+        self.flush()
         for user in self.users.values():
             self._close(user)
         self.users.clear()
@@ -357,6 +337,27 @@ def _fold(
 
 def _items(outcome: Outcome) -> tuple[str, ...]:
     return tuple(r.item_id for r in outcome.items)
+
+
+def _snapshot(profile: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a profile (JSON by contract; orjson is ~4x faster than deepcopy)."""
+    return dict(orjson.loads(orjson.dumps(profile)))
+
+
+def items_only(model: Scorer) -> Scorer:
+    """`model` without reasons: a shallow copy whose `explain` names no driver, so every reason
+    is its model's default. The replay compares items only, and `explain` was a third of a
+    list's cost. A model without an instance dict is served as it is."""
+    quiet = copy.copy(model)
+    try:
+        vars(quiet)["explain"] = _no_drivers
+    except TypeError:
+        return model
+    return quiet
+
+
+def _no_drivers(*args: Any, **kwargs: Any) -> dict[str, str]:
+    return {}
 
 
 def _acquired(event: dict[str, Any]) -> bool:

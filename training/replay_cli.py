@@ -18,7 +18,6 @@ import asyncio
 import html as escape
 import io
 import json
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +34,8 @@ from engine.recommender.core import Loaded, Serving
 from engine.recommender.slots import SlotsConfig, load_slots
 from nerve_client.errors import ConfigError
 from nerve_client.subjects import CATALOG
-from training.replay import DAY_MS, Plan, Replayer, Side, Tally, run
+from training.replay import Plan, Replayer, Side, items_only, run
+from training.replay_scores import iso
 
 ACTIVE = "active"
 
@@ -75,7 +75,7 @@ async def plan(
 ) -> Plan:
     """The replay of `candidate` (default: the `against` model, for a counterfactual) under
     `other` (default: `base`) beside `against` (a version, or the active one) under `base`;
-    `window`: Plan's since_ms, until_ms, exclude, horizon, max_users, sample."""
+    `window`: Plan's since_ms, until_ms, exclude, horizon, max_users, sample, batch."""
     if candidate is None and other is None and window.get("exclude") is None:
         raise ConfigError("--candidate: required unless --config or --exclude-window is given")
     registry = await bus.registry()
@@ -128,7 +128,7 @@ async def _load(bus: Bus, reg: str, version: str, cache: dict[str, Any]) -> Load
     if version not in cache:
         artifact = await (await bus.registry()).artifact(version)
         cache[version] = await asyncio.to_thread(load_packed, artifact)
-    return Loaded(reg, version, cache[version].name, cache[version])
+    return Loaded(reg, version, cache[version].name, items_only(cache[version]))
 
 
 # -- the result --------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def summary(r: Replayer) -> dict[str, Any]:
     p, n = r.plan, r.counts["decisions"]
     sides: list[dict[str, Any]] = [
         {"version": side.version, "model": side.model, "config": side.config, "k": k}
-        | _metrics(tally, r.catalogue, r.popularity)
+        | tally.metrics(r.catalogue, r.popularity, p.active.serving.catalog)
         for side, tally, k in zip((p.active, p.candidate), r.tallies, r.ks, strict=True)
     ]
     a, c = sides
@@ -145,9 +145,9 @@ def summary(r: Replayer) -> dict[str, Any]:
         "slot": p.slot,
         "horizon": p.horizon,
         "window": {
-            "since": _iso(p.since_ms),
-            "until": _iso(p.until_ms),
-            "exclude": [_iso(x) for x in p.exclude] if p.exclude else None,
+            "since": iso(p.since_ms),
+            "until": iso(p.until_ms),
+            "exclude": [iso(x) for x in p.exclude] if p.exclude else None,
             "sample": p.sample,
         },
         "events": {**r.counts, "stored": r.stored, "users": len(r.profiles)},
@@ -164,40 +164,6 @@ def summary(r: Replayer) -> dict[str, Any]:
         "seconds": r.seconds,
         "events_per_s": r.counts["read"] / r.seconds if r.seconds else 0.0,
     }
-
-
-def _metrics(t: Tally, catalogue: int, popularity: dict[str, int]) -> dict[str, Any]:
-    positions = sum(t.shown_items.values())
-    total = sum(popularity.values()) or 1
-    novelty = sum(
-        n * -math.log2(max(popularity.get(i, 0) / total, 1e-6)) for i, n in t.shown_items.items()
-    )
-    w, lists = t.weight or 1.0, t.lists or 1
-    return {
-        "lists": t.lists,
-        "scored": t.weight,
-        "hit_rate": t.hits / w,
-        "ndcg": t.gain / w,
-        "coverage": len(t.shown_items) / catalogue if catalogue else 0.0,
-        "novelty": novelty / positions if positions else 0.0,
-        "fallback_share": t.fallbacks / lists,
-        "empty_share": t.empty / lists,
-        "acquisitions": t.acquisitions,
-        "acquisition_hit_rate": t.acquired_hits / (t.acquisitions or 1),
-        "value_total": t.value_total,
-        "value_captured": t.value_captured,
-        "value_share": t.value_captured / t.value_total if t.value_total else 0.0,
-        "offer_mix": {
-            c: n / positions for c, n in sorted(t.categories.items(), key=lambda x: -x[1])
-        },
-        "daily": [
-            [_iso(d * DAY_MS), v[0], v[1] / v[0], v[2] / v[0]] for d, v in sorted(t.daily.items())
-        ],
-    }
-
-
-def _iso(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 ROWS = (
@@ -347,6 +313,9 @@ def replay(
     sample: Annotated[
         float, Opt(min=0.0001, max=1.0, help="Share of users (stable hash) decided on")
     ] = 1.0,
+    batch: Annotated[
+        int, Opt(min=1, help="Decision points whose lists are computed together")
+    ] = 256,
     as_json: Annotated[bool, Opt("--json", help="Print only the JSON line")] = False,
     html_file: Annotated[Path | None, Opt("--html", help="Write the HTML report here")] = None,
 ) -> None:
@@ -364,6 +333,7 @@ def replay(
         "horizon": horizon,
         "max_users": max_users,
         "sample": sample,
+        "batch": batch,
     }
 
     async def work(bus: Bus) -> dict[str, Any]:

@@ -48,26 +48,28 @@ async def sweep(
         ack_wait=30.0,
     )
     sub = None
-    while not stop.is_set():
-        try:
-            if sub is None:
-                await js.add_consumer(GAVE_UP, config)
-                sub = await js.pull_subscribe_bind(name, GAVE_UP)
+    try:
+        while not stop.is_set():
             try:
-                msgs = await sub.fetch(16, timeout=1.0)
-            except TimeoutError:
-                continue
-            for msg in msgs:
-                await _one(js, stream, msg.data, give_up)
-                await msg.ack()
-        except Exception as exc:  # broker away, stream missing: try again later
-            log.warning("sweeping %s: %s", name, exc)
-            sub = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-    if sub is not None:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+                if sub is None:
+                    await js.add_consumer(GAVE_UP, config)
+                    sub = await js.pull_subscribe_bind(name, GAVE_UP)
+                try:
+                    msgs = await sub.fetch(16, timeout=1.0)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    await _one(js, stream, msg.data, give_up)
+                    await msg.ack()
+            except Exception as exc:  # broker away, stream missing: try again later
+                log.warning("sweeping %s: %s", name, exc)
+                sub = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+    finally:  # stopped or cancelled: a pull subscription left behind holds the fetch's late
+        if sub is not None:  # status message, which the connection's drain then waits 30 s for
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 async def _one(js: JetStreamContext, stream: str, advisory: bytes, give_up: GiveUp) -> None:
