@@ -132,6 +132,24 @@ async def test_cli_publish_names_the_change_and_refuses_a_kind_change_without_fo
     assert f"slot trending: popular {version} → ease ease-" in forced.stdout
 
 
+async def test_a_candidate_is_stored_for_replay_and_experiments_and_activates_nothing(
+    fresh: NATS, nats_url: str, tmp_path: Path, lines: list[bytes]
+) -> None:
+    """Before: --publish always activated, so a challenger could not wait in the registry for
+    `nerve replay models --candidate` and `nerve experiments start` (the loop's next steps)."""
+    await _history(fresh, lines)
+    train = ("train", "--source", "stream", "--no-curve", "--publish")
+    live = nerve(nats_url, tmp_path, *train, "--model", "itemknn")
+    assert live.returncode == 0, live.stderr
+    challenger = nerve(nats_url, tmp_path, *train, "--model", "ease", "--candidate")
+    assert challenger.returncode == 0, challenger.stderr
+    assert "a candidate, slot similar unchanged" in challenger.stdout
+    rows = {r["model"]: r for r in api.listing(nats_url=nats_url, data_dir=tmp_path)}
+    assert rows["itemknn"]["slots"] == ["similar"] and rows["ease"]["slots"] == []
+    alone = nerve(nats_url, tmp_path, "train", "--model", "ease", "--candidate")
+    assert alone.returncode == 2 and "--candidate: only with --publish" in alone.stderr
+
+
 async def test_models_fits_80_columns_with_full_versions_and_lists_json(
     fresh: NATS, nats_url: str, tmp_path: Path, lines: list[bytes]
 ) -> None:

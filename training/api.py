@@ -33,7 +33,7 @@ import pandas as pd
 import models
 import models.plugins as plugins
 from engine.bus import Bus
-from engine.bus.registry import UnknownModel
+from engine.bus.registry import UnknownModel, check_servable
 from engine.settings import BrokerSettings
 from models.artifact import LOADERS
 from models.nbo import NBOConfig
@@ -98,8 +98,12 @@ class Change:
     kind: str
     previous: str | None = None
     previous_kind: str | None = None
+    stored_only: bool = False
+    """A candidate: stored in the registry, `slot` left as it was."""
 
     def __str__(self) -> str:
+        if self.stored_only:
+            return f"a candidate, slot {self.slot} unchanged (for replay and experiments)"
         if self.previous == self.version:
             return f"slot {self.slot}: {self.kind} {self.version} (unchanged)"
         before = f"{self.previous_kind} {self.previous}" if self.previous else "(empty)"
@@ -239,13 +243,17 @@ def publish(
     *,
     slot: str | None = None,
     force: bool = False,
+    candidate: bool = False,
     nats_url: str | None = None,
     data_dir: Path | str | None = None,
     broker: BrokerSettings | None = None,
 ) -> Change:
     """Store a trained model (a `Trained`, or a version under `<data_dir>/models/`) in the
     registry and make it the active model of `slot` (default: `default_slot` of its kind).
-    `KindChange`, with nothing stored, if the slot serves another kind and not `force`."""
+    `KindChange`, with nothing stored, if the slot serves another kind and not `force`.
+    With `candidate`, store it only (checked servable, nothing activated): a challenger for
+    `nerve replay models --candidate` and `nerve experiments start`; the `Change` then names
+    the slot's active model as both `previous` and the one still serving."""
     settings = settings_of(nats_url, data_dir, broker)
     if isinstance(trained, str):
         folder = settings.data_dir / "models" / trained
@@ -256,9 +264,14 @@ def publish(
     target = slot or default_slot(done.kind)
 
     async def work(bus: Bus) -> Change:
-        change = await _change(bus, target, done.version, done.kind, force)
         registry = await bus.registry()
-        await registry.publish(done.version, done.card, models.pack(done.folder), target)
+        artifact = models.pack(done.folder)
+        if candidate:
+            await check_servable(done.version, artifact)
+            await registry.publish(done.version, done.card, artifact, None)
+            return Change(target, done.version, done.kind, None, None, stored_only=True)
+        change = await _change(bus, target, done.version, done.kind, force)
+        await registry.publish(done.version, done.card, artifact, target)
         return change
 
     return on_bus(settings, "nerve-train", work)

@@ -169,6 +169,13 @@ def train(
         typer.Option(help="Slot to activate it for, with --publish (default by kind: {slots})"),
     ] = None,
     force: Force = False,
+    candidate: Annotated[
+        bool,
+        typer.Option(
+            help="With --publish: store it in the registry without activating it (a "
+            "challenger for nerve replay models and nerve experiments)"
+        ),
+    ] = False,
     tune: Annotated[
         bool,
         typer.Option(
@@ -201,7 +208,9 @@ def train(
     values = _params(params)
     _check_model(model, values)
     settings = broker()
-    if publish:
+    if candidate and not publish:
+        raise ConfigError("--candidate: only with --publish")
+    if publish and not candidate:
         slot = api.check_slot(model, slot, force=force, broker=settings)
         _warn_unserved(slot, settings.data_dir)
     frame = load_history(source, since, until, broker=settings)  # type: ignore[arg-type]
@@ -226,7 +235,7 @@ def train(
         )
     _show(trained, as_json)
     if publish:
-        change = api.publish(trained, slot=slot, force=force, broker=settings)
+        change = api.publish(trained, slot=slot, force=force, candidate=candidate, broker=settings)
         out.print(f"published {trained.version}; {change}", highlight=False)
 
 
