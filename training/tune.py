@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models import REGISTRY, EventWeights, Recommender, make
+from models import REGISTRY, EventWeights, Recommender, make, plugins
 from nerve_client.errors import ConfigError
 from training.evaluate import evaluate, recommends_seen
 from training.splits import Split, span, split
@@ -47,8 +47,11 @@ SPACES: dict[str, dict[str, list[Any]]] = {
 
 def space_of(name: str) -> dict[str, list[Any]]:
     """The declared search space of model `name` (`ConfigError` if it has none)."""
+    if name not in REGISTRY:
+        plugins.find(name)  # `module:Class` or an entry point: registered as a kind
     cls = REGISTRY.get(name)
-    own = getattr(cls, "search_space", None) if cls is not None else None
+    wrapped = getattr(cls, "plugin", None)  # a plain plugin class: its own declaration
+    own = getattr(wrapped if wrapped is not None else cls, "search_space", None)
     space = own if own is not None else SPACES.get(name)
     if not space:
         raise ConfigError(f"--tune: model {name!r} declares no search space")

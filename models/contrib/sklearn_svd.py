@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.decomposition import TruncatedSVD
@@ -24,6 +24,9 @@ from sklearn.decomposition import TruncatedSVD
 class TruncatedSVDItems:
     """Items as the right singular vectors of the log-damped user x item matrix: a history
     scores an item by how close the item lies to the history's items in that space."""
+
+    search_space: ClassVar[dict[str, list[Any]]] = {"factors": [16, 32, 64], "iterations": [5, 10]}
+    """What `nerve train --tune` searches (optional: a plugin without it cannot be tuned)."""
 
     def __init__(self, factors: int = 32, iterations: int = 5, seed: int = 0) -> None:
         self.factors, self.iterations, self.seed = factors, iterations, seed
