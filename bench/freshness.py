@@ -43,7 +43,8 @@ the table, not the end of the run.
 
   python bench/freshness.py               # ~4 minutes
   python bench/freshness.py --quick       # < 2 minutes
-  python bench/freshness.py --profile 5000   # cProfile of RecommenderService.process, in-process
+  python bench/freshness.py --profile 5000   # cProfile of the recommender's worker, in-process
+  python bench/freshness.py --profile 5000 --dump prof.pstats   # ... and keep the pstats
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -498,13 +500,16 @@ async def requests(
 async def profile(args: argparse.Namespace) -> None:
     """cProfile of `RecommenderService.process` on real deliveries from a real broker: the
     service is built in this process (no `nerve up`), its durable push consumer fills a list,
-    and the batches are processed one after the other as the service's worker would."""
+    and the batches of 100 are processed as the service's worker does (`InFlight`: two in
+    flight, acknowledged in order). The profiler runs over the whole loop, so the time the
+    loop waits for the broker shows as `select`/`poll`."""
     import cProfile
     import pstats
     import tomllib
 
     from engine.profiles.store import ProfileStore
     from engine.recommender.core import Serving
+    from engine.recommender.inflight import InFlight
     from engine.recommender.slots import SlotsConfig
     from engine.services.recommender import RecommenderService
     from nerve_client.subjects import CATALOG
@@ -524,6 +529,7 @@ async def profile(args: argparse.Namespace) -> None:
         consumer = bus.push("ACTIVITY", "profile", got.append)
         await consumer.start()
         counter = [0]
+        stop = asyncio.Event()
 
         async def run(n: int, prof: cProfile.Profile | None) -> float:
             got.clear()
@@ -531,16 +537,25 @@ async def profile(args: argparse.Namespace) -> None:
             while len(got) < n:
                 await asyncio.sleep(0.05)
             started = time.perf_counter()
-            for i in range(0, n, 100):
-                batch = got[i : i + 100]
-                if prof is not None:
-                    prof.enable()
-                await service.process(batch)
-                if prof is not None:
-                    prof.disable()
+
+            async def ack(batch: list[Any]) -> None:
                 await consumer.ack(batch[-1])
+
+            # as the service's worker: two batches in flight, acknowledged in order
+            flight = InFlight(lambda ds: service._process_until_done(ds, stop), ack)
+            if prof is not None:
+                prof.enable()
+            for i in range(0, n, 100):
+                await flight.submit(got[i : i + 100])
+            await flight.flush()
+            if prof is not None:
+                prof.disable()
             return n / (time.perf_counter() - started)
 
+        if os.environ.get("NERVE_GC_TUNING", "1") != "0":  # as `nerve up` does (engine.runner)
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(50_000, 20, 100)
         warm = await run(args.users, None)
         print(f"warm-up: {args.users:,} users at {warm:,.0f} events/s (not profiled)")
         first = (await nc.jetstream().stream_info("ACTIVITY")).state.last_seq + 1
@@ -553,6 +568,8 @@ async def profile(args: argparse.Namespace) -> None:
         prof = cProfile.Profile()
         rate = await run(args.profile, prof)
         print(f"profiled: {args.profile:,} events at {rate:,.0f} events/s (under cProfile)")
+        if args.dump:
+            prof.dump_stats(args.dump)
         stats = pstats.Stats(prof)
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top)
@@ -688,6 +705,7 @@ if __name__ == "__main__":
         help="Instead: cProfile RecommenderService.process on N real deliveries, in-process",
     )
     p.add_argument("--top", type=int, default=30, help="Functions shown by --profile")
+    p.add_argument("--dump", metavar="FILE", help="--profile: also write the pstats to FILE")
     p.add_argument(
         "--quick",
         action="store_true",

@@ -4,6 +4,8 @@ One data dir holds one server. The first `nerve` command that needs the broker s
 an exclusive lock on `<data_dir>/broker.lock` and writes `<data_dir>/broker.json` with its URL;
 any other `nerve` command run meanwhile on the same data dir reads that file and connects to the
 running server instead of starting a second one on the same store (which would corrupt it).
+A cluster started by `nerve cluster up` (`engine.cluster`) holds the same lock and writes the
+same file with its comma-separated URL list and every node's pid: it is adopted the same way.
 
 Authentication is always on: every start generates the missing component credentials and
 writes the server's `authorization` block (`engine.credentials`); there is no anonymous user.
@@ -70,7 +72,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def _reachable(url: str, timeout: float = 0.5) -> bool:
-    hostport = url.split("://", 1)[-1]
+    """Whether a NATS server answers at `url`, or at any URL of a comma-separated list (a
+    cluster: `engine.cluster` writes its list to broker.json)."""
+    return any(_answers(u.strip(), timeout) for u in url.split(",") if u.strip())
+
+
+def _answers(url: str, timeout: float) -> bool:
+    hostport = url.split("://", 1)[-1].rpartition("@")[2]
     host, _, port = hostport.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout) as s:
@@ -217,21 +225,30 @@ def broker_url(settings: BrokerSettings) -> Iterator[str]:
 
 
 def reload(data_dir: Path) -> int | None:
-    """Make the embedded server running on `data_dir` re-read its config (SIGHUP); returns
-    its pid, or None when none runs (the next start reads the new config anyway)."""
-    info = data_dir.resolve() / "broker.json"
+    """Make the server running on `data_dir` re-read its config (SIGHUP): the embedded one,
+    or every node of a cluster (`nerve cluster up`: broker.json lists each node's pid).
+    Returns the first pid signalled, or None when none runs (the next start reads the new
+    config anyway)."""
     try:
-        pid = int(json.loads(info.read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        info = json.loads((data_dir.resolve() / "broker.json").read_text())
+        pids = [int(n["pid"]) for n in info.get("nodes") or () if n.get("pid")]
+        pids = pids or [int(info["pid"])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    signalled = [pid for pid in dict.fromkeys(pids) if _hang_up(pid)]
+    return signalled[0] if signalled else None
+
+
+def _hang_up(pid: int) -> bool:
+    """SIGHUP `pid` if it is a nats-server (a stale broker.json may name some other process)."""
     try:
         comm = Path(f"/proc/{pid}/comm")
         if comm.exists() and not comm.read_text().startswith("nats-server"):
-            return None  # a stale broker.json: that pid is some other process now
+            return False
         os.kill(pid, signal.SIGHUP)
     except OSError:  # ProcessLookupError among them: it is gone
-        return None
-    return pid
+        return False
+    return True
 
 
 def running_url(data_dir: Path) -> str | None:

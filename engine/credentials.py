@@ -44,21 +44,23 @@ role may also look up account limits and stream names):
 | request `nerve.profiles.get` (internal profiles API) | ✓ | | | | | | | | | | |
 | answer `nerve.profiles.get` | | ✓ | | | | | | | | | |
 | request `nerve.ops.state` (operator console, `/metrics` gauges) | ✓ | | | | | | | | | | |
-| answer `nerve.ops.state` | | | | | | ✓ | | | | | |
+| request `nerve.ops.stats`, `nerve.ops.experiments` (the reports) | ✓ | | | | | | | | | | |
+| answer `nerve.ops.state`, `nerve.ops.stats`, `nerve.ops.experiments` | | | | | | ✓ | | | | | |
 | list streams and consumers (sizes, sequences, lag; no message) | | | | | | ✓ | | | | | |
-| read ACTIVITY | | ✓ | ✓ | ✓ | ✓ | | ✓ | | | | ✓ |
+| read ACTIVITY (ops: `/v1/stats`, `/v1/experiments`) | | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ | | | | ✓ |
 | read CRM | | ✓ | ✓ | ✓ | ✓ | | | | | | |
 | read DEADLETTER (it counts dead letters) | | | | | ✓ | ✓ | | | | | |
 | read GAVEUP (its consumers' max-delivery advisories) | | ✓ | ✓ | | | | | | | | |
 | read CATALOG | ✓ | | ✓ | | | | | | ✓ | | |
-| read RECOMMENDATIONS | ✓ | | ✓ | | | | | | | | ✓ |
+| read RECOMMENDATIONS | ✓ | | ✓ | | | ✓ | | | | | ✓ |
+| read SHADOW (experiments' shadow lists, for `/v1/experiments`) | | | | | | ✓ | | | | | |
 | read SIGNALS | | | | ✓ | | ✓ | | ✓ | | ✓ | ✓ |
 | read ANOMALIES | | | | | ✓ | ✓ | | ✓ | | ✓ | ✓ |
 | read KV `profiles` | | ✓ | ✓ | ✓ | | | | | | | |
 | read KV `userkeys` (profile keys) | | ✓ | ✓ | ✓ | | | | | | | |
 | write KV `profiles`, `userkeys` | | ✓ | | | | | | | | | |
 | read KV `registry`, objects `models` | | | ✓ | ✓ | | | | | | | |
-| read KV `registry` (model cards, for the console) | | | | | | ✓ | | | | | |
+| read KV `registry` (cards, experiments: console, `/v1/experiments`) | | | | | | ✓ | | | | | |
 | read KV `tombstones` | ✓ | ✓ | ✓ | ✓ | ✓ | | | | | | |
 | read KV `webhooks` (subscriptions, signing secrets) | | | | | | | | ✓ | | | |
 | publish `shadow.>` (experiments' shadow lists, SHADOW) | | | ✓ | | | | | | | | |
@@ -81,10 +83,13 @@ update, delete or purge streams, or delete single messages (`nerve forget`'s sec
 The gateway cannot read the `profiles` or `userkeys` buckets at all: the internet-facing
 process holds no profile decryption key, and the internal profiles API asks the profiles
 service (`nerve.profiles.get`), which decrypts and answers. Likewise it reads no stream or
-consumer info, dead letters (rejected bodies), signals, anomalies or registry: the operator
-console and `/metrics` ask the ops service (`nerve.ops.state`), which may read those and
-nothing of ACTIVITY, CRM or the profiles (its stream listing carries sizes and sequences,
-never a message or a subject).
+consumer info, dead letters (rejected bodies), signals, anomalies, registry, no event of
+ACTIVITY and no shadow list: the operator console and `/metrics` ask the ops service
+(`nerve.ops.state`), and `/v1/stats` and `/v1/experiments` ask it for their reports
+(`nerve.ops.stats`, `nerve.ops.experiments`). The ops service may read those, ACTIVITY,
+RECOMMENDATIONS and SHADOW included (the reports count them), and nothing of CRM or the
+profiles; it answers with aggregates (its stream listing carries sizes and sequences, the
+reports counts and rates), never a message or a subject.
 Limits of the allow-lists: a credential that may read a stream may also create, update or
 delete any consumer on it (consumer names are not scoped per credential); a service may write
 any `health` key (a key is `<service>[-replica].<host>-<pid>`, not a token of its own).
@@ -97,7 +102,13 @@ from dataclasses import dataclass
 from engine.settings import BrokerSettings
 from nerve_client.credentials import Credential, Tls
 from nerve_client.events.envelope import CRM_TYPES
-from nerve_client.subjects import OPS_REQUEST_SUBJECT, crm_type_filter, deadletter_subject
+from nerve_client.subjects import (
+    OPS_EXPERIMENTS_SUBJECT,
+    OPS_REQUEST_SUBJECT,
+    OPS_STATS_SUBJECT,
+    crm_type_filter,
+    deadletter_subject,
+)
 
 COMPONENTS = (
     "admin",
@@ -117,6 +128,8 @@ OUTSIDE_ROLES = ("crm", "reader", "admin")
 _PROFILE_REQUEST = "nerve.profiles.get"
 _MODEL_PUBLISHED = "activity.~system.model_published"
 _FORGET = "nerve.control.forget"
+_OPS_SUBJECTS = (OPS_REQUEST_SUBJECT, OPS_STATS_SUBJECT, OPS_EXPERIMENTS_SUBJECT)
+"""What the gateway asks the ops service (the console's state, the reports) and it answers."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +206,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
             "dlq.>",
             "reco.request",
             _PROFILE_REQUEST,
-            OPS_REQUEST_SUBJECT,
+            *_OPS_SUBJECTS,
             *reads("CATALOG", "RECOMMENDATIONS"),
             *kv("tombstones", "health"),
         ),
@@ -255,15 +268,16 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     ),
     # ops: the operator console's state for the gateway (engine.services.ops): stream and
     # consumer info, the dead letters, signals and anomalies it lists, the registry's cards,
-    # the heartbeats; it publishes nothing but its own heartbeat
+    # the heartbeats; the reports of /v1/stats and /v1/experiments (engine.ops.reports): the
+    # log, the served and shadow lists, the experiments; it publishes nothing but its heartbeat
     "ops": (
         (
             *_STREAM_INFO,
-            *reads("DEADLETTER", "SIGNALS", "ANOMALIES"),
+            *reads("DEADLETTER", "SIGNALS", "ANOMALIES", "ACTIVITY", "RECOMMENDATIONS", "SHADOW"),
             *kv("registry", "health"),
             KV_PUT_TEMPLATE.format(bucket="health"),
         ),
-        (OPS_REQUEST_SUBJECT,),
+        _OPS_SUBJECTS,
         True,
     ),
     "warehouse": (("dlq.>", *reads("ACTIVITY"), *_HEARTBEAT), (), False),
@@ -300,13 +314,18 @@ def inbox_prefix(user: str) -> str:
 
 
 def url_with(url: str, cred: Credential) -> str:
-    """`url` carrying `cred`'s user and password (for code that connects with a URL only)."""
+    """`url` carrying `cred`'s user and password (for code that connects with a URL only);
+    every URL of a comma-separated list (a cluster's) carries them."""
+    if "," in url:
+        return ",".join(url_with(u.strip(), cred) for u in url.split(",") if u.strip())
     scheme, _, rest = url.partition("://")
     return f"{scheme}://{cred.user}:{cred.password}@{rest.rpartition('@')[2]}"
 
 
 def redact(url: str) -> str:
-    """`url` without its password, for messages and logs."""
+    """`url` without its password (each URL of a comma-separated list), for messages and logs."""
+    if "," in url:
+        return ",".join(redact(u) for u in url.split(","))
     scheme, sep, rest = url.partition("://")
     if "@" not in rest:
         return url

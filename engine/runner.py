@@ -5,7 +5,9 @@ and runs as an asyncio task; a Ctrl-C or SIGTERM sets one stop event, every serv
 its current batch, then the process exits with 130 / 143.
 
 Least privilege also in one process: provisioning (and `--import`) runs on an `admin`
-connection that is closed before any service starts, and every service gets its own `Bus`
+connection that is closed before any service starts (with a service's own `--nats-creds`, or
+a NATS `.creds` file, that connection only checks that the streams and buckets exist: only an
+admin creates them, with `nerve init`), and every service gets its own `Bus`
 connected with its own credential (`engine.credentials`: the embedded broker's per-component
 ones, or the one `--nats-creds` gave every component), so a service cannot do more than its job
 even when all of them share a process. (The gateway's app opens its own connection, as the
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from engine.bus import Bus
+from engine.bus.provision import require_provisioned
 from engine.credentials import redact, tls_of
 from engine.credstore import for_component
 from engine.importer import import_file
@@ -130,7 +133,10 @@ async def run(
     console = console or Console()
     admin = await connect_as(settings, "admin")
     try:
-        await admin.provision()
+        if _provisions(settings):
+            await admin.provision()  # replicas and partitions unset: what exists is kept
+        else:
+            await require_provisioned(admin)
         if import_path is not None:
             await _import(admin, import_path, console)
     finally:
@@ -180,6 +186,16 @@ async def run(
         for bus in buses:
             await bus.close()
     return received[0] if received else 0
+
+
+def _provisions(settings: Settings) -> bool:
+    """Whether the runner's admin connection may provision: it holds the admin credential (the
+    embedded broker's, or an admin `--nats-creds`), or none (an open server). A service's own
+    credential (`nerve run recommender --nats-creds recommender.json`) may not, and a NATS
+    `.creds` file says nothing of its rights: then the runner only checks that what the
+    services need exists."""
+    credential = for_component(settings.broker, "admin")
+    return credential is None or credential.role == "admin"
 
 
 async def _import(bus: Bus, path: Path, console: Console) -> None:

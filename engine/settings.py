@@ -78,7 +78,15 @@ class StreamSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    replicas: int = Field(default=1, ge=1, le=5)
+    replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description=(
+            "Replicas of every stream, bucket and object store (a cluster). Unset: 1 for new "
+            "ones, what exists otherwise (so a service starting never scales a cluster down)"
+        ),
+    )
     duplicate_window_s: float = Field(
         default=300.0,
         gt=0,

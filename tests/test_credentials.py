@@ -305,11 +305,91 @@ async def test_the_slice_runs_with_one_credential_per_service(
     assert "Violation" not in text, [line for line in text.splitlines() if "Violation" in line]
 
 
-async def test_ops_may_read_stream_info_and_dead_letters_and_no_event_or_profile(
+async def test_stats_and_experiments_are_read_by_the_ops_service_not_the_gateway(
     fresh: NATS, broker: EmbeddedBroker
 ) -> None:
-    """The ops service's credential: what the console shows, no payload of the log, no
-    profile, no publishing (it answers `nerve.ops.state` on its own inbox)."""
+    """`/v1/stats` and `/v1/experiments` with one credential per service: the gateway asks the
+    ops service, which scans ACTIVITY, the lists and the registry; both answer 200 with what
+    was stored, and the server logged no permission the gateway or ops lacked."""
+    from engine.experiments import spec
+    from tests.test_experiments import publish_challenger
+
+    await publish_world(fresh)
+    registry = await Bus(fresh).registry()
+    started = await spec.start(registry, "trending", await publish_challenger(fresh), 10)
+    log = broker.data_dir / "nats-server.log"
+    start = log.stat().st_size
+    port = free_port()
+    gateway = GatewaySettings(
+        port=port, site_keys=(SiteKey(key="slice-site-key"),), internal_tokens=(SLICE_TOKEN,)
+    )
+    settings = BrokerSettings(data_dir=broker.data_dir)
+    names = ("gateway", "ops")
+    services = asyncio.create_task(run_services(broker.admin_url, names, settings, gateway=gateway))
+    shown = make_event(
+        "recommendation_shown",
+        user_id=None,
+        anonymous_id="stats-visitor",
+        properties={
+            "recommendation_id": "r-stats-1",
+            "slot": "home",
+            "items": [{"item_id": "loan-personal", "position": 0}],
+        },
+    )
+    internal = {"Authorization": f"Bearer {SLICE_TOKEN}"}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/healthz")).status_code in (200, 503):
+                        break
+                await asyncio.sleep(0.05)
+            site = {SITE_KEY_HEADER: "slice-site-key"}
+            r = await http.post("/v1/events", json=shown, headers=site)
+            assert r.status_code == 202, r.text
+            for _ in range(200):  # the ops service starts after the gateway: 503 until then
+                stats = await http.get("/v1/stats?hours=1", headers=internal)
+                if stats.status_code != 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert stats.status_code == 200, stats.text
+            rows = {(x["slot"], x["model_version"]): x for x in stats.json()["rows"]}
+            assert rows[("home", "unknown")]["impressions"] == 1
+            found = await http.get("/v1/experiments", headers=internal)
+            assert found.status_code == 200, found.text
+            (report,) = found.json()["experiments"]
+            assert report["experiment"]["id"] == started.id
+            bad = await http.get("/v1/stats?hours=0", headers=internal)
+            assert bad.status_code == 422
+    finally:
+        if not services.done():
+            signal.raise_signal(signal.SIGINT)
+    assert await asyncio.wait_for(services, 20) == signal.SIGINT
+    text = log.read_bytes()[start:].decode(errors="replace")
+    assert "Violation" not in text, [line for line in text.splitlines() if "Violation" in line]
+
+
+async def test_the_gateway_answers_503_for_the_reports_when_no_ops_service_runs(
+    fresh: NATS, nats_url: str
+) -> None:
+    from engine.gateway import create_app
+
+    app = create_app(GatewaySettings(internal_tokens=(SLICE_TOKEN,)), nats_url, 5)
+    internal = {"Authorization": f"Bearer {SLICE_TOKEN}"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            for route in ("/v1/stats", "/v1/experiments"):
+                r = await http.get(route, headers=internal)
+                assert r.status_code == 503 and "ops service" in r.json()["detail"], r.text
+
+
+async def test_ops_may_read_the_console_and_the_reports_and_no_crm_or_profile(
+    fresh: NATS, broker: EmbeddedBroker
+) -> None:
+    """The ops service's credential: what the console shows and the reports count (the log,
+    the lists, the registry), no CRM, no profile, no publishing (it answers on its own
+    inbox)."""
     admin = Bus(fresh)
     await (await admin.kv("userkeys")).put("some-user", b"a profile key")
     async with as_user(broker, credstore.component(broker.data_dir, "ops")) as (nc, errors):
@@ -317,12 +397,14 @@ async def test_ops_may_read_stream_info_and_dead_letters_and_no_event_or_profile
         assert {s.config.name for s in await js.streams_info()} >= {"ACTIVITY", "DEADLETTER"}
         assert await js.consumers_info("ACTIVITY") is not None
         assert (await js.stream_info("DEADLETTER")).config.name == "DEADLETTER"
+        for readable in ("ACTIVITY", "RECOMMENDATIONS", "SHADOW", "KV_registry"):
+            assert (await js.stream_info(readable)).config.name == readable
         with pytest.raises(Exception):  # noqa: B017 - nats-py answers a refusal with a timeout
-            await js.get_msg("ACTIVITY", seq=1, direct=True)
-        await refused(errors, "$JS.API.DIRECT.GET.ACTIVITY")
+            await js.get_msg("CRM", seq=1, direct=True)
+        await refused(errors, "$JS.API.DIRECT.GET.CRM")
         with pytest.raises(Exception):  # noqa: B017
-            await js.stream_info("ACTIVITY")
-        await refused(errors, "$JS.API.STREAM.INFO.ACTIVITY")
+            await js.stream_info("CRM")
+        await refused(errors, "$JS.API.STREAM.INFO.CRM")
         with pytest.raises(Exception):  # noqa: B017
             await js.get_msg("KV_userkeys", subject="$KV.userkeys.some-user", direct=True)
         await refused(errors, "$JS.API.DIRECT.GET.KV_userkeys")

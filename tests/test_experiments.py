@@ -40,6 +40,7 @@ from nerve_client.events import parse_event
 from nerve_client.subjects import SHADOW, reco_subject, shadow_filter, user_token
 from tests.conftest import event, serving
 from tests.reco_world import NOW, publish_world, slots_config
+from tests.test_robust import ops_running
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 MS = int(T0.timestamp() * 1000)
@@ -413,7 +414,11 @@ async def test_get_experiments_refuses_a_site_key_and_answers_an_internal_token(
     settings = GatewaySettings(site_keys=(SiteKey(key=KEY),), internal_tokens=(TOKEN,))
     app = create_app(settings, nats_url, 5)
     app.include_router(experiments_route.router)  # until engine.gateway.app includes it
-    async with serving(app) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        ops_running(Bus(fresh)),  # /v1/experiments is read by the ops service
+        serving(app) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
         site = await http.get("/v1/experiments", headers={"X-Nerve-Site-Key": KEY})
         assert site.status_code == 401, site.text
         bad = await http.get("/v1/experiments", headers={"Authorization": "Bearer nope"})

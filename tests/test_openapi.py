@@ -29,6 +29,7 @@ from engine.gateway import IDENTITY_HEADER, SITE_KEY_HEADER, create_app
 from engine.profiles.store import ProfileStore
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.core import Serving
+from engine.services.ops import OpsService
 from engine.services.profiles import ProfileService
 from engine.services.recommender import RecommenderService
 from engine.settings import GatewaySettings, SiteKey
@@ -81,12 +82,13 @@ class Resp:
 
 @contextlib.asynccontextmanager
 async def services(nc: NATS) -> AsyncIterator[None]:
-    """The recommender and the profiles service, running until the block ends."""
+    """The recommender, the profiles and the ops service, running until the block ends."""
     bus = Bus(nc)
     store = await ProfileStore.open(bus)
-    running: list[RecommenderService | ProfileService] = [
+    running: list[RecommenderService | ProfileService | OpsService] = [
         RecommenderService(bus, Serving(slots_config(), ItemCatalog()), store),
         ProfileService(bus, await ProfileStore.open(bus)),
+        OpsService(bus),  # /v1/stats is read by the ops service
     ]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(s.run(stop)) for s in running]

@@ -118,6 +118,30 @@ def test_the_compiled_rules_remove_what_the_rule_table_removes() -> None:
     for i, item in enumerate(items):
         assert verdicts.forbids(i, item) == forbids(item, facts), item
     assert verdicts.forbids(free[1], "loan-b") == "max per category"
+    # the walk of a list (inlined) keeps and removes what forbids/kept say, in order
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 3, 50):
+        order = [int(i) for i in rng.permutation(len(items))]
+        pairs = [(i, float(s)) for i, s in zip(order, rng.random(len(items)), strict=True)]
+        pairs[1] = (pairs[1][0], float("nan"))
+        removed: list[tuple[str, str]] = []
+        walked = judge.personal(profile, NOW_MS + DAY, "savings-plus").walk(
+            iter(pairs), items, k, removed
+        )
+        reference = judge.personal(profile, NOW_MS + DAY, "savings-plus")
+        kept, gone = [], []
+        for i, score in pairs:
+            if not np.isfinite(score):
+                continue
+            rule = reference.forbids(i, items[i])
+            if rule is not None:
+                gone.append((items[i], rule))
+                continue
+            kept.append((items[i], score))
+            reference.kept(i)
+            if len(kept) == k:
+                break
+        assert (walked, removed) == (kept, gone), k
 
 
 def test_an_item_view_recomputes_home_and_similar_but_not_a_popularity_trending() -> None:
@@ -215,3 +239,65 @@ async def test_a_stored_list_of_an_older_model_is_recomputed_on_the_next_event(
     await service.process(await _deliveries(nc, [act("old", "item_viewed", "loan-car")]))
     # a view alone would not recompute trending; its list's model is no longer the active one
     assert service.stats.computed - computed == 3
+
+
+def test_each_list_of_a_batch_is_computed_at_its_own_time() -> None:
+    """A replay's decisions each have their own time: `recommend_many` with one `now_ms` per
+    profile gives list `i` exactly as `recommend` at `now[i]` (a cap that has expired for one
+    user has not for another in the same batch)."""
+    from tests.test_recommender_core import User
+
+    data = interactions()
+    models = {
+        "home": Loaded("home", "nbo-1", "nbo", fit_nbo()),
+        "similar": Loaded("similar", "knn-1", "itemknn", make("itemknn").fit(data)),
+        "trending": Loaded("trending", "pop-1", "popular", make("popular").fit(data)),
+    }
+    serving = Serving(slots_config(), ItemCatalog(ITEMS), models)
+    shown = {
+        "recommendation_id": "r",
+        "slot": "home",
+        "items": [{"item_id": "loan-personal", "position": 0}],
+    }
+    user = User().does(
+        "simulator_used", "loan-personal", simulator="loan", amount=1, term_months=12
+    )
+    user.does("recommendation_shown", **shown).does("recommendation_shown", **shown)
+    times = [NOW_MS, NOW_MS + 8 * DAY, NOW_MS + DAY, NOW_MS + 9 * DAY]
+    for slot in ("home", "similar", "trending"):
+        together = serving.recommend_many(slot, [user.profile] * 4, times)
+        for t, out in zip(times, together, strict=True):
+            alone = serving.recommend(slot, user.profile, t)
+            assert out.signature() == alone.signature(), (slot, t)
+            assert out.removed == alone.removed and out.fallback == alone.fallback
+    home = serving.recommend_many("home", [user.profile] * 4, times)
+    capped = [("loan-personal", "frequency cap") in o.removed for o in home]
+    assert capped == [True, False, True, False]
+    with pytest.raises(ValueError):
+        serving.recommend_many("home", [user.profile] * 2, times)
+
+
+@pytest.mark.parametrize("kind", ["als", "itemknn"])
+def test_a_batch_explains_each_list_as_its_model_does_alone(kind: str) -> None:
+    from engine.recommender.batch import explain_rows
+
+    rng = np.random.default_rng(2)
+    ids, data = _big_world()
+    model: Any = make(kind, **({"factors": 16, "iterations": 3} if kind == "als" else {}))
+    model.fit(data)
+    histories = [
+        {ids[int(j)]: float(rng.integers(1, 9)) for j in rng.integers(0, len(ids), n)}
+        for n in rng.integers(0, 25, 60)
+    ]
+    chosen = [[ids[int(j)] for j in rng.integers(0, len(ids), 10)] for _ in histories]
+    chosen[3] = [*chosen[3], "not-an-item"]
+    profiles: list[dict[str, Any]] = [{} for _ in histories]
+    together = explain_rows(model, profiles, histories, chosen, [NOW_MS] * 60)
+    assert sum(len(d) for d in together) > (100 if kind == "als" else 10)
+    for i in range(60):
+        alone = explain_rows(
+            model, profiles[i : i + 1], histories[i : i + 1], chosen[i : i + 1], [NOW_MS]
+        )
+        assert alone == [together[i]], i
+        own = model.explain(profiles[i], histories[i], chosen[i], NOW_MS) if histories[i] else {}
+        assert together[i] == own, i

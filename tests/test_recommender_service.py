@@ -26,6 +26,7 @@ from nerve_client.events import parse_event
 from nerve_client.subjects import REQUEST_SUBJECT, user_token
 from tests.conftest import event
 from tests.reco_world import publish_model, publish_world, slots_config
+from tests.test_robust import ops_running
 
 
 async def send(nc: NATS, *events: dict[str, Any]) -> None:
@@ -313,7 +314,7 @@ async def test_gateway_serves_stored_then_asks_and_refuses_bad_input(
         return {SITE_KEY_HEADER: "site-key-1", "X-Nerve-Identity": tok}
 
     headers = signed_in("eve")
-    async with running(nc), app.router.lifespan_context(app):
+    async with running(nc), ops_running(Bus(nc)), app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
             r = await http.get("/v1/recommendations/eve?slot=home", headers=headers)

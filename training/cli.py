@@ -28,6 +28,20 @@ Force = Annotated[
     bool,
     typer.Option(help="Replace the slot's active model even if it is of another kind"),
 ]
+Candidate = Annotated[
+    bool,
+    typer.Option(
+        help="With --publish: store it in the registry without activating it (a challenger "
+        "for nerve replay models and nerve experiments)"
+    ),
+]
+Tune = Annotated[
+    bool,
+    typer.Option(
+        help="Search the model's declared parameter space on a validation slice of the "
+        "training part first (never the test part); --params holds a parameter fixed"
+    ),
+]
 
 
 class FilledHelp(TyperCommand):
@@ -169,20 +183,8 @@ def train(
         typer.Option(help="Slot to activate it for, with --publish (default by kind: {slots})"),
     ] = None,
     force: Force = False,
-    candidate: Annotated[
-        bool,
-        typer.Option(
-            help="With --publish: store it in the registry without activating it (a "
-            "challenger for nerve replay models and nerve experiments)"
-        ),
-    ] = False,
-    tune: Annotated[
-        bool,
-        typer.Option(
-            help="Search the model's declared parameter space on a validation slice of the "
-            "training part first (never the test part); --params holds a parameter fixed"
-        ),
-    ] = False,
+    candidate: Candidate = False,
+    tune: Tune = False,
     tune_budget: Annotated[
         int | None,
         typer.Option(min=1, help="With --tune: try this many random settings, not the grid"),

@@ -22,12 +22,17 @@ sequence; a list that did not change is not published).
 Acknowledgement stays cumulative and exact: `ack(d)` acknowledges, on each held partition's
 consumer, the last delivery that arrived before `d` (deliveries carry their arrival `mark`).
 Partitions released or lost are not acknowledged at all: their events are the new owner's.
+A delivery lost on the way (a number skipped in the consumer sequence: `Gaps`) stops the
+partition there: what came after it is dropped unseen and unacknowledged, and the partition's
+consumer is re-created from its ack floor, so the lost event comes again, in order, before
+anything after it can be acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,11 +42,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from engine.bus.consumer import GIVE_UP_AFTER, Delivery, PushConsumer
+from engine.bus.consumer import GIVE_UP_AFTER, Delivery, Gaps, PushConsumer
 from engine.bus.gaveup import GiveUp, sweep
 from engine.bus.jsmeta import ack_info, stream_subject
 from engine.settings import ACK_WAIT_S
 from nerve_client.subjects import partition_filter
+
+log = logging.getLogger("nerve.bus")
 
 
 class PartitionedPush(PushConsumer):
@@ -60,6 +67,7 @@ class PartitionedPush(PushConsumer):
         ack_wait: float = ACK_WAIT_S,
         max_ack_pending: int = 20_000,
         max_deliver: int = GIVE_UP_AFTER,
+        pending_msgs: int = 200_000,
     ) -> None:
         super().__init__(
             js,
@@ -69,6 +77,7 @@ class PartitionedPush(PushConsumer):
             ack_wait=ack_wait,
             max_ack_pending=max_ack_pending,
             max_deliver=max_deliver,
+            pending_msgs=pending_msgs,
         )
         self.partitions = partitions
         self.give_up = give_up
@@ -81,6 +90,10 @@ class PartitionedPush(PushConsumer):
         self._unacked: dict[int, deque[Delivery]] = {}
         self._mark = 0
         self._whole = ""
+        self._lock = asyncio.Lock()  # lease rounds and gap recoveries add and remove in turn
+        self._recovering: set[int] = set()
+        self._let_go: set[int] = set()  # removed by the lease rounds: a recovery leaves them
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def name(self, partition: int) -> str:
         """The durable consumer of one partition."""
@@ -114,36 +127,32 @@ class PartitionedPush(PushConsumer):
     def _filter(self, partition: int) -> str:
         return partition_filter(self.stream, partition) if self.partitions else self._whole
 
-    async def _restart(self, partition: int) -> ConsumerConfig:
-        """Delete the partition's consumer; return the config that re-creates it starting right
-        after its acknowledgement floor (or at the next message stored, the first time)."""
-        name = self.name(partition)
-        start: dict[str, Any] = {"deliver_policy": DeliverPolicy.NEW}
-        with contextlib.suppress(NotFoundError):
-            info = await self.js.consumer_info(self.stream, name)
-            floor = info.ack_floor.stream_seq if info.ack_floor else 0
-            start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": floor + 1}
-            await self.js.delete_consumer(self.stream, name)
-        return ConsumerConfig(
-            durable_name=name,
-            ack_policy=AckPolicy.ALL,
-            ack_wait=self.config.ack_wait,
-            max_ack_pending=self.config.max_ack_pending,
-            max_deliver=self.config.max_deliver,
-            filter_subject=self._filter(partition),
-            **start,
-        )
-
     async def add(self, partition: int) -> None:
         """Receive `partition` from where it was left (called once its lease is won)."""
+        async with self._lock:
+            self._let_go.discard(partition)
+            await self._add(partition)
+
+    async def remove(self, partition: int) -> None:
+        """Stop receiving `partition` (released or lost); its unacknowledged events stay on its
+        consumer for the next owner."""
+        async with self._lock:
+            self._let_go.add(partition)
+            await self._remove(partition)
+
+    async def _add(self, partition: int) -> None:
         if partition in self._subs:
             return
-        config = await self._restart(partition)
+        config = await self.from_floor(self.name(partition), self._filter(partition))
         unacked: deque[Delivery] = deque()
-        stream = self.stream
+        stream, gaps, lost = self.stream, Gaps(), [False]
 
         async def on_msg(msg: Msg) -> None:
-            if partition not in self._subs:
+            if self._unacked.get(partition) is not unacked or lost[0]:
+                return  # removed, or re-created after a gap: nothing more of this one
+            if not gaps.follows(msg.reply or ""):
+                lost[0] = True  # nothing after the gap is seen or acknowledged here
+                self._recover_partition(partition)
                 return
             delivered, seq, _ = ack_info(msg.reply or "")
             self._mark += 1
@@ -154,16 +163,15 @@ class PartitionedPush(PushConsumer):
 
         self._unacked[partition] = unacked
         self._subs[partition] = None  # on_msg may run before subscribe returns
-        self._subs[partition] = await self.js.subscribe(
-            self._filter(partition),
-            durable=self.name(partition),
-            stream=self.stream,
-            cb=on_msg,
-            manual_ack=True,
-            config=config,  # created anew, with a fresh deliver subject
-            pending_msgs_limit=200_000,
-            pending_bytes_limit=256 << 20,
-        )
+        try:
+            sub = await self.subscribe(
+                self.name(partition), self._filter(partition), on_msg, config
+            )
+        except BaseException:
+            self._subs.pop(partition, None)  # not held: a later `add` tries again
+            self._unacked.pop(partition, None)
+            raise
+        self._subs[partition] = sub
         if self.give_up is not None:
             stop = asyncio.Event()
             task = asyncio.create_task(
@@ -171,9 +179,37 @@ class PartitionedPush(PushConsumer):
             )
             self._sweeps[partition] = (stop, task)
 
-    async def remove(self, partition: int) -> None:
-        """Stop receiving `partition` (released or lost); its unacknowledged events stay on its
-        consumer for the next owner."""
+    def _recover_partition(self, partition: int) -> None:
+        """A delivery of `partition` was lost: start its consumer again from its ack floor
+        (what arrived before the gap may still be acknowledged meanwhile)."""
+        if partition in self._recovering:
+            return
+        self._recovering.add(partition)
+        self.restarts += 1
+
+        async def again() -> None:
+            async with self._lock:
+                if partition not in self._subs:
+                    return  # released meanwhile
+                await self._remove(partition)
+            while True:  # the lock is let go between attempts: lease rounds go on meanwhile
+                async with self._lock:
+                    if partition in self._subs or partition in self._let_go:
+                        return  # added again by its lease round, or released since
+                    try:
+                        return await self._add(partition)
+                    except Exception as exc:  # a broker away: try again
+                        log.warning(
+                            "%s: restart from its floor failed: %r", self.name(partition), exc
+                        )
+                await asyncio.sleep(1.0)
+
+        task = asyncio.create_task(again())
+        task.add_done_callback(lambda _t: self._recovering.discard(partition))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remove(self, partition: int) -> None:
         sub = self._subs.pop(partition, None)
         self._unacked.pop(partition, None)
         if sub is not None:
@@ -208,5 +244,8 @@ class PartitionedPush(PushConsumer):
         return total
 
     async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for p in list(self._subs):
             await self.remove(p)

@@ -21,7 +21,7 @@ handlers) which nats-py errors mean "the broker is unavailable" without importin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +170,10 @@ class Pipeline:
             raise BrokerDown(subject, "not connected to the broker")
         if not self._prefix:
             await self._start()
-        if deadline is None:
+        if deadline is None or not self._window.locked():
+            # Room in the window: taken without yielding to the loop (`asyncio.wait_for` would
+            # start a task and yield on every publish, so nats-py's flusher would send each
+            # message of a batch in a socket write of its own).
             await self._window.acquire()
         else:
             timeout = max(0.0, deadline - asyncio.get_running_loop().time())
@@ -210,12 +213,17 @@ class Conditional:
 
 
 async def publish_conditional(
-    pipeline: Pipeline, items: Sequence[Conditional], timeout: float
+    pipeline: Pipeline,
+    items: Sequence[Conditional],
+    timeout: float,
+    sent: Callable[[], object] | None = None,
 ) -> list[Ack | None]:
     """Send every conditional publish at once; per item its `Ack`, or None where the subject
     had moved on (the compare-and-set was lost). Anything else raises `PublishError`
     (`BrokerDown` when the client is not connected); the whole call takes at most `timeout`
-    seconds, a wait for the connection to come back included."""
+    seconds, a wait for the connection to come back included. `sent` is called once every
+    publish is handed to the client, before the wait for the acknowledgements (a caller may
+    start its next batch meanwhile)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     if items and not await pipeline.wait_connected(deadline):
@@ -229,6 +237,8 @@ async def publish_conditional(
             if item.msg_id is not None:
                 headers[MSG_ID] = item.msg_id
             futures.append(await pipeline.publish(item.subject, item.payload, headers, deadline))
+        if sent is not None:
+            sent()
         if futures:
             await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
     except BaseException:

@@ -10,6 +10,8 @@ the count is chosen when they are created (`StreamSettings.partitions`, default
 what it has (an older, unpartitioned one stays so: readers accept both stored forms); a count
 that differs from an existing stream's is refused (`ProvisionError(..., "partitions", ...)`),
 since moving users between partitions would split a user's history between two consumers.
+Replicas work the same way (`StreamSettings.replicas`): unset, a new stream gets 1 and an
+existing one keeps its own, so only `nerve init --replicas N` changes them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import contextlib
 import dataclasses
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -33,7 +35,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from engine.bus.pipeline import EXPECTED_LAST_SUBJECT_SEQ
 from engine.settings import DEFAULT_PARTITIONS, StreamSettings
-from nerve_client.errors import ProvisionError
+from nerve_client.errors import ConfigError, ProvisionError
 from nerve_client.subjects import (
     ACTIVITY,
     ANOMALIES,
@@ -49,6 +51,9 @@ from nerve_client.subjects import (
     partition_transform,
     transform_partitions,
 )
+
+if TYPE_CHECKING:
+    from engine.bus.bus import Bus
 
 DAY = 86_400.0
 IMMUTABLE = ("storage", "retention")
@@ -119,10 +124,7 @@ class Report:
 
 
 def _transform(stream: str, partitions: int) -> SubjectTransform | None:
-    if not partitions:
-        return None
-    src, dest = partition_transform(stream, partitions)
-    return SubjectTransform(src=src, dest=dest)
+    return SubjectTransform(*partition_transform(stream, partitions)) if partitions else None
 
 
 def partitions_of(config: StreamConfig) -> int:
@@ -146,7 +148,7 @@ def streams(s: StreamSettings) -> list[StreamConfig]:
             "storage": StorageType.FILE,
             "retention": RetentionPolicy.LIMITS,
             "discard": DiscardPolicy.OLD,
-            "num_replicas": s.replicas,
+            "num_replicas": s.replicas or 1,
             "duplicate_window": s.duplicate_window_s,
             "max_age": 0.0,
             "max_bytes": -1,
@@ -277,21 +279,21 @@ async def _ensure_stream(js: JetStreamContext, want: StreamConfig, report: Repor
     report.updated[want.name] = changed
 
 
-async def _ensure_bucket(js: JetStreamContext, b: Bucket, replicas: int, report: Report) -> None:
+async def _ensure_bucket(
+    js: JetStreamContext, b: Bucket, replicas: int | None, report: Report
+) -> None:
     stream = f"KV_{b.name}"
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
-        await js.add_stream(bucket_stream(b, replicas))
+        await js.add_stream(bucket_stream(b, replicas or 1))
         report.created.append(f"kv:{b.name}")
         return
     if b.erasable and info.config.deny_delete:
         raise ProvisionError(stream, "deny_delete", True, False)
-    want: dict[str, Any] = {
-        "max_msgs_per_subject": b.history,
-        "num_replicas": replicas,
-        "allow_direct": True,
-    }
+    want: dict[str, Any] = {"max_msgs_per_subject": b.history, "allow_direct": True}
+    if replicas is not None:
+        want["num_replicas"] = replicas
     if b.max_age:
         want["max_age"] = _norm("max_age", b.max_age)
     changed = [k for k, v in want.items() if _norm(k, getattr(info.config, k)) != v]
@@ -303,18 +305,18 @@ async def _ensure_bucket(js: JetStreamContext, b: Bucket, replicas: int, report:
 
 
 async def _ensure_object_store(
-    js: JetStreamContext, name: str, description: str, replicas: int, report: Report
+    js: JetStreamContext, name: str, description: str, replicas: int | None, report: Report
 ) -> None:
     try:
         info = await js.stream_info(f"OBJ_{name}")
     except NotFoundError:
-        await js.create_object_store(
-            name,
-            ObjectStoreConfig(description=description, storage=StorageType.FILE, replicas=replicas),
+        config = ObjectStoreConfig(
+            description=description, storage=StorageType.FILE, replicas=replicas or 1
         )
+        await js.create_object_store(name, config)
         report.created.append(f"obj:{name}")
         return
-    if info.config.num_replicas != replicas:
+    if replicas is not None and info.config.num_replicas != replicas:
         await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
         report.updated[f"obj:{name}"] = ["num_replicas"]
     else:
@@ -333,6 +335,8 @@ async def provision(js: JetStreamContext, settings: StreamSettings | None = None
         except NotFoundError:
             continue
         wanted[i] = _keep_partitions(info.config, want, settings.partitions)
+        if settings.replicas is None:  # unset: what exists keeps its replicas
+            wanted[i] = dataclasses.replace(wanted[i], num_replicas=info.config.num_replicas)
         for f in diff(info.config, wanted[i]):
             if f in IMMUTABLE:
                 raise ProvisionError(want.name, f, getattr(info.config, f), getattr(want, f))
@@ -372,3 +376,24 @@ async def _ensure_salt(js: JetStreamContext, report: Report) -> None:
     with contextlib.suppress(APIError):  # another provisioning wrote it first
         await js.publish(TOMBSTONE_SALT_SUBJECT, secrets.token_bytes(32), headers=headers)
         report.created.append("kv:tombstones/salt")
+
+
+async def require_provisioned(bus: Bus) -> None:
+    """`ConfigError`, in one line, naming the streams, buckets and object stores of the design
+    that do not exist and the command that creates them. Read from the stream names, which
+    every credential may list, so a service's own credential can check what only an admin may
+    create (`engine.runner`)."""
+    js, found = bus._js, set[str]()
+    while True:  # nats-py has no call for the names alone: its request helper, server-paged
+        body = f'{{"offset":{len(found)}}}'.encode()
+        page = await js._api_request(f"{js._prefix}.STREAM.NAMES", body)
+        found |= set(page.get("streams") or ())
+        if not page.get("streams") or len(found) >= int(page.get("total") or 0):
+            break
+    wanted = [str(c.name) for c in streams(StreamSettings())]
+    wanted += [f"KV_{b.name}" for b in BUCKETS] + [f"OBJ_{n}" for n, _ in OBJECT_STORES]
+    if absent := [name for name in wanted if name not in found]:
+        raise ConfigError(
+            f"the broker lacks {', '.join(absent)}: an admin creates them with `nerve init` "
+            "(--nats-creds an admin credential; --replicas N on a cluster)"
+        )

@@ -21,9 +21,13 @@ from nerve_client.subjects import DEADLETTER
 
 @app.command()
 def init(
-    replicas: Annotated[int, typer.Option(help="Replicas per stream (cluster only).")] = default(
-        StreamSettings, "replicas"
-    ),
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="Replicas of every stream, bucket and object store (a cluster) [default: 1 "
+            "for new ones, what exists otherwise]."
+        ),
+    ] = default(StreamSettings, "replicas"),
     duplicate_window: Annotated[
         float,
         typer.Option(

@@ -1,30 +1,23 @@
 """`GET /v1/experiments` (internal): each experiment's result per variant, as `nerve experiments`.
 
-Read from the streams at each call (`engine.experiments.reading`), as `/v1/stats` is: the
-gateway's bus must be allowed to read the registry, RECOMMENDATIONS, SHADOW and the ACTIVITY
-types the report counts.
+Read by the ops service at each call (`engine.ops.reports`, asked on `nerve.ops.experiments`),
+as `/v1/stats` is: the report scans the registry, RECOMMENDATIONS, SHADOW and ACTIVITY, none
+of which the internet-facing gateway's credential may read.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from engine.experiments import spec
-from engine.experiments.reading import experiment_report
-from engine.experiments.report import ExperimentReport
 from engine.gateway.auth import INTERNAL_ONLY, require_internal
+from engine.gateway.ops import ask_report
 from engine.gateway.responses import COMMON, UNAVAILABLE
-from engine.gateway.state import gateway_state
+from engine.ops.reports import ExperimentsAnswer, ExperimentsQuery
+from nerve_client.subjects import OPS_EXPERIMENTS_SUBJECT
 
 router = APIRouter()
-
-
-class ExperimentsAnswer(BaseModel):
-    """`/v1/experiments`: one report per experiment, oldest first."""
-
-    experiments: list[ExperimentReport]
+__all__ = ["ExperimentsAnswer", "router"]
 
 
 @router.get(
@@ -39,8 +32,5 @@ async def get_experiments(request: Request, every: bool = False) -> JSONResponse
     """The running experiments (`?every=true`: also the stopped ones), each with impressions,
     clicks, conversions, value and hit rate per variant, Wilson 95 % intervals, and the
     two-proportion z-test of the challenger (or shadow) against the control."""
-    bus = gateway_state(request).bus
-    found = await spec.listing(await bus.registry())
-    reports = [await experiment_report(bus, e) for e in found if every or e.running]
-    body = ExperimentsAnswer(experiments=reports)
-    return JSONResponse(body.model_dump(mode="json"))
+    query = ExperimentsQuery(every=every)
+    return await ask_report(request, OPS_EXPERIMENTS_SUBJECT, query, ExperimentsAnswer)

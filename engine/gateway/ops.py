@@ -1,6 +1,8 @@
 """What operators call: `/healthz`, `/metrics`, `/v1/stats` (internal) and `/`, with the
-models of their answers (`Health`, `Stats`) for the OpenAPI; and what `/metrics` measures
-beyond the routes' own counters (the operator console is `engine.gateway.console`).
+models of their answers (`Health`; `Stats` is `engine.ops.reports`') for the OpenAPI; and what
+`/metrics` measures beyond the routes' own counters (the operator console is
+`engine.gateway.console`). `/v1/stats` is counted by the ops service (`nerve.ops.stats`): the
+gateway's credential reads no ACTIVITY (`ask_report`, also used by `/v1/experiments`).
 
 `/metrics` is `prometheus_client`'s exposition of the gateway's `Metrics` (`engine.metrics`):
 
@@ -40,15 +42,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import health
+from engine.bus import NoAnswer
 from engine.gateway.assets import WIDGETS
 from engine.gateway.auth import INTERNAL_ONLY, require_internal
 from engine.gateway.responses import COMMON, UNAVAILABLE
@@ -56,10 +59,11 @@ from engine.gateway.state import GatewayState, gateway_state
 from engine.metrics import CONTENT_TYPE, FRESHNESS_BUCKETS, LATENCY_BUCKETS, Labels, Metrics
 from engine.ops import OpsState
 from engine.ops.received import Received
-from engine.recommender.stats import click_through
-from nerve_client.subjects import OPS_REQUEST_SUBJECT, last_token
+from engine.ops.reports import MAX_HOURS, REPORT_TIMEOUT_S, Failure, Stats, StatsQuery
+from nerve_client.subjects import OPS_REQUEST_SUBJECT, OPS_STATS_SUBJECT, last_token
 
 router = APIRouter()
+NO_OPS = "the ops service did not answer (is `nerve run ops` running? `nerve up` starts it)"
 
 ERROR_CAUSE = "error_cause"
 """The `request.state` attribute a route sets to name the cause of a 5xx it answers; the app's
@@ -97,25 +101,6 @@ class Health(BaseModel):
     services: dict[str, Beat] | None = Field(default=None, description="Absent: not read")
     stuck: list[str]
     status: Literal["ok", "degraded"]
-
-
-class SlotRow(BaseModel):
-    """Impressions, clicks and dismissals of one slot and model version."""
-
-    slot: str
-    model_version: str
-    impressions: int
-    items_shown: int
-    clicks: int
-    dismissals: int
-    ctr: float
-
-
-class Stats(BaseModel):
-    """`/v1/stats`: click-through since `since`."""
-
-    since: AwareDatetime
-    rows: list[SlotRow]
 
 
 @router.get("/", include_in_schema=False)
@@ -176,11 +161,31 @@ async def prometheus(request: Request) -> Response:
     openapi_extra={"security": INTERNAL_ONLY},
 )
 async def get_stats(request: Request, hours: float = 24.0) -> JSONResponse:
-    if not 0 < hours <= 24 * 366:
-        return JSONResponse({"errors": [{"field": "hours", "reason": "0 < hours <= 8784"}]}, 422)
-    since = datetime.now(UTC) - timedelta(hours=hours)
-    rows = await click_through(gateway_state(request).bus, since)
-    return JSONResponse({"since": since.isoformat(), "rows": [r.to_dict() for r in rows]})
+    """Impressions, clicks, dismissals and CTR per slot and model version over the last
+    `hours`, counted by the ops service (the gateway reads no ACTIVITY)."""
+    if not 0 < hours <= MAX_HOURS:
+        reason = f"0 < hours <= {MAX_HOURS}"
+        return JSONResponse({"errors": [{"field": "hours", "reason": reason}]}, 422)
+    return await ask_report(request, OPS_STATS_SUBJECT, StatsQuery(hours=hours), Stats)
+
+
+async def ask_report(
+    request: Request, subject: str, query: BaseModel, answer: type[BaseModel]
+) -> JSONResponse:
+    """The ops service's report on `subject` (`engine.ops.reports`) as the route's answer;
+    503 with the reason when no ops service answers or it could not read the report."""
+    bus = gateway_state(request).bus
+    try:
+        reply = await bus.request(subject, query.model_dump_json().encode(), REPORT_TIMEOUT_S)
+    except NoAnswer:
+        return unavailable(request, "ops_unavailable", NO_OPS)
+    raw = orjson.loads(reply)
+    if isinstance(raw, dict) and "error" in raw:
+        failure = Failure.model_validate(raw)
+        return unavailable(
+            request, "ops_failed", f"the ops service could not read it: {failure.error}"
+        )
+    return JSONResponse(answer.model_validate(raw).model_dump(mode="json"))
 
 
 # -- what /metrics measures beyond the routes' counters (module doc) ------------------------

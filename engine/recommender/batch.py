@@ -91,9 +91,10 @@ def score_rows(
     model: Scorer,
     profiles: Sequence[Mapping[str, Any]],
     histories: Sequence[Mapping[str, float]],
-    now_ms: int,
+    now_ms: int | Sequence[int],
 ) -> list[np.ndarray]:
-    """One score array per user (`profiles[i]`, `histories[i]`), as `model.score` would give."""
+    """One score array per user (`profiles[i]`, `histories[i]`), as `model.score` would give
+    at `now_ms` (one time for all, or one per user; only a model scored per user reads it)."""
     if not histories:
         return []
     one_blas_thread()
@@ -106,7 +107,8 @@ def score_rows(
     if isinstance(model, Recommender) and _plain(kind, Recommender):
         rows = history_rows(histories, model.candidates(), model._index())
         return list(model.score_many(rows))
-    return [model.score(p, h, now_ms) for p, h in zip(profiles, histories, strict=True)]
+    nows = [now_ms] * len(histories) if isinstance(now_ms, int) else now_ms
+    return [model.score(p, h, t) for p, h, t in zip(profiles, histories, nows, strict=True)]
 
 
 def _plain(kind: type[Any], base: type[Any]) -> bool:
@@ -172,3 +174,98 @@ def _als(model: ImplicitALS, histories: Sequence[Mapping[str, float]]) -> np.nda
     scores = users @ factors.T
     scores += TIE_BREAK * model.popularity
     return scores[: len(histories)]
+
+
+def explain_rows(
+    model: Scorer,
+    profiles: Sequence[Mapping[str, Any]],
+    histories: Sequence[Mapping[str, float]],
+    chosen: Sequence[Sequence[str]],
+    now_ms: Sequence[int],
+) -> list[dict[str, str]]:
+    """`model.explain` of each user's chosen items (an empty history explains nothing).
+
+    ALS (`because`: the history item whose factors agree most with the item's) is computed
+    for the whole batch in one gather, each (history item, chosen item) dot product on its own
+    row in float64 (the float32 factors multiply exactly), so no result depends on the batch;
+    any other model explains per user."""
+    kind: Any = type(model)
+    if not (
+        isinstance(model, ImplicitALS)
+        and kind.explain is Recommender.explain
+        and kind.because is ImplicitALS.because
+    ):
+        return [
+            model.explain(p, h, c, t) if h else {}
+            for p, h, c, t in zip(profiles, histories, chosen, now_ms, strict=True)
+        ]
+    return _als_because(model, histories, chosen)
+
+
+def _als_because(
+    model: ImplicitALS, histories: Sequence[Mapping[str, float]], chosen: Sequence[Sequence[str]]
+) -> list[dict[str, str]]:
+    index, names = model._index(), _names(model)
+    hist_cols: list[int] = []
+    hist_w: list[float] = []
+    want: list[tuple[int, str, int]] = []  # (user, item, column)
+    starts, lengths = [], []
+    for u, (history, items) in enumerate(zip(histories, chosen, strict=True)):
+        start = len(hist_cols)
+        for h, w in history.items():
+            if h in index:
+                hist_cols.append(index[h])
+                hist_w.append(w)
+        starts.append(start)
+        lengths.append(len(hist_cols) - start)
+        if lengths[-1]:
+            want += [(u, item, index[item]) for item in items if item in index]
+    out: list[dict[str, str]] = [{} for _ in histories]
+    if not want:
+        return out
+    y = _float64(model.item_factors)
+    users = np.fromiter((u for u, _, _ in want), np.int64, len(want))
+    cols = np.fromiter((c for _, _, c in want), np.int64, len(want))
+    rep = np.asarray(lengths, dtype=np.int64)[users]  # one pair per history item
+    first = np.asarray(starts, dtype=np.int64)[users]
+    offsets = np.cumsum(rep) - rep
+    pair_want = np.repeat(np.arange(len(want)), rep)
+    pair_hist = np.repeat(first - offsets, rep) + np.arange(int(rep.sum()))
+    hcols = np.asarray(hist_cols, dtype=np.int64)[pair_hist]
+    contrib = np.einsum("ij,ij->i", y[hcols], y[cols[pair_want]])
+    contrib *= np.asarray(hist_w, dtype=np.float64)[pair_hist]
+    best = np.maximum.reduceat(contrib, offsets)
+    # the first history item reaching its item's maximum (argmax's tie rule)
+    at = np.flatnonzero(contrib == best[pair_want])
+    _, first_at = np.unique(pair_want[at], return_index=True)
+    winner = hcols[at[first_at]].tolist()
+    for j, (u, item, _) in enumerate(want):
+        if best[j] > 0:
+            out[u][item] = f"item:{names[winner[j]]}"
+    return out
+
+
+_cast: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _float64(factors: np.ndarray) -> np.ndarray:
+    """A float64 copy of an ALS model's item factors (made once per factor array)."""
+    hit = _cast.get(id(factors))
+    if hit is None or hit[0] is not factors:
+        if len(_cast) > 8:
+            _cast.clear()
+        hit = (factors, factors.astype(np.float64))
+        _cast[id(factors)] = hit
+    return hit[1]
+
+
+_name_lists: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+
+
+def _names(model: Scorer) -> list[str]:
+    """The model's candidates as a list of str (numpy's per-element indexing is slow)."""
+    names = _name_lists.get(model)
+    if names is None or len(names) != len(model.candidates()):
+        names = [str(i) for i in model.candidates()]
+        _name_lists[model] = names
+    return names

@@ -12,12 +12,11 @@ log and the registry. The model is any `models.Scorer`: the pipeline never asks 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from engine.recommender.batch import score_rows
+from engine.recommender.batch import explain_rows, score_rows
 from engine.recommender.catalog import ItemCatalog
 from engine.recommender.ranking import Ranking
 from engine.recommender.reasons import Phrasing
@@ -39,8 +38,9 @@ class Loaded:
     model: Scorer
 
 
-@dataclass(frozen=True, slots=True)
-class Ranked:
+class Ranked(NamedTuple):
+    """One item of a list (a tuple: made ten times per list, it must be cheap to build)."""
+
     item_id: str
     score: float
     reason: str
@@ -141,17 +141,24 @@ class Serving:
         self,
         slot: str,
         profiles: Sequence[Mapping[str, Any]],
-        now_ms: int,
+        now_ms: int | Sequence[int],
         contexts: Sequence[str | None] | None = None,
         *,
         models: Mapping[str, Loaded] | None = None,
     ) -> list[Outcome]:
         """`recommend` for many users at once: the users a model serves are scored together
         (`batch.score_rows`, one product per model), and each list is the one `recommend`
-        gives that user alone."""
+        gives that user alone. `now_ms` is one time for all, or one per profile (a replay's
+        decisions, each at its own time): list `i` is `recommend(slot, profiles[i], now[i])`."""
         cfg = self.config.slots[slot]
         models = self.models if models is None else models
         contexts = contexts if contexts is not None else [None] * len(profiles)
+        if isinstance(now_ms, Sequence):
+            nows = [int(t) for t in now_ms]
+        else:
+            nows = [int(now_ms)] * len(profiles)
+        if len(nows) != len(profiles):
+            raise ValueError(f"{len(nows)} times for {len(profiles)} profiles")
         plans = [self._plan(slot, p, c, models) for p, c in zip(profiles, contexts, strict=True)]
         todo = [(i, p) for i, p in enumerate(plans) if isinstance(p, _Plan)]
         candidates: dict[int, Iterator[tuple[int, float]]] = {}
@@ -167,13 +174,46 @@ class Serving:
         for group in _by_model([(i, p) for i, p in todo if i not in candidates]):
             model = group[0][1].loaded.model  # the rest: scored together, per model
             shown, histories = [p.shown for _, p in group], [p.history for _, p in group]
+            times = [nows[i] for i, _ in group]
             for (i, _), scores in zip(
-                group, score_rows(model, shown, histories, now_ms), strict=True
+                group, score_rows(model, shown, histories, times), strict=True
             ):
                 candidates[i] = self._ranking.ranked(scores, cfg.k)
         outcomes = [p for p in plans if isinstance(p, Outcome)][::-1]
-        selected = {i: self._select(slot, cfg, p, candidates[i], now_ms) for i, p in todo}
-        return [selected[i] if i in selected else outcomes.pop() for i in range(len(plans))]
+        selected = {i: self._select(slot, cfg, p, candidates[i], nows[i]) for i, p in todo}
+        self._give_reasons([(p, selected[i][0], selected[i][1], nows[i]) for i, p in todo])
+        return [selected[i][0] if i in selected else outcomes.pop() for i in range(len(plans))]
+
+    def _give_reasons(
+        self, lists: list[tuple[_Plan, Outcome, list[tuple[str, float]], int]]
+    ) -> None:
+        """Each list's items with their reasons; the drivers of the lists a model made are
+        asked of it in one batch (`batch.explain_rows`)."""
+        drivers: dict[int, dict[str, str]] = {}
+        by_model: dict[int, list[int]] = {}
+        for n, (plan, _, _, _) in enumerate(lists):
+            if plan.anchor is None and plan.history:
+                by_model.setdefault(id(plan.loaded), []).append(n)
+        for members in by_model.values():
+            model = lists[members[0]][0].loaded.model
+            found = explain_rows(
+                model,
+                [lists[n][0].shown for n in members],
+                [lists[n][0].history for n in members],
+                [[item for item, _ in lists[n][2]] for n in members],
+                [lists[n][3] for n in members],
+            )
+            drivers.update(zip(members, found, strict=True))
+        for n, (plan, out, kept, _) in enumerate(lists):
+            chosen = [i for i, _ in kept]
+            phrasing = Phrasing(self.catalog.name, plan.profile)
+            if plan.anchor is not None:
+                reasons = phrasing.similar(chosen, plan.anchor)
+            else:
+                reasons = phrasing.reasons(
+                    plan.loaded.name, chosen, drivers.get(n, {}), plan.history
+                )
+            out.items = [Ranked(i, round(s, 6), reasons[i]) for i, s in kept]
 
     def _plan(
         self,
@@ -229,36 +269,17 @@ class Serving:
         plan: _Plan,
         candidates: Iterator[tuple[int, float]],
         now_ms: int,
-    ) -> Outcome:
-        loaded, profile, history, anchor = plan.loaded, plan.profile, plan.history, plan.anchor
+    ) -> tuple[Outcome, list[tuple[str, float]]]:
+        """The list's items, walking the candidates best first through the rules (its
+        reasons are given by `_give_reasons`)."""
+        loaded, profile, anchor = plan.loaded, plan.profile, plan.anchor
         model = loaded.model
         judge = self._judge(slot, cfg, loaded)
         names = self._judges[(slot, loaded.version, id(model))][2]
         out = Outcome(slot, [], loaded.version, loaded.name, anchor=anchor, scored=len(names))
         out.served_by, out.fallback = plan.served_by, plan.why
-        kept: list[tuple[str, float]] = []
         verdicts = judge.personal(profile, now_ms, anchor)
-        for idx, score in candidates:
-            if not math.isfinite(score):
-                continue
-            item = names[idx]
-            rule = verdicts.forbids(idx, item)
-            if rule is not None:
-                out.removed.append((item, rule))
-                continue
-            kept.append((item, score))
-            verdicts.kept(idx)
-            if len(kept) == cfg.k:
-                break
-        chosen = [i for i, _ in kept]
-        phrasing = Phrasing(self.catalog.name, profile)
-        if anchor is not None:
-            reasons = phrasing.similar(chosen, anchor)
-        else:
-            drivers = model.explain(plan.shown, history, chosen, now_ms) if history else {}
-            reasons = phrasing.reasons(loaded.name, chosen, drivers, history)
-        out.items = [Ranked(i, round(s, 6), reasons[i]) for i, s in kept]
-        return out
+        return out, verdicts.walk(candidates, names, cfg.k, out.removed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,13 @@ class Ranking:
 
     def ranked(self, scores: np.ndarray, k: int) -> Iterator[tuple[int, float]]:
         """(index, score) of the candidates, best first."""
+        if scores.flags.writeable and len(scores) > 2000:
+            top = _top(scores, k)  # the best block as two lists, then (rarely) the rest
+            yield from zip(top.tolist(), scores[top].tolist(), strict=True)
+            rest = np.setdiff1d(np.arange(len(scores)), top, assume_unique=True)
+            rest = rest[np.lexsort((rest, -scores[rest]))]
+            yield from zip(rest.tolist(), scores[rest].tolist(), strict=True)
+            return
         for idx in self._order(scores, k):
             yield idx, float(scores[idx])
 
@@ -49,7 +56,7 @@ class Ranking:
         for anchor, scores in zip(missing, rows, strict=True):
             want = min(len(scores), 4 * k + 64)
             order = best_few(scores, k)[:want]
-            self._neighbours[(version, anchor, k)] = (order, [float(scores[i]) for i in order])
+            self._neighbours[(version, anchor, k)] = (order, scores[order].tolist())
         while len(self._neighbours) > NEIGHBOUR_CACHE:
             self._neighbours.pop(next(iter(self._neighbours)))
 

@@ -61,9 +61,18 @@ class Phrasing:
             "recommended for you" if history else "popular with visitors"
         )
         out = {}
+        said: dict[str, str | None] = {}  # a driver's phrase, when it does not name the item
         for item in items:
             driver = drivers.get(item)
-            phrase = self.phrase(item, driver) if driver is not None else None
+            if driver is None:
+                out[item] = default
+                continue
+            if driver in said:
+                phrase = said[driver]
+            else:
+                phrase = self.phrase(item, driver)
+                if not driver.startswith(("simulated:", "seen:")):
+                    said[driver] = phrase
             out[item] = phrase or default
         return out
 

@@ -15,7 +15,8 @@ maximum from an array of category codes. It gives what `forbids` gives (tested).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -272,6 +273,42 @@ class Verdicts:
         code = self.judge.category[index]
         if code >= 0:
             self.counts[code] += 1
+
+    def walk(
+        self,
+        candidates: Iterable[tuple[int, float]],
+        names: Sequence[str],
+        k: int,
+        removed: list[tuple[str, str]],
+    ) -> list[tuple[str, float]]:
+        """The first `k` candidates (index, score; best first) the rules let through, with
+        their scores; each one removed before the last kept is appended to `removed` with its
+        rule (`forbids` and `kept` inlined: this runs for every list)."""
+        kept: list[tuple[str, float]] = []
+        static, category, counts = self.judge.static, self.judge.category, self.counts
+        personal, cap, failing = self.removed, self.cap, self.failing
+        isfinite = math.isfinite
+        for idx, score in candidates:
+            if not isfinite(score):
+                continue
+            item = names[idx]
+            rule = static[idx] or (personal.get(item) if personal else None)
+            if rule is None and failing:
+                rule = self.forbids(idx, item)
+            if rule is None and cap is not None:
+                code = category[idx]
+                if code >= 0 and counts[code] >= cap:
+                    rule = "max per category"
+            if rule is not None:
+                removed.append((item, rule))
+                continue
+            kept.append((item, score))
+            code = category[idx]
+            if code >= 0:
+                counts[code] += 1
+            if len(kept) == k:
+                break
+        return kept
 
 
 def forbids(item: str, facts: Facts) -> str | None:

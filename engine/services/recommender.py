@@ -44,13 +44,13 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from engine.bus import Bus, Conditional, Record, Refusal, Subscription
+from engine.bus import Bus, Record, Refusal, Subscription
 from engine.bus.consumer import Delivery, PushConsumer, refusals
 from engine.bus.registry import Registry
 from engine.bus.retry import settle_batch
@@ -60,7 +60,8 @@ from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
 from engine.recommender import experiments as exp
 from engine.recommender.core import Serving
-from engine.recommender.lists import Last, Stats, UserState
+from engine.recommender.inflight import InFlight, Turn, last_per_stream, publish_changes
+from engine.recommender.lists import Stats, UserState
 from engine.recommender.loading import load_active
 from engine.recommender.slots import load_slots
 from engine.recommender.triggers import Triggers
@@ -72,7 +73,6 @@ from nerve_client.subjects import (
     CATALOG,
     DEADLETTER,
     REQUEST_SUBJECT,
-    reco_subject,
     user_token,
 )
 
@@ -118,6 +118,7 @@ class RecommenderService:
         self.forgotten: Tombstones | frozenset[str] = frozenset()
         """Erased users: nothing is computed or stored for them again (set in `run`)."""
         self.experiments = exp.Experiments()  # reloaded with the models
+        self._turn = Turn()
 
     @classmethod
     async def build(cls, bus: Bus, settings: Settings) -> RecommenderService:
@@ -200,25 +201,31 @@ class RecommenderService:
         self, consumers: list[PushConsumer], stop: asyncio.Event, registry: Registry
     ) -> None:
         by_stream = {c.stream: c for c in consumers}
-        poll = time.monotonic()
-        while not stop.is_set():
-            if time.monotonic() - poll > 30:  # a model activated while a message was lost
-                poll = time.monotonic()
-                self._spawn(self.reload(registry))
-            if not self.queue:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
-                continue
-            n = min(len(self.queue), self.batch)
-            deliveries = [self.queue.popleft() for _ in range(n)]
-            if not await self._process_until_done(deliveries, stop):
-                return  # unacknowledged: delivered again after a restart
-            last: dict[str, Delivery] = {}
-            for d in deliveries:
-                last[d.stream] = d
-            for stream, d in last.items():
+
+        async def ack(deliveries: list[Delivery]) -> None:
+            for stream, d in last_per_stream(deliveries).items():
                 await by_stream[stream].ack(d)
+
+        flight = InFlight(lambda ds: self._process_until_done(ds, stop), ack)
+        poll = time.monotonic()
+        try:
+            while not stop.is_set():
+                if time.monotonic() - poll > 30:  # a model activated while a message was lost
+                    poll = time.monotonic()
+                    self._spawn(self.reload(registry))
+                if not self.queue:
+                    if len(flight) and not await flight.flush():
+                        return
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 0.5)
+                    continue
+                n = min(len(self.queue), self.batch)
+                if not await flight.submit([self.queue.popleft() for _ in range(n)]):
+                    return  # unacknowledged: delivered again after a restart
+            await flight.flush()  # stopped: acknowledge what was done, in order
+        finally:
+            flight.cancel()
 
     async def _process_until_done(self, deliveries: list[Delivery], stop: asyncio.Event) -> bool:
         """Process the batch until it is stored (False if stopped first): acknowledgements are
@@ -238,6 +245,17 @@ class RecommenderService:
     async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Fold a batch into the working profiles, recompute the users it touches, publish the
         lists that changed and wait until they are stored."""
+        sent = await self._turn.acquire()  # one batch at a time until its lists are sent
+        try:
+            refused = await self._fold_and_publish(deliveries, sent)
+        finally:
+            sent()
+        if refused:
+            await self._deadletter(refused)
+
+    async def _fold_and_publish(
+        self, deliveries: Sequence[Delivery], sent: Callable[[], None]
+    ) -> list[tuple[Delivery, str]]:
         self.stats.batches += 1
         self.stats.events += len(deliveries)
         grouped, refused = group(deliveries, self.serves)
@@ -256,16 +274,21 @@ class RecommenderService:
         exp.untagged_slots(todo.values(), self.serving, self.experiments)
         self.stats.users += len(todo)
         if todo:
-            await self._recompute(list(todo.values()), now_ms)
-        if refused:
-            await self._deadletter(refused)
+            await self._recompute(list(todo.values()), now_ms, sent)
+        return refused
 
     @functools.cached_property
     def _triggers(self) -> Triggers:
         return Triggers(self.serving.config)
 
-    async def _recompute(self, users: list[tuple[UserState, set[str]]], now_ms: int) -> None:
-        """Recompute these users' lists for the slots given, publish what changed."""
+    async def _recompute(
+        self,
+        users: list[tuple[UserState, set[str]]],
+        now_ms: int,
+        sent: Callable[[], object] | None = None,
+    ) -> None:
+        """Recompute these users' lists for the slots given, publish what changed (`sent`:
+        called once the first attempt's publishes are with the client)."""
         ordered = sorted(users, key=lambda u: u[0].token)
         for s, _ in ordered:
             await s.lock.acquire()
@@ -273,7 +296,8 @@ class RecommenderService:
             order = list(self.serving.config.slots)
             todo = [(s, slot) for s, slots in ordered for slot in order if slot in slots]
             for _attempt in range(3):
-                todo = await self._publish_changes(todo, now_ms)
+                todo = await self._publish(todo, now_ms, None, sent)
+                sent = None
                 if not todo:
                     return
                 for s, slot in todo:  # lost a compare-and-set: read the subject's head again
@@ -283,36 +307,12 @@ class RecommenderService:
             for s, _ in ordered:
                 s.lock.release()
 
-    async def _publish_changes(
-        self, todo: list[tuple[UserState, str]], now_ms: int, context: str | None = None
-    ) -> list[tuple[UserState, str]]:
-        """Compute each (user, slot), publish what changed; return those that lost a race."""
-        computed, pending = exp.changed_lists(self.serving, self.experiments, todo, now_ms, context)
-        self.stats.computed += computed
-        self.stats.unchanged += computed - len(pending)
-        if not pending:
-            return []
-        writes = [
-            Conditional(
-                reco_subject(c.state.token, c.slot),
-                orjson.dumps(c.event),
-                c.event["id"],
-                c.state.last[c.slot].seq,
-            )
-            for c in pending
-        ]
-        acks = await self.bus.publish_if_last_many(writes)
-        lost, stored = [], []
-        for c, ack in zip(pending, acks, strict=True):
-            if ack is None:
-                self.stats.conflicts += 1
-                lost.append((c.state, c.slot))
-            else:
-                c.state.last[c.slot] = Last(ack.seq, c.seen, c.event)
-                self.stats.published += 1
-                stored.append(c)
-        await exp.publish_shadows(self.bus, self.serving, stored, now_ms, context)
-        return lost
+    @property
+    def _publish(self) -> Callable[..., Awaitable[list[tuple[UserState, str]]]]:
+        """`inflight.publish_changes` with this service's state."""
+        return functools.partial(
+            publish_changes, self.bus, self.serving, self.experiments, self.stats
+        )
 
     def _forget(self, token: str) -> None:
         if isinstance(self.forgotten, Tombstones):
@@ -358,7 +358,7 @@ class RecommenderService:
         async with state.lock:
             now_ms = time.time_ns() // 1_000_000
             for _attempt in range(3):
-                if not await self._publish_changes([(state, slot)], now_ms, context):
+                if not await self._publish([(state, slot)], now_ms, context):
                     break
                 state.last[slot] = await self.users.read_last(token, slot)
         event = state.last[slot].event

@@ -63,6 +63,12 @@ internet-facing gateway needs no profile key (`GET /v1/profiles/{user}`)."""
 OPS_REQUEST_SUBJECT = "nerve.ops.state"
 """Core request/reply: the ops service answers with the operator console's state (`OpsState`,
 `engine.ops`), so the internet-facing gateway reads no stream info, dead letters or registry."""
+OPS_STATS_SUBJECT = "nerve.ops.stats"
+"""Core request/reply: the ops service answers `/v1/stats` (click-through from ACTIVITY), so
+the internet-facing gateway reads no event of the log."""
+OPS_EXPERIMENTS_SUBJECT = "nerve.ops.experiments"
+"""Core request/reply: the ops service answers `/v1/experiments` (the registry, the served and
+shadow lists, ACTIVITY), so the internet-facing gateway reads none of them."""
 FORGET_SUBJECT = "nerve.control.forget"
 ANON_PREFIX = "~~"
 SYSTEM_TOKEN = "~system"
