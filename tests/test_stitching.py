@@ -226,3 +226,43 @@ async def test_the_list_pushed_at_login_is_personal_and_follows_the_visitor_afte
         # anonymous again (token expired): the visitor's next view is the customer's too
         await send(nc, anonymous("item_viewed", "savings-plus", category="savings"))
         await until(nc, USER, "similar", lambda m: m["properties"].get("anchor") == "savings-plus")
+
+
+async def test_a_login_merges_the_visitors_events_even_before_their_partition_delivers_them(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    """The log is partitioned by user: a visitor's views and the login naming it travel in two
+    partitions, in no order between them. Here the service holds the user's partition and not
+    the visitor's (one replica of two expected), so the visitor's views never reach it: before,
+    the login merged an empty visitor and the first list was cold; now the login reads the
+    visitor's earlier events from the log."""
+    from engine.partitions import partition_of
+
+    async with running(fresh, replicas=2) as service:
+        held = service.share.owner.held
+        partitions = len(held) * 2
+        user = next(
+            f"u{i}" for i in range(1000) if partition_of(user_token(f"u{i}"), partitions) in held
+        )
+        visitor = next(
+            f"v{i}"
+            for i in range(1000)
+            if partition_of(user_token(None, f"v{i}"), partitions) not in held
+        )
+        views = [
+            {
+                **anonymous("item_viewed", "loan-personal", category="loans"),
+                "anonymous_id": visitor,
+            },
+            {
+                **anonymous(
+                    "simulator_used", "loan-personal", simulator="loan", amount=9000, term_months=36
+                ),
+                "anonymous_id": visitor,
+            },
+        ]
+        await send(fresh, *views)
+        await send(fresh, event("user_identified", user_id=user, anonymous_id=visitor))
+        first = await until(fresh, user, "home", lambda m: True)
+        assert "fallback" not in first["properties"]
+        assert items(first)[0] == "loan-personal"

@@ -4,18 +4,25 @@ stored list per slot, loaded on first sight and kept in an LRU cache."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from engine.bus import Bus
+from engine.bus import Bus, Refusal, decode
 from engine.profiles import stitch
-from engine.profiles.profile import settle_floor
+from engine.profiles.profile import CannotApply, apply, settle_floor
 from engine.profiles.store import ProfileStore, blank
 from engine.recommender.lists import Last, UserState, signature
-from nerve_client.subjects import RECOMMENDATIONS, reco_subject, user_token
+from nerve_client.subjects import (
+    ACTIVITY,
+    RECOMMENDATIONS,
+    reco_subject,
+    user_filters,
+    user_token,
+)
 
 
 def profiles_of(states: Mapping[str, UserState]) -> dict[str, dict[str, Any]]:
@@ -44,18 +51,52 @@ class WorkingSet:
         return out
 
     async def prepare(
-        self, grouped: Mapping[str, Iterable[dict[str, Any]]]
+        self, grouped: Mapping[str, Iterable[tuple[Any, dict[str, Any], str, int]]]
     ) -> dict[str, UserState]:
-        """The states `fold` needs for these events by user: the users', the visitors their
-        logins link and the users that owned visitors logged in as."""
+        """The states `fold` needs for these events by user, (delivery, event, stream, seq)
+        each: the users', the visitors their logins link (caught up with the log first:
+        `_catch_up`) and the users that owned visitors logged in as."""
         wanted = {
-            t for token, events in grouped.items() for e in events for t in stitch.needs(token, e)
+            t
+            for token, events in grouped.items()
+            for _, e, _, _ in events
+            for t in stitch.needs(token, e)
         }
         out = await self.states(sorted(wanted))
+        await self._catch_up(out, grouped)
         owners = {o for st in out.values() if (o := stitch.owner(st.profile)) and o not in out}
         if owners:
             out.update(await self.states(sorted(owners)))
         return out
+
+    async def _catch_up(
+        self,
+        states: Mapping[str, UserState],
+        grouped: Mapping[str, Iterable[tuple[Any, dict[str, Any], str, int]]],
+    ) -> None:
+        """Fold into each visitor a login links the visitor's own events stored before the
+        login. The log is partitioned by user, so a visitor's events and the login that names
+        it (the user's subject) reach the service through different partitions, in no order
+        between them: without this the login could merge a visitor whose earlier views had not
+        arrived yet, and the first list after it would be cold. The events are read from the
+        log (the visitor's subjects, up to the login's sequence); `apply` skips what the working
+        profile holds, and what arrives later through the visitor's partition is skipped too
+        (the merge carries the positions)."""
+        for token, events in grouped.items():
+            for _, event, stream, seq in events:
+                anon = stitch.linked_anonymous(event)
+                if anon is None or anon == token or anon not in states or stream != "activity":
+                    continue
+                profile = states[anon].profile
+                for s, subject, data in await self.bus.read_all(
+                    ACTIVITY, user_filters(anon)[ACTIVITY]
+                ):
+                    if s >= seq:
+                        break
+                    record = decode(ACTIVITY, s, subject, data)
+                    if not isinstance(record, Refusal):
+                        with contextlib.suppress(CannotApply):
+                            apply(profile, record.event, "activity", s)
 
     def fold(
         self,

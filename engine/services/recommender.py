@@ -259,7 +259,7 @@ class RecommenderService:
         self.stats.batches += 1
         self.stats.events += len(deliveries)
         grouped, refused = group(deliveries, self.serves)
-        states = await self.users.prepare({t: [e[1] for e in evs] for t, evs in grouped.items()})
+        states = await self.users.prepare(grouped)
         now_ms = time.time_ns() // 1_000_000
         todo, failed = fold_events(
             self.users,
