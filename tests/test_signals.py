@@ -172,6 +172,30 @@ async def test_two_replicas_of_the_same_users_publish_once(fresh: NATS) -> None:
     assert len(await stored_signals(nc)) == 1
 
 
+async def test_a_replica_publishes_every_users_signal_even_when_expecting_a_second(
+    fresh: NATS,
+) -> None:
+    """Before: replicas split users by partition lease, and a firing whose partition had no
+    holder (a dead replica's lease not yet expired; here: half the partitions, left for a
+    second replica that never came) was published by nobody. Every replica now tries every
+    firing; the cooldown compare-and-set stores each once."""
+    nc = fresh
+    people = [f"pat{i}" for i in range(6)]
+    bus = Bus(nc)
+    service = SignalsService(bus, {"loan": LOAN}, await ProfileStore.open(bus), replicas=2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait_for(service.ready.wait(), 10)
+        for u in people:
+            await send(nc, consent(u), view(u), simulate(u), simulate(u))
+        await wait_until(lambda: _count(nc, len(people)))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert sorted(s["user_id"] for s in await stored_signals(nc)) == sorted(people)
+
+
 async def test_client_resumes_and_a_declined_contact_changes_the_offers(
     fresh: NATS, nats_url: str
 ) -> None:

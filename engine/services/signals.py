@@ -16,12 +16,13 @@ nothing, since the state is derived), then follows them live. A firing becomes a
 The message id is derived from the topic, the user and the deciding event, so a retried publish
 is stored once.
 
-Replicas: any number, sharing the partitions of ACTIVITY and CRM through leases (group
-`signals`, `engine.partitions`). Signals is not split by the broker: its state is a window of
-the log that it rebuilds on start, so every replica reads every event and keeps every user's
-window, and only publishes for the users of the partitions it holds. A partition that moves
-(a replica joins or dies) therefore needs no rebuild, and the compare-and-set and cooldown above
-keep a user's signals single even while two replicas both believe they hold it.
+Replicas: any number, each a hot standby of the others. Its state is a window of the log that
+it rebuilds on start, so every replica reads every event, keeps every user's window and tries
+to publish every firing; the compare-and-set and cooldown above store each signal once (the
+loser re-reads and finds the winner, and the derived message id dedupes a race inside the
+window). It does not split users by partition lease: a firing decided while its partition had
+no holder (a dead replica's lease not yet expired, a released one not yet claimed) would have
+been published by nobody, and signals are rare enough that every replica trying costs little.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from engine.bus import Bus, Conflict, Refusal, decode
 from engine.bus.consumer import Batch
 from engine.bus.registry import Registry
 from engine.evidence import iso
-from engine.partitions import PartitionOwner, open_leases
+from engine.partitions import PartitionOwner
 from engine.profiles.profile import CannotApply, time_ms
 from engine.profiles.store import ProfileStore
 from engine.profiles.tombstones import Tombstones
@@ -122,21 +123,11 @@ class SignalsService:
         self.forgotten = forgotten = await Tombstones.open(self.bus)
         longest = max(d.window_days for d in self.definitions.values())
         since = datetime.now(UTC) - timedelta(days=longest)
-        self.owner = await open_leases(
-            self.bus, self.name, expect=self.replicas, holder=self.holder
-        )
-        leases = asyncio.create_task(self.owner.run(stop))
-        await self.owner.first_round.wait()
-        try:
-            await self._follow(since, forgotten, stop)
-        finally:
-            if not stop.is_set():  # crashed: the leases expire on the server
-                leases.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await leases
+        await self._follow(since, forgotten, stop)
 
     def owns(self, token: str) -> bool:
-        """Whether this replica publishes for the user now."""
+        """Whether this replica publishes for the user: every replica does (see the module
+        docstring), unless a test gives it an `owner`."""
         return self.owner is None or self.owner.owns_token(token)
 
     async def _follow(self, since: datetime, forgotten: Tombstones, stop: asyncio.Event) -> None:
