@@ -13,8 +13,12 @@ when an archive is unpacked, before any model's `load` reads it.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import io
 import json
+import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -58,8 +62,10 @@ def load_model(path: Path) -> Scorer:
     meta = json.loads((path / "model.json").read_text())
     name = meta.get("name")
     load = LOADERS.get(name)
-    if load is None and isinstance(name, str) and find(name):
-        load = LOADERS.get(name)
+    if load is None and isinstance(name, str):
+        _refuse_untrusted(path, name)
+        if find(name):
+            load = LOADERS.get(name)
     if load is None:
         raise ValueError(f"{path}: unknown model {name!r} (known: {sorted(LOADERS)})")
     return load(path)
@@ -147,3 +153,31 @@ def _plain_array(stream: IO[bytes], where: str) -> None:
         raise ValueError(f"{where}: not a numpy array file ({exc})") from None
     if dtype.hasobject:
         raise ValueError(f"{where}: an array of Python objects (only pickle restores it)")
+
+
+PLUGIN_MODULES_ENV = "NERVE_PLUGIN_MODULES"
+"""Comma-separated modules whose `module:Class` plugins an archive may name, beyond those of
+the installed `nerve.models` entry points."""
+
+
+def _refuse_untrusted(path: Path, name: str) -> None:
+    """An archive names its class, and importing a module runs its code: an archive may name
+    `module:Class` only for a module of an installed `nerve.models` entry point, one this process
+    already imported, or one listed in `NERVE_PLUGIN_MODULES`; any other installed module is
+    refused before it is imported (a module that is not installed at all is left to the plugin
+    finder, which says so)."""
+    if ":" not in name:
+        return
+    module = name.partition(":")[0]
+    top = module.split(".")[0]
+    if module in sys.modules or importlib.util.find_spec(top) is None:
+        return
+    listed = {m.strip() for m in os.environ.get(PLUGIN_MODULES_ENV, "").split(",") if m.strip()}
+    points = importlib.metadata.entry_points(group="nerve.models")
+    if module in listed | {ep.value.partition(":")[0] for ep in points}:
+        return
+    raise ValueError(
+        f"{path}: the model names {name!r}, and {module} is neither a nerve.models entry point "
+        f"installed here nor listed in {PLUGIN_MODULES_ENV}: refused before importing it "
+        "(an archive holds data, never code)"
+    )

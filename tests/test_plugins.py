@@ -164,6 +164,28 @@ def test_an_archive_holding_pickle_or_object_arrays_is_refused_before_any_load(
         unpack(buffer.getvalue(), tmp_path / "out2")
 
 
+def test_an_archive_naming_an_untrusted_module_is_refused_before_importing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the class an archive named was imported to be checked, so an archive naming any
+    installed module ran that module's code on load (review: `this:X` printed the Zen)."""
+    marker = tmp_path / "imported"
+    (tmp_path / "side_effect_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nclass X: pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = make("popular").fit(small()).save(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "name": "side_effect_mod:X"}))
+    with pytest.raises(ValueError, match="refused before importing it"):
+        load_packed(pack(folder), tmp_path)
+    assert not marker.exists() and "side_effect_mod" not in sys.modules
+    monkeypatch.setenv("NERVE_PLUGIN_MODULES", "side_effect_mod")  # trusted by its operator
+    with pytest.raises(ValueError, match="lacks"):  # imported now, then refused as no plugin
+        load_packed(pack(folder), tmp_path)
+    assert marker.exists()
+
+
 # -- end to end, with a real broker --------------------------------------------------------------
 
 
