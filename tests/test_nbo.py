@@ -84,3 +84,23 @@ def test_save_load_round_trip(
     _, x, _, _, _ = dataset(generated, generated["time"].quantile(0.9), None, offers, model.names)
     assert np.array_equal(loaded.propensity(x), model.propensity(x))
     assert features(new_profile("x", "x", None), model.names, NOW).shape == (len(model.names),)
+
+
+def test_tuning_next_best_offer_reads_nothing_of_the_test_window(
+    generated: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the trials' offer values were computed from the whole history, test window
+    included (review); every frame the search reads now ends before the test window."""
+    import training.nbo as nbo
+
+    seen: list[pd.Timestamp] = []
+    real = nbo.offer_values
+
+    def recording(frame: pd.DataFrame) -> dict[str, float]:
+        seen.append(frame["time"].max())
+        return real(frame)
+
+    monkeypatch.setattr(nbo, "offer_values", recording)
+    test_starts = generated["time"].quantile(0.8)
+    nbo.tune_nbo(generated, {}, budget=1)
+    assert seen and max(seen) < test_starts

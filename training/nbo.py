@@ -217,7 +217,7 @@ def tune_nbo(
     )
     for done, params in enumerate(todo, 1):
         started = time.perf_counter()
-        scores = train_nbo(before, NBOConfig(**params), values=offer_values(frame)).metrics
+        scores = train_nbo(before, NBOConfig(**params), values=offer_values(before)).metrics
         auc = scores["auc"] if np.isfinite(scores["auc"]) else 0.0
         result.trials.append(Trial(params, auc, scores, time.perf_counter() - started))
         if progress is not None:
