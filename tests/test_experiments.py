@@ -406,6 +406,25 @@ async def test_promote_activates_the_challenger_and_stops_the_experiment(
     assert (await Experiments.load(registry)).running == {}
 
 
+async def test_two_starts_at_once_on_one_slot_store_one_experiment(
+    fresh: NATS, world: dict[str, str]
+) -> None:
+    """Before: both passed the "slot already runs one" check and both were stored (review)."""
+    registry = await Bus(fresh).registry()
+    challenger = await publish_challenger(fresh)
+    results = await asyncio.gather(
+        *(spec.start(registry, "trending", challenger, 10) for _ in range(2)),
+        return_exceptions=True,
+    )
+    started = [r for r in results if isinstance(r, Experiment)]
+    refused = [r for r in results if isinstance(r, spec.ExperimentError)]
+    assert len(started) == 1 and len(refused) == 1, results
+    assert list(await spec.running(registry)) == ["trending"]
+    await spec.stop(registry, "trending")
+    again = await spec.start(registry, "trending", challenger, 10)  # the slot is free again
+    assert (await spec.running(registry))["trending"].id == again.id
+
+
 async def test_get_experiments_refuses_a_site_key_and_answers_an_internal_token(
     fresh: NATS, world: dict[str, str], nats_url: str
 ) -> None:

@@ -72,6 +72,11 @@ class Experiment(BaseModel):
         return KEY_PREFIX + self.id
 
 
+SLOT_LOCK = "experiment-slot."
+"""Registry key per slot naming the experiment running there (empty: none); two concurrent
+`start`s both pass the checks, and only the one whose compare-and-set on it wins is stored."""
+
+
 def bucket_of(experiment_id: str, token: str) -> int:
     """The user's bucket in [0, BUCKETS) for this experiment: stable for its whole life."""
     digest = hashlib.sha256(f"{experiment_id}\x00{token}".encode()).digest()
@@ -117,6 +122,8 @@ async def start(
     out of range; `Unservable` when serving could not load the challenger."""
     if not (0 < share < 100 or (shadow and share == 100)):
         raise ExperimentError(f"--share {share:g}: a percentage above 0 and below 100")
+    lock = SLOT_LOCK + slot  # who runs on the slot: claimed by compare-and-set below
+    held = await registry.kv.entry(lock)
     current = await running(registry)
     if slot in current:
         raise ExperimentError(
@@ -140,6 +147,9 @@ async def start(
         attribution_days=attribution_days,
         started_at=now,
     )
+    [won] = await registry.kv.write_many([(lock, experiment.id.encode(), held[1] if held else 0)])
+    if won is None:  # another start claimed the slot between our reads and this write
+        raise ExperimentError(f"slot {slot!r}: another experiment was started meanwhile")
     await registry.kv.put(experiment.key, orjson.dumps(experiment.model_dump(mode="json")))
     return experiment
 
@@ -171,6 +181,7 @@ async def stop(
         update={"stopped_at": now or datetime.now(UTC), "outcome": outcome}
     )
     await registry.kv.put(done.key, orjson.dumps(done.model_dump(mode="json")))
+    await registry.kv.put(SLOT_LOCK + done.slot, b"")  # the slot is free for the next one
     return done
 
 
