@@ -224,3 +224,24 @@ def test_the_stored_subject_names_its_user() -> None:
     token, etype = split_user_subject("activity.alice.page_viewed.3")
     assert (token, etype) == ("alice", "page_viewed")
     assert orjson.loads(b"{}") == {}
+
+
+async def test_every_partitions_consumer_starts_at_one_sequence_even_while_events_arrive(
+    leased: NATS,
+) -> None:
+    """Before: each partition's first consumer started at *its* next message, created one
+    after the other, so an event stored meanwhile in a partition whose consumer came later was
+    skipped (the per-service-credentials slice test lost its visitor's list that way)."""
+    bus = Bus(leased)
+    share = await open_share(bus, "early", lambda d: None, give_up=None, ack_wait=30.0)
+    sending = asyncio.create_task(publish(leased, users(200), rounds=3))
+    await share.start()
+    await sending
+    js = leased.jetstream()
+    floors = set()
+    for stream in ("ACTIVITY", "CRM"):
+        for p in range(PARTITIONS):
+            info = await js.consumer_info(stream, f"early-p{p:02d}")
+            floors.add((stream, info.ack_floor.stream_seq if info.ack_floor else 0))
+    assert len({f for s, f in floors if s == "ACTIVITY"}) == 1, floors
+    await share.stop()

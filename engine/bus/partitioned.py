@@ -109,8 +109,13 @@ class PartitionedPush(PushConsumer):
         A partition nobody holds yet must still keep its place: its consumer is created here,
         at the first start of any replica, so what arrives before a replica claims it is
         delivered then, not skipped (a consumer created at the first claim would start at the
-        next message). An existing consumer is left as it is."""
-        self._whole = stream_subject(await self.js.stream_info(self.stream))
+        next message). They all start at the same sequence, the stream's next one when this
+        start began: created one after the other, each at *its* next message, an event stored
+        meanwhile in a partition whose consumer came later would be skipped. An existing
+        consumer is left as it is."""
+        info = await self.js.stream_info(self.stream)
+        self._whole = stream_subject(info)
+        first = int(info.state.last_seq) + 1
         for p in range(max(1, self.partitions)):
             with contextlib.suppress(NotFoundError):
                 await self.js.consumer_info(self.stream, self.name(p))
@@ -118,7 +123,8 @@ class PartitionedPush(PushConsumer):
             placeholder = ConsumerConfig(  # a pull consumer: `add` replaces it, from its floor
                 durable_name=self.name(p),
                 ack_policy=AckPolicy.ALL,
-                deliver_policy=DeliverPolicy.NEW,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=first,
                 filter_subject=self._filter(p),
             )
             with contextlib.suppress(Exception):  # another replica created it meanwhile
