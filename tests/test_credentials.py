@@ -299,7 +299,10 @@ async def test_the_slice_runs_with_one_credential_per_service(
         assert profile["anonymous_id"] == "slice-visitor"
     finally:
         if not services.done():
-            signal.raise_signal(signal.SIGINT)  # the runner's own handler stops the services
+            try:
+                signal.raise_signal(signal.SIGINT)  # the runner's own handler stops the services
+            except KeyboardInterrupt:  # failed before the runner set its handler
+                services.cancel()
     assert await asyncio.wait_for(services, 20) == signal.SIGINT
     text = log.read_bytes()[start:].decode(errors="replace")
     assert "Violation" not in text, [line for line in text.splitlines() if "Violation" in line]
@@ -363,7 +366,10 @@ async def test_stats_and_experiments_are_read_by_the_ops_service_not_the_gateway
             assert bad.status_code == 422
     finally:
         if not services.done():
-            signal.raise_signal(signal.SIGINT)
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:  # failed before the runner set its handler
+                services.cancel()
     assert await asyncio.wait_for(services, 20) == signal.SIGINT
     text = log.read_bytes()[start:].decode(errors="replace")
     assert "Violation" not in text, [line for line in text.splitlines() if "Violation" in line]
